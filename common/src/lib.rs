@@ -1,0 +1,11 @@
+//! Cross-cutting code shared by every service of the platform, so that no service copies it:
+//! telemetry set-up, database settings and helpers, health routes, the shutdown signal,
+//! RFC 9457 problem bodies and the validated [`email::Email`] type.
+
+pub mod db;
+pub mod email;
+pub mod health;
+pub mod problem;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,13 @@
+//! Launchers for the platform's real infrastructure as local processes — no Docker, no mocks.
+//!
+//! One place used by both the dev command (`cargo xtask`) and the test suites:
+//! - [`postgres`]: a private PostgreSQL cluster from Debian's server binaries.
+//! - [`paths`]: where state and caches live (outside the work tree).
+//! - [`net`]: free loopback ports.
+
+pub mod net;
+pub mod paths;
+pub mod postgres;
+mod process;
+
+pub use postgres::PgCluster;

@@ -1,0 +1,41 @@
+//! Where the dev stack keeps state (data dirs, logs, pid files) and download caches: outside the
+//! work tree, so a fresh clone is clean and caches survive across clones.
+
+use std::path::PathBuf;
+
+/// State of the long-running dev stack: `$DEV_STACK_HOME`, else `/var/lib/patient-platform`
+/// for root (readable by the `postgres` user, unlike root's home), else
+/// `~/.local/share/patient-platform`.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DEV_STACK_HOME") {
+        return PathBuf::from(dir);
+    }
+    if crate::process::is_root() {
+        return PathBuf::from("/var/lib/patient-platform");
+    }
+    home().join(".local/share/patient-platform")
+}
+
+/// Download cache: `$DEV_STACK_CACHE`, else `/var/cache/patient-platform` for root, else
+/// `~/.cache/patient-platform`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DEV_STACK_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if crate::process::is_root() {
+        return PathBuf::from("/var/cache/patient-platform");
+    }
+    home().join(".cache/patient-platform")
+}
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("dev-stack sits inside the workspace")
+        .to_path_buf()
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+}

@@ -1,0 +1,113 @@
+//! Running infrastructure binaries: as a service user when we are root, tied to our lifetime
+//! when asked.
+
+use std::{
+    ffi::CString,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+};
+
+use anyhow::{bail, Context};
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of a system user, if it exists.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: getpwnam returns a pointer to static storage or null; we copy the ids out at once.
+    unsafe {
+        let pw = libc::getpwnam(cname.as_ptr());
+        if pw.is_null() {
+            None
+        } else {
+            Some(((*pw).pw_uid, (*pw).pw_gid))
+        }
+    }
+}
+
+/// Makes `cmd` run as `ids` (when given).
+pub fn run_as(cmd: &mut Command, ids: Option<(u32, u32)>) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = ids {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// `chown -R` a directory to `ids` (when given).
+pub fn chown_tree(dir: &Path, ids: Option<(u32, u32)>) -> anyhow::Result<()> {
+    if let Some((uid, gid)) = ids {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(dir)
+            .status()
+            .context("failed to run chown")?;
+        if !status.success() {
+            bail!("chown of {} failed", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command to completion; on failure the error carries its output.
+pub fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("failed to start {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Spawns a child that receives `signal` when this process dies (even by SIGKILL), so test
+/// infrastructure never outlives the test binary.
+///
+/// The kernel ties the parent-death signal to the spawning *thread*, so the child is spawned
+/// from a dedicated thread that lives as long as the child (test threads come and go).
+pub fn spawn_tied_to_this_process(mut cmd: Command, signal: libc::c_int) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let (tx, rx) = mpsc::channel::<std::io::Result<u32>>();
+    std::thread::Builder::new()
+        .name("dev-stack-child".into())
+        .spawn(move || {
+            // SAFETY: prctl and getppid are async-signal-safe; this runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    let _ = wait(&mut child);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .context("failed to start the supervising thread")?;
+    rx.recv().context("supervising thread died")?.context("failed to spawn child process")
+}
+
+fn wait(child: &mut Child) -> std::io::Result<()> {
+    child.wait().map(|_| ())
+}
+
+/// True while a process with this pid exists.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
