@@ -1,1 +1,14 @@
+//! billing-service: billing accounts over gRPC (`BillingService`, no proto package), stored in
+//! PostgreSQL, with gRPC server reflection and health; HTTP health on a second port.
 
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod repo;
+pub mod startup;
+
+pub use error::{Error, Result};
+
+/// The embedded migrations of this service's database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

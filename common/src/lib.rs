@@ -8,4 +8,5 @@ pub mod health;
 pub mod problem;
 pub mod secret;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;

@@ -1,0 +1,33 @@
+//! Settings of billing-service, from flags or environment variables.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use common::{db::DbArgs, telemetry::LogArgs};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "billing-service", about = "Billing accounts over gRPC")]
+pub struct Settings {
+    /// Where the gRPC API (BillingService, reflection, health) listens.
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:9001")]
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP health endpoints listen.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:4001")]
+    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Settings {
+    /// Settings for tests and tools: loopback, OS-chosen ports, the given database.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db: DbArgs::from_url(database_url),
+            log: LogArgs { log_filter: "info".into(), log_json: false },
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Builds billing-service from its settings; `main` and the tests share this path.
+
+use std::future::Future;
+
+use anyhow::Context;
+use proto::billing::billing_service_server::BillingServiceServer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Settings, grpc::BillingGrpc, MIGRATOR};
+
+/// A bound, migrated, not yet serving billing-service.
+pub struct Application {
+    grpc: TcpListener,
+    http: TcpListener,
+    pool: PgPool,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = settings.db.connect_and_migrate(&MIGRATOR).await?;
+        let grpc = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("failed to bind gRPC address {}", settings.grpc_addr))?;
+        let http = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
+        Ok(Self { grpc, http, pool })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves gRPC and HTTP until `shutdown` resolves or either server fails; in-flight calls
+    /// finish before it returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        tracing::info!(grpc_port = self.grpc_port(), http_port = self.http_port(), "billing-service listening");
+        let stop = CancellationToken::new();
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<BillingServiceServer<BillingGrpc>>().await;
+        let reflection_v1 = reflection().build_v1().context("failed to build reflection v1")?;
+        let reflection_v1alpha = reflection().build_v1alpha().context("failed to build reflection v1alpha")?;
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(BillingServiceServer::new(BillingGrpc::new(self.pool.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
+        let http = axum::serve(self.http, common::health::routes(self.pool.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+
+        let tasks: Vec<(&str, BoxFuture)> = vec![
+            ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),
+            ("http-server", Box::pin(async move { http.await.context("HTTP server failed") })),
+        ];
+        let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
+        self.pool.close().await;
+        result
+    }
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Server reflection over every contract we serve, so grpcurl needs no .proto file.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}

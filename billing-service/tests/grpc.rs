@@ -1,0 +1,168 @@
+//! billing-service through its public gRPC interface, on a real PostgreSQL.
+
+use billing_service::{config::Settings, startup::Application};
+use dev_stack::PgCluster;
+use proto::billing::{billing_service_client::BillingServiceClient, BillingRequest, GetBillingAccountRequest};
+use sqlx::PgPool;
+use tonic::{transport::Channel, Code};
+use uuid::Uuid;
+
+struct TestApp {
+    grpc_port: u16,
+    http_port: u16,
+    db: PgPool,
+}
+
+impl TestApp {
+    async fn spawn() -> Self {
+        let url = PgCluster::shared_for_tests().fresh_database("billing").await.unwrap();
+        let app = Application::build(Settings::for_database(&url)).await.unwrap();
+        let (grpc_port, http_port) = (app.grpc_port(), app.http_port());
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        Self { grpc_port, http_port, db: PgPool::connect(&url).await.unwrap() }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc_port)).unwrap().connect().await.unwrap()
+    }
+
+    async fn client(&self) -> BillingServiceClient<Channel> {
+        BillingServiceClient::new(self.channel().await)
+    }
+
+    async fn account_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM billing_accounts").fetch_one(&self.db).await.unwrap()
+    }
+}
+
+fn request(patient_id: &str) -> BillingRequest {
+    BillingRequest { patient_id: patient_id.into(), name: "Ann Example".into(), email: "ann@example.com".into() }
+}
+
+#[tokio::test]
+async fn create_returns_an_active_account_and_the_same_one_on_repeat() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let patient = Uuid::new_v4().to_string();
+
+    let first = client.create_billing_account(request(&patient)).await.unwrap().into_inner();
+    let again = client.create_billing_account(request(&patient)).await.unwrap().into_inner();
+
+    assert_eq!(first.status, "ACTIVE");
+    let account_id = Uuid::parse_str(&first.account_id).expect("account ids are UUIDs");
+    assert_eq!(again.account_id, first.account_id, "a repeat returns the same account");
+    let (stored_id, stored_patient): (Uuid, Uuid) =
+        sqlx::query_as("SELECT id, patient_id FROM billing_accounts").fetch_one(&app.db).await.unwrap();
+    assert_eq!((stored_id, stored_patient.to_string()), (account_id, patient));
+    assert_eq!(app.account_rows().await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_repeats_for_one_patient_all_get_one_account() {
+    let app = TestApp::spawn().await;
+    let client = app.client().await;
+    let patient = Uuid::new_v4().to_string();
+
+    let calls = (0..16).map(|_| {
+        let mut client = client.clone();
+        let req = request(&patient);
+        async move { client.create_billing_account(req).await.map(|r| r.into_inner().account_id) }
+    });
+    let ids: Vec<String> = futures::future::try_join_all(calls).await.unwrap();
+
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "all callers see one account: {ids:?}");
+    assert_eq!(app.account_rows().await, 1);
+}
+
+#[tokio::test]
+async fn invalid_requests_get_invalid_argument_and_store_nothing() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let id = Uuid::new_v4().to_string();
+    let cases = [
+        (BillingRequest { patient_id: "".into(), ..request("") }, "patientId"),
+        (request("not-a-uuid"), "patientId"),
+        (BillingRequest { email: "not-an-email".into(), ..request(&id) }, "email"),
+        (BillingRequest { email: "".into(), ..request(&id) }, "email"),
+        (BillingRequest { name: "  ".into(), ..request(&id) }, "name"),
+    ];
+    for (req, field) in cases {
+        let status = client.create_billing_account(req).await.expect_err("must be rejected");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().contains(field), "message names {field}: {}", status.message());
+    }
+    assert_eq!(app.account_rows().await, 0);
+}
+
+#[tokio::test]
+async fn get_billing_account_returns_the_account_or_not_found() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let patient = Uuid::new_v4().to_string();
+    let created = client.create_billing_account(request(&patient)).await.unwrap().into_inner();
+
+    let found = client
+        .get_billing_account(GetBillingAccountRequest { patient_id: patient.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((found.account_id, found.patient_id, found.status.as_str()), (created.account_id, patient, "ACTIVE"));
+
+    let missing = client
+        .get_billing_account(GetBillingAccountRequest { patient_id: Uuid::new_v4().to_string() })
+        .await
+        .expect_err("unknown patient");
+    assert_eq!(missing.code(), Code::NotFound);
+    let bad = client.get_billing_account(GetBillingAccountRequest { patient_id: "x".into() }).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_the_billing_service() {
+    let app = TestApp::spawn().await;
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(app.channel().await);
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = v1_client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().expect("one response");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection response {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"BillingService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel().await);
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "BillingService".into(),
+        )),
+    };
+    let mut stream = alpha.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().expect("one response");
+    assert!(
+        matches!(resp.message_response, Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+        "v1alpha describes BillingService: {resp:?}"
+    );
+}
+
+#[tokio::test]
+async fn grpc_health_reports_serving_and_http_ready_checks_the_database() {
+    let app = TestApp::spawn().await;
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let mut health = HealthClient::new(app.channel().await);
+    for service in ["", "BillingService"] {
+        let resp = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(resp.status(), ServingStatus::Serving, "service {service:?}");
+    }
+
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/health/ready", app.http_port)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let live = reqwest::get(format!("http://127.0.0.1:{}/health/live", app.http_port)).await.unwrap();
+    assert_eq!(live.status(), 200);
+}
