@@ -49,3 +49,12 @@ impl DbArgs {
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
+
+/// The constraint (or unique index) a unique violation hit, so a service can tell which
+/// uniqueness rule a write broke.
+pub fn unique_violation_on(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => db.constraint(),
+        _ => None,
+    }
+}

@@ -1,1 +1,10 @@
-fn main() {}
+use clap::Parser;
+use patient_service::{config::Settings, startup::Application};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    common::telemetry::init(&settings.log);
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(common::shutdown::signal()).await
+}

@@ -1,0 +1,57 @@
+//! Settings of patient-service, from flags or environment variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use common::{db::DbArgs, telemetry::LogArgs};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "patient-service", about = "Patient CRUD over REST")]
+pub struct Settings {
+    /// Where the REST API listens.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:4000")]
+    pub http_addr: SocketAddr,
+    /// gRPC endpoint of billing-service.
+    #[arg(long, env = "BILLING_GRPC_URL", default_value = "http://127.0.0.1:9001")]
+    pub billing_grpc_url: String,
+    /// Deadline of one billing call; a create answers 503 when it passes.
+    #[arg(long, env = "BILLING_TIMEOUT_MS", default_value_t = 3_000)]
+    pub billing_timeout_ms: u64,
+    /// How long to wait for a TCP connection to billing.
+    #[arg(long, env = "BILLING_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
+    pub billing_connect_timeout_ms: u64,
+    /// Largest accepted request body; larger ones get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+    /// Insert the 15 well-known demo patients at start (skips those already present).
+    #[arg(long, env = "SEED_DEMO_DATA", default_value_t = false)]
+    pub seed_demo_data: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Settings {
+    /// Settings for tests and tools: loopback, an OS-chosen port, the given database and billing.
+    pub fn for_database(database_url: impl Into<String>, billing_grpc_url: impl Into<String>) -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            billing_grpc_url: billing_grpc_url.into(),
+            billing_timeout_ms: 3_000,
+            billing_connect_timeout_ms: 1_000,
+            max_body_bytes: 16 * 1024,
+            seed_demo_data: false,
+            db: DbArgs::from_url(database_url),
+            log: LogArgs { log_filter: "info".into(), log_json: false },
+        }
+    }
+
+    pub fn billing_timeout(&self) -> Duration {
+        Duration::from_millis(self.billing_timeout_ms)
+    }
+
+    pub fn billing_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.billing_connect_timeout_ms)
+    }
+}

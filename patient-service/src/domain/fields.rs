@@ -1,0 +1,118 @@
+//! Newtypes for the fields of a patient. Error texts are client-facing and never echo the input.
+
+use chrono::NaiveDate;
+
+/// At most this many characters in a name (SPEC §5).
+pub const MAX_NAME_CHARS: usize = 100;
+/// An upper bound on addresses so a single row cannot grow without limit.
+pub const MAX_ADDRESS_CHARS: usize = 500;
+
+/// A trimmed, non-empty name of at most [`MAX_NAME_CHARS`] characters without control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientName(String);
+
+impl PatientName {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err("is required");
+        }
+        if s.chars().count() > MAX_NAME_CHARS {
+            return Err("must be at most 100 characters");
+        }
+        if s.chars().any(char::is_control) {
+            return Err("must not contain control characters");
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A trimmed, non-empty postal address of at most [`MAX_ADDRESS_CHARS`] characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address(String);
+
+impl Address {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err("is required");
+        }
+        if s.chars().count() > MAX_ADDRESS_CHARS {
+            return Err("must be at most 500 characters");
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A real calendar date written `YYYY-MM-DD`.
+pub fn parse_date(raw: &str) -> Result<NaiveDate, &'static str> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err("is required");
+    }
+    if s.len() != 10 {
+        return Err("must be a date written YYYY-MM-DD");
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| "must be a real date written YYYY-MM-DD")
+}
+
+/// A date of birth: a real date, not after `today`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BirthDate(NaiveDate);
+
+impl BirthDate {
+    pub fn parse(raw: &str, today: NaiveDate) -> Result<Self, &'static str> {
+        let date = parse_date(raw)?;
+        if date > today {
+            return Err("must not be in the future");
+        }
+        Ok(Self(date))
+    }
+
+    pub fn date(self) -> NaiveDate {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(PatientName::parse("  Ann  ").unwrap().as_str(), "Ann");
+        assert!(PatientName::parse(&"é".repeat(100)).is_ok(), "100 characters, not bytes");
+        assert!(PatientName::parse(&"é".repeat(101)).is_err());
+        assert!(PatientName::parse("   ").is_err());
+        assert!(PatientName::parse("A\u{0}B").is_err());
+    }
+
+    #[test]
+    fn addresses_are_required() {
+        assert!(Address::parse("").is_err());
+        assert_eq!(Address::parse(" 1 Main St ").unwrap().as_str(), "1 Main St");
+    }
+
+    #[test]
+    fn birth_dates_must_be_real_and_not_in_the_future() {
+        assert!(BirthDate::parse("2026-11-22", today()).is_ok(), "today is allowed");
+        assert!(BirthDate::parse("2026-11-23", today()).is_err());
+        assert!(BirthDate::parse("2023-02-29", today()).is_err(), "not a leap year");
+        assert!(BirthDate::parse("2024-02-29", today()).is_ok());
+        assert!(BirthDate::parse("1990-1-2", today()).is_err());
+        assert!(BirthDate::parse("02/01/1990", today()).is_err());
+        assert!(BirthDate::parse("", today()).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! SQL of the `patients` table, one function per statement. Writes take the caller's
+//! transaction; the handler owns begin/commit.
+
+use sqlx::{PgExecutor, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::domain::{Patient, ValidPatient};
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+const COLUMNS: &str = "id, name, email, address, date_of_birth, registered_date, updated_at";
+
+/// Filters of the list endpoint.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    /// Case-insensitive substring of the name.
+    pub name: Option<String>,
+    /// Exact email, case-insensitive.
+    pub email: Option<String>,
+}
+
+impl ListFilter {
+    /// The name filter as an ILIKE pattern with the user's `%`, `_` and `\` taken literally.
+    fn name_pattern(&self) -> Option<String> {
+        self.name.as_ref().map(|n| {
+            let escaped = n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        })
+    }
+}
+
+const FILTER: &str = r#"($1::text IS NULL OR name ILIKE $1 ESCAPE '\') AND ($2::text IS NULL OR lower(email) = lower($2))"#;
+
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+pub async fn insert(tx: &mut Tx<'_>, id: Uuid, p: &ValidPatient) -> sqlx::Result<Patient> {
+    sqlx::query_as::<_, Patient>(&format!(
+        r#"
+        INSERT INTO patients (id, name, email, address, date_of_birth, registered_date)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        RETURNING {COLUMNS}
+        "#
+    ))
+    .bind(id)
+    .bind(p.name.as_str())
+    .bind(p.email.as_str())
+    .bind(p.address.as_str())
+    .bind(p.date_of_birth.date())
+    .bind(p.registered_date)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Updates every field; a `None` registered date keeps the stored one. `None` when no such patient.
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+pub async fn update(tx: &mut Tx<'_>, id: Uuid, p: &ValidPatient) -> sqlx::Result<Option<Patient>> {
+    sqlx::query_as::<_, Patient>(&format!(
+        r#"
+        UPDATE patients
+        SET name = $2, email = $3, address = $4, date_of_birth = $5,
+            registered_date = COALESCE($6, registered_date), updated_at = now()
+        WHERE id = $1
+        RETURNING {COLUMNS}
+        "#
+    ))
+    .bind(id)
+    .bind(p.name.as_str())
+    .bind(p.email.as_str())
+    .bind(p.address.as_str())
+    .bind(p.date_of_birth.date())
+    .bind(p.registered_date)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Deletes and returns the patient, `None` when there was none.
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+pub async fn delete(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<Option<Patient>> {
+    sqlx::query_as::<_, Patient>(&format!("DELETE FROM patients WHERE id = $1 RETURNING {COLUMNS}"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+#[tracing::instrument(skip(db))]
+pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Patient>> {
+    sqlx::query_as::<_, Patient>(&format!("SELECT {COLUMNS} FROM patients WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// One page of patients in a stable order (oldest first).
+#[tracing::instrument(skip_all, fields(limit, offset))]
+pub async fn list(db: impl PgExecutor<'_>, filter: &ListFilter, limit: i64, offset: i64) -> sqlx::Result<Vec<Patient>> {
+    sqlx::query_as::<_, Patient>(&format!(
+        "SELECT {COLUMNS} FROM patients WHERE {FILTER} ORDER BY created_at, id LIMIT $3 OFFSET $4"
+    ))
+    .bind(filter.name_pattern())
+    .bind(&filter.email)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await
+}
+
+/// How many patients match the filter.
+#[tracing::instrument(skip_all)]
+pub async fn count(db: impl PgExecutor<'_>, filter: &ListFilter) -> sqlx::Result<i64> {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM patients WHERE {FILTER}"))
+        .bind(filter.name_pattern())
+        .bind(&filter.email)
+        .fetch_one(db)
+        .await
+}

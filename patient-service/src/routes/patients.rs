@@ -1,0 +1,155 @@
+//! `/patients` handlers.
+
+use anyhow::Context;
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
+use chrono::Utc;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{
+    extract::{AppJson, AppQuery, PatientId},
+    page::{ListQuery, PageRequest},
+    AppState,
+};
+use crate::{
+    domain::{PatientInput, PatientRequest, PatientResponse},
+    outbox::{self, EventType},
+    repo, Error, Result,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/patients", get(list).post(create))
+        .route("/patients/{id}", get(read).put(update).delete(remove))
+        .route("/patients/{id}/bill", get(bill))
+}
+
+static X_TOTAL_COUNT: HeaderName = HeaderName::from_static("x-total-count");
+
+#[tracing::instrument(skip_all, fields(page, size))]
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppQuery(query): AppQuery<ListQuery>,
+) -> Result<impl IntoResponse> {
+    let req = PageRequest::try_from(query)?;
+    tracing::Span::current().record("page", req.page).record("size", req.size);
+    let total = repo::count(&state.db, &req.filter).await?;
+    let patients = repo::list(&state.db, &req.filter, req.size, req.offset()).await?;
+    let body: Vec<PatientResponse> = patients.into_iter().map(Into::into).collect();
+    let link = req.link_header(&format!("{}/patients", forwarded_prefix(&headers)), total);
+    Ok((
+        [
+            (X_TOTAL_COUNT.clone(), HeaderValue::from(total)),
+            (header::LINK, HeaderValue::from_str(&link).context("invalid Link header")?),
+        ],
+        Json(body),
+    ))
+}
+
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result<Json<PatientResponse>> {
+    let patient = repo::find(&state.db, id).await?.ok_or(Error::NotFound)?;
+    Ok(Json(patient.into()))
+}
+
+/// Insert, open the billing account, record the event — one transaction: if billing fails,
+/// nothing is persisted.
+#[tracing::instrument(skip_all, fields(patient_id))]
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<PatientRequest>,
+) -> Result<impl IntoResponse> {
+    let valid = body.validate(PatientInput::Create, today()).map_err(Error::Validation)?;
+    let id = Uuid::new_v4();
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+
+    let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+    let patient = repo::insert(&mut tx, id, &valid).await?;
+    state.billing.create_account(&patient).await?;
+    outbox::record(&mut tx, EventType::Created, &patient, traceparent(&headers)).await?;
+    tx.commit().await.context("failed to commit new patient")?;
+
+    tracing::info!("patient created");
+    let location = format!("{}/patients/{id}", forwarded_prefix(&headers));
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, HeaderValue::from_str(&location).context("invalid Location header")?)],
+        Json(PatientResponse::from(patient)),
+    ))
+}
+
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PatientId(id): PatientId,
+    AppJson(body): AppJson<PatientRequest>,
+) -> Result<Json<PatientResponse>> {
+    let valid = body.validate(PatientInput::Update, today()).map_err(Error::Validation)?;
+    let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+    let patient = repo::update(&mut tx, id, &valid).await?.ok_or(Error::NotFound)?;
+    outbox::record(&mut tx, EventType::Updated, &patient, traceparent(&headers)).await?;
+    tx.commit().await.context("failed to commit patient update")?;
+    tracing::info!("patient updated");
+    Ok(Json(patient.into()))
+}
+
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+async fn remove(State(state): State<AppState>, headers: HeaderMap, PatientId(id): PatientId) -> Result<StatusCode> {
+    let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+    let patient = repo::delete(&mut tx, id).await?.ok_or(Error::NotFound)?;
+    outbox::record(&mut tx, EventType::Deleted, &patient, traceparent(&headers)).await?;
+    tx.commit().await.context("failed to commit patient delete")?;
+    tracing::info!("patient deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The patient's billing account, read from billing-service over gRPC.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BillResponse {
+    account_id: String,
+    patient_id: String,
+    status: String,
+    created_at: String,
+}
+
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+async fn bill(State(state): State<AppState>, PatientId(id): PatientId) -> Result<Json<BillResponse>> {
+    repo::find(&state.db, id).await?.ok_or(Error::NotFound)?;
+    let account = state.billing.account(id).await?;
+    Ok(Json(BillResponse {
+        account_id: account.account_id,
+        patient_id: account.patient_id,
+        status: account.status,
+        created_at: account.created_at,
+    }))
+}
+
+fn today() -> chrono::NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// The path prefix a reverse proxy stripped (the gateway strips `/api`), so `Location` and
+/// `Link` point where the client can follow them. Only a plain path is accepted.
+fn forwarded_prefix(headers: &HeaderMap) -> &str {
+    headers
+        .get("x-forwarded-prefix")
+        .and_then(|v| v.to_str().ok())
+        .map(|p| p.trim_end_matches('/'))
+        .filter(|p| p.starts_with('/') && p.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c)))
+        .unwrap_or("")
+}
+
+/// The W3C trace context of the request, carried onto the event.
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 128)
+}

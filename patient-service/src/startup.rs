@@ -1,0 +1,79 @@
+//! Builds patient-service from its settings; `main` and the tests share this path.
+
+use std::future::Future;
+
+use anyhow::Context;
+use axum::{extract::MatchedPath, http::Request, Router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
+
+use crate::{
+    billing::BillingClient,
+    config::Settings,
+    demo,
+    routes::{self, AppState},
+    MIGRATOR,
+};
+
+/// A bound, migrated, not yet serving patient-service.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    pool: sqlx::PgPool,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = settings.db.connect_and_migrate(&MIGRATOR).await?;
+        if settings.seed_demo_data {
+            demo::seed(&pool).await?;
+        }
+        let billing = BillingClient::new(
+            &settings.billing_grpc_url,
+            settings.billing_connect_timeout(),
+            settings.billing_timeout(),
+        )?;
+        let state = AppState { db: pool.clone(), billing };
+        let router =
+            with_http_layers(routes::router(state, settings.max_body_bytes).merge(common::health::routes(pool.clone())));
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
+        Ok(Self { listener, router, pool })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` resolves; in-flight requests finish first.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        tracing::info!(port = self.port(), "patient-service listening");
+        let stop = CancellationToken::new();
+        let http = axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let tasks = vec![("http-server", async move { http.await.context("HTTP server failed") })];
+        let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
+        self.pool.close().await;
+        result
+    }
+}
+
+/// Request ids (kept from the caller or generated) and one log line per request naming the
+/// route template, never the concrete path or query (they may carry names or emails).
+fn with_http_layers(router: Router) -> Router {
+    let make_span = |req: &Request<axum::body::Body>| {
+        let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
+        let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+        tracing::info_span!("http", method = %req.method(), route, request_id)
+    };
+    // Router::layer wraps outside-in: the last one added runs first.
+    router
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(DefaultOnResponse::new().level(Level::INFO)))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}

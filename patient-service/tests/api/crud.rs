@@ -1,0 +1,116 @@
+//! GET / PUT / DELETE of one patient, and its bill.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, patient_body, TestApp};
+
+#[tokio::test]
+async fn get_returns_the_patient_404_for_unknown_and_400_for_malformed_ids() {
+    let app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+
+    let found: Value = app.client.get(app.url(&format!("/patients/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(found["id"], id.as_str());
+    assert_eq!(found["address"], "1 Test Street, Springfield");
+
+    let unknown = app.client.get(app.url(&format!("/patients/{}", uuid::Uuid::new_v4()))).send().await.unwrap();
+    assert_problem(unknown, 404).await;
+    let malformed = app.client.get(app.url("/patients/not-a-uuid")).send().await.unwrap();
+    assert_problem(malformed, 400).await;
+}
+
+#[tokio::test]
+async fn update_returns_200_changes_the_row_and_records_an_event() {
+    let app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+    let mut body = patient_body(1);
+    body["address"] = json!("2 New Road");
+    body.as_object_mut().unwrap().remove("registeredDate");
+
+    let resp = app.client.put(app.url(&format!("/patients/{id}"))).json(&body).send().await.unwrap();
+
+    assert_eq!(resp.status(), 200);
+    let updated: Value = resp.json().await.unwrap();
+    assert_eq!(updated["address"], "2 New Road");
+    assert_eq!(updated["registeredDate"], "2024-01-10", "omitted registeredDate is kept");
+    let stored: String = sqlx::query_scalar("SELECT address FROM patients").fetch_one(&app.db).await.unwrap();
+    assert_eq!(stored, "2 New Road");
+    let kinds: Vec<String> = app.outbox_events().await.into_iter().map(|e| e.event_type).collect();
+    assert_eq!(kinds, ["PATIENT_CREATED", "PATIENT_UPDATED"]);
+}
+
+#[tokio::test]
+async fn update_rejections_leave_the_row_unchanged() {
+    let app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+    app.create_patient(&patient_body(2)).await;
+    let url = app.url(&format!("/patients/{id}"));
+
+    let mut invalid = patient_body(1);
+    invalid["email"] = json!("broken");
+    let problem = assert_problem(app.client.put(&url).json(&invalid).send().await.unwrap(), 400).await;
+    assert!(problem["errors"]["email"].is_string());
+
+    let mut taken = patient_body(1);
+    taken["email"] = json!("patient2@example.com");
+    assert_problem(app.client.put(&url).json(&taken).send().await.unwrap(), 409).await;
+
+    let unknown = app.url(&format!("/patients/{}", uuid::Uuid::new_v4()));
+    assert_problem(app.client.put(&unknown).json(&patient_body(3)).send().await.unwrap(), 404).await;
+
+    let email: String =
+        sqlx::query_scalar("SELECT email FROM patients WHERE id = $1::uuid").bind(&id).fetch_one(&app.db).await.unwrap();
+    assert_eq!(email, "patient1@example.com");
+    assert_eq!(app.outbox_events().await.len(), 2, "only the two creates");
+}
+
+#[tokio::test]
+async fn delete_returns_204_removes_the_row_and_records_an_event() {
+    let app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+    let url = app.url(&format!("/patients/{id}"));
+
+    let resp = app.client.delete(&url).send().await.unwrap();
+
+    assert_eq!(resp.status(), 204);
+    assert_eq!(app.patient_rows().await, 0);
+    let events = app.outbox_events().await;
+    assert_eq!((events[1].event_type.as_str(), events[1].patient_id.as_str()), ("PATIENT_DELETED", id.as_str()));
+    assert_problem(app.client.delete(&url).send().await.unwrap(), 404).await;
+    assert_problem(app.client.get(&url).send().await.unwrap(), 404).await;
+}
+
+#[tokio::test]
+async fn bill_returns_the_billing_account_from_billing_service() {
+    let app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+
+    let resp = app.client.get(app.url(&format!("/patients/{id}/bill"))).send().await.unwrap();
+
+    assert_eq!(resp.status(), 200);
+    let bill: Value = resp.json().await.unwrap();
+    let account_id: String =
+        sqlx::query_scalar("SELECT id::text FROM billing_accounts").fetch_one(&app.billing_db).await.unwrap();
+    assert_eq!((bill["accountId"].as_str(), bill["status"].as_str()), (Some(account_id.as_str()), Some("ACTIVE")));
+    assert_eq!(bill["patientId"], id.as_str());
+
+    let unknown = app.client.get(app.url(&format!("/patients/{}/bill", uuid::Uuid::new_v4()))).send().await.unwrap();
+    assert_problem(unknown, 404).await;
+}
+
+#[tokio::test]
+async fn bill_returns_503_when_billing_is_down() {
+    let mut app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+    app.stop_billing().await;
+    let resp = app.client.get(app.url(&format!("/patients/{id}/bill"))).send().await.unwrap();
+    assert_problem(resp, 503).await;
+}
+
+#[tokio::test]
+async fn health_ready_checks_the_database() {
+    let app = TestApp::spawn().await;
+    let ready = app.client.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap()["database"], "UP");
+}
