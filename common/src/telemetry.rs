@@ -3,6 +3,8 @@
 //! Services log identifiers (patient ids, account ids, event ids), never names, emails or
 //! addresses: the log pipeline is not a place for personal data.
 
+use std::io::IsTerminal;
+
 use clap::Args;
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
@@ -24,6 +26,7 @@ pub fn init(args: &LogArgs) {
     if args.log_json {
         registry.with(fmt::layer().json().flatten_event(true)).init();
     } else {
-        registry.with(fmt::layer()).init();
+        // Colours only for a person at a terminal, never into log files.
+        registry.with(fmt::layer().with_ansi(std::io::stdout().is_terminal())).init();
     }
 }

@@ -3,11 +3,13 @@
 //! One place used by both the dev command (`cargo xtask`) and the test suites:
 //! - [`postgres`]: a private PostgreSQL cluster from Debian's server binaries.
 //! - [`paths`]: where state and caches live (outside the work tree).
+//! - [`services`]: the platform's own services as background processes.
 //! - [`net`]: free loopback ports.
 
 pub mod net;
 pub mod paths;
 pub mod postgres;
+pub mod services;
 mod process;
 
 pub use postgres::PgCluster;

@@ -1,1 +1,199 @@
-fn main() {}
+//! `cargo xtask`: the dev command. `up` brings the stack up and prints how to use it, `down`
+//! stops what `up` started, `status` shows it, `test` runs every test suite.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dev_stack::{
+    paths, postgres,
+    services::{self, ServiceDirs, ServiceSpec},
+    PgCluster,
+};
+
+/// Password of the dev cluster's superuser: a local, loopback-only development database.
+const DEV_PG_PASSWORD: &str = "postgres-dev";
+/// The databases of the services, one each.
+const DATABASES: [&str; 3] = ["patient_service", "billing_service", "analytics_service"];
+/// Services in start order (billing first: patient-service calls it).
+const SERVICES: [&str; 2] = ["billing-service", "patient-service"];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Dev command of the patient platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Ports of the dev stack (defaults from the SPEC).
+#[derive(clap::Args, Clone)]
+struct Ports {
+    #[arg(long, env = "DEV_PG_PORT", default_value_t = 5432)]
+    pg_port: u16,
+    #[arg(long, env = "DEV_PATIENT_PORT", default_value_t = 4000)]
+    patient_port: u16,
+    #[arg(long, env = "DEV_BILLING_GRPC_PORT", default_value_t = 9001)]
+    billing_grpc_port: u16,
+    #[arg(long, env = "DEV_BILLING_HTTP_PORT", default_value_t = 4001)]
+    billing_http_port: u16,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start PostgreSQL and the services (safe to re-run), then print how to use them.
+    Up(Ports),
+    /// Stop everything `up` started.
+    Down,
+    /// Show what runs.
+    Status(Ports),
+    /// Run every test of the workspace (each suite starts its own infrastructure on free ports).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Up(ports) => up(&ports),
+        Cmd::Down => down(),
+        Cmd::Status(ports) => status(&ports),
+        Cmd::Test { args } => test(&args),
+    }
+}
+
+fn pg_dir() -> std::path::PathBuf {
+    paths::state_dir().join("postgres")
+}
+
+fn dirs() -> ServiceDirs {
+    ServiceDirs::under(&paths::state_dir())
+}
+
+fn up(ports: &Ports) -> anyhow::Result<()> {
+    println!("==> PostgreSQL on 127.0.0.1:{} (data in {})", ports.pg_port, pg_dir().display());
+    let pg = PgCluster::start_persistent(&pg_dir(), ports.pg_port, DEV_PG_PASSWORD)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for db in DATABASES {
+        rt.block_on(pg.ensure_database(db))?;
+    }
+
+    println!("==> building the services");
+    cargo(&["build", "--bins", "-p", "billing-service", "-p", "patient-service"])?;
+
+    for spec in specs(ports, &pg) {
+        let pid = services::start(&spec, &dirs())?;
+        services::wait_ready(&spec, &dirs(), Duration::from_secs(60))?;
+        println!("==> {} ready (pid {pid}, log {})", spec.name, dirs().log_file(spec.name).display());
+    }
+    print_usage(ports);
+    Ok(())
+}
+
+fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
+    let env = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    vec![
+        ServiceSpec {
+            name: "billing-service",
+            env: env(&[
+                ("DATABASE_URL", pg.url("billing_service")),
+                ("GRPC_ADDR", format!("127.0.0.1:{}", ports.billing_grpc_port)),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.billing_http_port)),
+            ]),
+            ready_port: ports.billing_http_port,
+        },
+        ServiceSpec {
+            name: "patient-service",
+            env: env(&[
+                ("DATABASE_URL", pg.url("patient_service")),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.patient_port)),
+                ("BILLING_GRPC_URL", format!("http://127.0.0.1:{}", ports.billing_grpc_port)),
+                ("SEED_DEMO_DATA", "true".into()),
+            ]),
+            ready_port: ports.patient_port,
+        },
+    ]
+}
+
+fn print_usage(ports: &Ports) {
+    let p = ports.patient_port;
+    let g = ports.billing_grpc_port;
+    println!(
+        r#"
+The patient platform is up.
+
+  List patients (15 demo patients are seeded):
+    curl -s 'http://localhost:{p}/patients?page=0&size=5' -i
+
+  Create one (201 + Location; a billing account is opened over gRPC in the same transaction):
+    curl -s -X POST http://localhost:{p}/patients -H 'content-type: application/json' \
+      -d '{{"name":"Ada Lovelace","email":"ada@example.com","address":"12 St James Sq, London","dateOfBirth":"1815-12-10","registeredDate":"2026-11-22"}}'
+
+  Its bill:  curl -s http://localhost:{p}/patients/<id>/bill
+
+  Billing over gRPC (reflection, no .proto needed):
+    grpcurl -plaintext localhost:{g} list
+    grpcurl -plaintext -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
+      localhost:{g} BillingService/CreateBillingAccount
+
+  Health:    curl -s http://localhost:{p}/health/ready   |   curl -s http://localhost:{b}/health/ready
+  Logs:      {logs}
+  Stop:      cargo xtask down
+"#,
+        b = ports.billing_http_port,
+        logs = dirs().logs.display(),
+    );
+}
+
+fn down() -> anyhow::Result<()> {
+    for name in SERVICES.iter().rev() {
+        if services::stop(name, &dirs(), Duration::from_secs(15)) {
+            println!("==> stopped {name}");
+        }
+    }
+    if PgCluster::stop_persistent(&pg_dir())? {
+        println!("==> stopped PostgreSQL");
+    }
+    Ok(())
+}
+
+fn status(ports: &Ports) -> anyhow::Result<()> {
+    let pg = if dev_stack::net::port_in_use(ports.pg_port) && pg_dir().join("postmaster.pid").exists() {
+        "running"
+    } else {
+        "stopped"
+    };
+    println!("postgres         {pg} (127.0.0.1:{})", ports.pg_port);
+    for (name, port) in [("billing-service", ports.billing_http_port), ("patient-service", ports.patient_port)] {
+        let state = match (dirs().running_pid(name), services::http_status(port, "/health/ready")) {
+            (Some(pid), Some(200)) => format!("ready (pid {pid})"),
+            (Some(pid), _) => format!("running, not ready (pid {pid})"),
+            (None, _) => "stopped".to_owned(),
+        };
+        println!("{name:<16} {state}");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    // Install once up front rather than racing apt-get from parallel test binaries.
+    postgres::ensure_installed()?;
+    let mut cargo_args = vec!["test", "--workspace", "--no-fail-fast"];
+    cargo_args.extend(args.iter().map(String::as_str));
+    cargo(&cargo_args)
+}
+
+/// Runs the cargo that runs us, failing with its exit status.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(paths::workspace_root())
+        .status()
+        .context("failed to run cargo")?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
