@@ -181,7 +181,40 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     postgres::ensure_installed()?;
     let mut cargo_args = vec!["test", "--workspace", "--no-fail-fast"];
     cargo_args.extend(args.iter().map(String::as_str));
-    cargo(&cargo_args)
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(&cargo_args)
+        .current_dir(paths::workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("failed to run cargo test")?;
+    // Echo cargo's output and add up its per-binary summaries into one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            passed += count_before(summary, " passed");
+            failed += count_before(summary, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("\nall suites: {passed} passed, {failed} failed");
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+/// The number just before `label` in a cargo summary such as `ok. 5 passed; 0 failed; …`.
+fn count_before(summary: &str, label: &str) -> u64 {
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1].trim_end_matches(';') == label.trim())
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs the cargo that runs us, failing with its exit status.
