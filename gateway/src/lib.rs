@@ -1,2 +1,14 @@
-//! gateway: the API entry point. This first slice serves only its health endpoint; token
-//! verification, role rules and proxying arrive with the gateway's own issue.
+//! gateway: the platform's single entry point. Verifies Keycloak-issued RS256 access tokens
+//! against a cached JWKS, enforces the per-route role table, strips `/api` and proxies to the
+//! services. A rejected request never reaches a backend.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod jwks;
+pub mod metrics;
+pub mod proxy;
+pub mod rules;
+pub mod startup;
+
+pub use error::{Error, Result};

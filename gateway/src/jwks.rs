@@ -1,0 +1,263 @@
+//! The realm's signing keys: discovered from the issuer, fetched from its JWKS, cached by `kid`.
+//!
+//! - Known `kid`: served from the cache, no I/O, no lock.
+//! - Unknown `kid`: ONE shared refetch (single flight behind a mutex, at most one per
+//!   `min_refetch`); a `kid` still unknown afterwards is remembered as unknown for a while, so a
+//!   flood of forged key ids cannot turn into a flood of fetches.
+//! - A failed fetch never drops keys: tokens keep verifying while Keycloak is down.
+//! - Entries the gateway cannot use (`use: enc`, other key types or algorithms) are skipped one
+//!   by one instead of failing the whole set.
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::metrics::Metrics;
+
+/// A verification key and the one algorithm it may be used with.
+pub struct VerifyKey {
+    pub key: DecodingKey,
+    pub algorithm: Algorithm,
+}
+
+/// Knobs of the key store.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    /// Base URL of the realm for discovery (`<url>/.well-known/openid-configuration`).
+    pub discovery_url: String,
+    /// The `issuer` the discovery document must announce.
+    pub expected_issuers: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub min_refetch: Duration,
+    pub negative_ttl: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Default)]
+struct FetchState {
+    jwks_uri: Option<String>,
+    last_attempt: Option<Instant>,
+}
+
+pub struct KeyStore {
+    http: reqwest::Client,
+    settings: JwksSettings,
+    keys: moka::sync::Cache<String, Arc<VerifyKey>>,
+    unknown: moka::sync::Cache<String, ()>,
+    fetch: Mutex<FetchState>,
+    metrics: Arc<Metrics>,
+}
+
+impl KeyStore {
+    pub fn new(settings: JwksSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(settings.fetch_timeout).build()?;
+        Ok(Self {
+            http,
+            keys: moka::sync::Cache::builder().max_capacity(256).build(),
+            unknown: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(settings.negative_ttl).build(),
+            settings,
+            fetch: Mutex::new(FetchState::default()),
+            metrics,
+        })
+    }
+
+    /// Number of usable keys held.
+    pub fn len(&self) -> u64 {
+        self.keys.run_pending_tasks();
+        self.keys.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key for `kid`, refetching the JWKS once (shared by all waiters) when it is unknown.
+    pub async fn key_for(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        if let Some(key) = self.keys.get(kid) {
+            return Some(key);
+        }
+        if self.unknown.contains_key(kid) {
+            return None;
+        }
+        let mut state = tokio::time::timeout(self.settings.fetch_timeout, self.fetch.lock()).await.ok()?;
+        // Whoever held the lock before us may have fetched exactly this key.
+        if let Some(key) = self.keys.get(kid) {
+            return Some(key);
+        }
+        if self.unknown.contains_key(kid) {
+            return None;
+        }
+        if let Some(wait) = state.last_attempt.and_then(|t| self.settings.min_refetch.checked_sub(t.elapsed())) {
+            tokio::time::sleep(wait).await;
+        }
+        let _ = self.refresh_locked(&mut state).await;
+        let found = self.keys.get(kid);
+        if found.is_none() {
+            tracing::info!("token with an unknown key id rejected");
+            self.unknown.insert(kid.to_owned(), ());
+        }
+        found
+    }
+
+    /// Refetches the JWKS now (the background refresh).
+    pub async fn refresh(&self) -> anyhow::Result<usize> {
+        let mut state = self.fetch.lock().await;
+        self.refresh_locked(&mut state).await
+    }
+
+    async fn refresh_locked(&self, state: &mut FetchState) -> anyhow::Result<usize> {
+        state.last_attempt = Some(Instant::now());
+        let result = self.fetch_keys(state).await;
+        match &result {
+            Ok(n) => {
+                Metrics::inc(&self.metrics.jwks_fetch_success);
+                tracing::info!(keys = n, "JWKS refreshed");
+            }
+            Err(err) => {
+                Metrics::inc(&self.metrics.jwks_fetch_failure);
+                tracing::warn!(error = %format!("{err:#}"), "JWKS refresh failed; keeping cached keys");
+            }
+        }
+        result
+    }
+
+    async fn fetch_keys(&self, state: &mut FetchState) -> anyhow::Result<usize> {
+        let jwks_uri = match &state.jwks_uri {
+            Some(uri) => uri.clone(),
+            None => {
+                let uri = self.discover().await?;
+                state.jwks_uri = Some(uri.clone());
+                uri
+            }
+        };
+        let set: Value = self
+            .http
+            .get(&jwks_uri)
+            .send()
+            .await
+            .context("JWKS request failed")?
+            .error_for_status()
+            .context("JWKS request refused")?
+            .json()
+            .await
+            .context("JWKS is not JSON")?;
+        let usable = parse_jwks(&set, &self.settings.algorithms);
+        if usable.is_empty() {
+            bail!("JWKS holds no usable signing key");
+        }
+        let fresh: HashSet<String> = usable.iter().map(|(kid, _)| kid.clone()).collect();
+        for (kid, key) in usable {
+            self.unknown.invalidate(&kid);
+            self.keys.insert(kid, Arc::new(key));
+        }
+        // Keys the realm no longer publishes are no longer trusted.
+        for (kid, _) in self.keys.iter() {
+            if !fresh.contains(kid.as_str()) {
+                self.keys.invalidate(kid.as_str());
+            }
+        }
+        Ok(fresh.len())
+    }
+
+    /// OIDC discovery: the document must name one of our accepted issuers.
+    async fn discover(&self) -> anyhow::Result<String> {
+        #[derive(Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+        }
+        let url = format!("{}/.well-known/openid-configuration", self.settings.discovery_url.trim_end_matches('/'));
+        let doc: Discovery = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .context("discovery request failed")?
+            .error_for_status()
+            .context("discovery request refused")?
+            .json()
+            .await
+            .context("discovery document is malformed")?;
+        if !self.settings.expected_issuers.iter().any(|i| i == doc.issuer.trim_end_matches('/')) {
+            bail!("discovery announced an issuer that is not accepted");
+        }
+        Ok(doc.jwks_uri)
+    }
+}
+
+/// The usable signing keys of a JWKS document, each entry judged on its own.
+pub fn parse_jwks(set: &Value, algorithms: &[Algorithm]) -> Vec<(String, VerifyKey)> {
+    let entries = set.get("keys").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    entries
+        .iter()
+        .filter_map(|jwk| {
+            let key = parse_jwk(jwk, algorithms);
+            if key.is_none() {
+                let kid = jwk.get("kid").and_then(|k| k.as_str());
+                tracing::debug!(kid, "skipping unusable JWKS entry");
+            }
+            key
+        })
+        .collect()
+}
+
+fn parse_jwk(jwk: &Value, algorithms: &[Algorithm]) -> Option<(String, VerifyKey)> {
+    let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+    if field("kty")? != "RSA" || field("use").is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let algorithm = match field("alg") {
+        Some(alg) => alg.parse::<Algorithm>().ok()?,
+        None => Algorithm::RS256,
+    };
+    if !algorithms.contains(&algorithm) {
+        return None;
+    }
+    let key = DecodingKey::from_rsa_components(field("n")?, field("e")?).ok()?;
+    Some((field("kid")?.to_owned(), VerifyKey { key, algorithm }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    // A real 2048-bit modulus is not needed for parsing: DecodingKey accepts any base64url n/e.
+    fn rsa(kid: &str, alg: &str, use_: &str) -> Value {
+        json!({"kid": kid, "kty": "RSA", "alg": alg, "use": use_, "n": "sXch", "e": "AQAB"})
+    }
+
+    #[test]
+    fn keeps_rs256_signing_keys_and_skips_the_rest_one_by_one() {
+        let set = json!({"keys": [
+            rsa("sig-1", "RS256", "sig"),
+            rsa("enc-1", "RSA-OAEP", "enc"),
+            rsa("hs", "HS256", "sig"),
+            {"kid": "ec", "kty": "EC", "alg": "ES256", "crv": "P-256", "x": "a", "y": "b"},
+            {"kid": "broken", "kty": "RSA"},
+            "not even an object",
+            rsa("sig-2", "RS256", "sig"),
+        ]});
+        let kids: Vec<String> = parse_jwks(&set, &[Algorithm::RS256]).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kids, ["sig-1", "sig-2"]);
+    }
+
+    #[test]
+    fn pinned_algorithms_exclude_other_rsa_algorithms() {
+        let set = json!({"keys": [rsa("ps", "PS256", "sig"), rsa("rs512", "RS512", "sig")]});
+        assert!(parse_jwks(&set, &[Algorithm::RS256]).is_empty());
+    }
+
+    #[test]
+    fn a_document_without_keys_yields_nothing() {
+        assert!(parse_jwks(&json!({}), &[Algorithm::RS256]).is_empty());
+    }
+}

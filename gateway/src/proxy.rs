@@ -1,0 +1,155 @@
+//! Forwarding to a backend: `/api` stripped, bodies streamed both ways, hop-by-hop headers
+//! dropped, `X-Forwarded-*`, `x-request-id` and `traceparent` set, the bearer token forwarded;
+//! bounded connect and response times.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Uri},
+    response::Response,
+};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+use crate::Error;
+
+/// The prefix clients use and backends never see.
+pub const API_PREFIX: &str = "/api";
+
+/// Headers meaningful for one connection only (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    response_timeout: Duration,
+}
+
+impl Proxy {
+    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Self { client, response_timeout }
+    }
+
+    /// Sends `req` to `base` (scheme + authority) and streams the answer back.
+    pub async fn forward(&self, base: &Uri, mut req: Request, client: SocketAddr, request_id: &HeaderValue) -> Result<Response, Error> {
+        let uri = upstream_uri(base, req.uri()).map_err(Error::UpstreamFailed)?;
+        let original_host = req.headers().get(header::HOST).cloned();
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        set_forwarded(headers, client, original_host);
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        if !headers.contains_key(&TRACEPARENT) {
+            headers.insert(TRACEPARENT.clone(), new_traceparent());
+        }
+        *req.uri_mut() = uri;
+
+        let response = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => return Err(Error::UpstreamTimeout),
+            Ok(Err(err)) if err.is_connect() => {
+                tracing::warn!(error = %err, "backend unreachable");
+                return Err(Error::UpstreamUnavailable);
+            }
+            Ok(Err(err)) => return Err(Error::UpstreamFailed(anyhow::Error::new(err))),
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// `base` + the request's path without `/api` + its query.
+fn upstream_uri(base: &Uri, original: &Uri) -> anyhow::Result<Uri> {
+    let path = original.path().strip_prefix(API_PREFIX).unwrap_or(original.path());
+    let path_and_query = match original.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).context("invalid upstream path")?);
+    Uri::from_parts(parts).context("invalid upstream URI")
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, original_host: Option<HeaderValue>) {
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", client.ip()),
+        None => client.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    headers.insert("x-forwarded-prefix", HeaderValue::from_static(API_PREFIX));
+}
+
+/// A new W3C trace context (version 00, sampled) for requests that arrive without one.
+fn new_traceparent() -> HeaderValue {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    HeaderValue::from_str(&format!("00-{trace}-{span}-01")).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_the_api_prefix_and_keeps_the_query() {
+        let base: Uri = "http://127.0.0.1:4000".parse().unwrap();
+        let uri = upstream_uri(&base, &"/api/patients?page=1&size=5".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:4000/patients?page=1&size=5");
+    }
+
+    #[test]
+    fn drops_hop_by_hop_headers_including_those_named_by_connection() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("authorization", HeaderValue::from_static("Bearer t"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["authorization"]);
+    }
+
+    #[test]
+    fn traceparent_has_the_w3c_shape() {
+        let tp = new_traceparent();
+        let parts: Vec<&str> = tp.to_str().unwrap().split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 32, 16, 2]);
+    }
+}
