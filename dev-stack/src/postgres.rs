@@ -258,15 +258,7 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 
 /// Removes data dirs of test clusters whose process is gone.
 fn remove_stale_test_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEST_DIR_PREFIX)) else { continue };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !process::pid_alive(p)) {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
+    process::remove_stale_dirs(&std::env::temp_dir(), TEST_DIR_PREFIX);
 }
 
 fn nanos() -> u128 {

@@ -6,6 +6,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
@@ -106,8 +107,53 @@ fn wait(child: &mut Child) -> std::io::Result<()> {
     child.wait().map(|_| ())
 }
 
-/// True while a process with this pid exists.
+/// True while a process with this pid exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) == 0 };
+    exists && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+}
+
+/// SIGTERM, then SIGKILL once `grace` has passed; returns when the process is gone.
+pub fn terminate(pid: u32, grace: Duration) {
+    // SAFETY: plain kill(2) on a pid we started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while pid_alive(pid) && start.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if pid_alive(pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        while pid_alive(pid) && start.elapsed() < grace + Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Spawns a child in its own session, so it outlives this command and ignores our terminal's
+/// Ctrl-C; returns its pid.
+pub fn spawn_detached(mut cmd: Command) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; this runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    Ok(cmd.spawn().context("failed to start process")?.id())
+}
+
+/// Removes `<dir>/<prefix><pid>-…` entries whose process is gone (test leftovers).
+pub fn remove_stale_dirs(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !pid_alive(p)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

@@ -74,18 +74,9 @@ pub fn start(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // Its own session: the service outlives this command and ignores our terminal's Ctrl-C.
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe; this runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().with_context(|| format!("failed to start {} (was it built?)", spec.name))?;
-    fs::write(dirs.pid_file(spec.name), child.id().to_string())?;
-    Ok(child.id())
+    let pid = process::spawn_detached(cmd).with_context(|| format!("failed to start {} (was it built?)", spec.name))?;
+    fs::write(dirs.pid_file(spec.name), pid.to_string())?;
+    Ok(pid)
 }
 
 /// Waits until `GET /health/ready` answers 200, failing early (with the log's tail) if the
@@ -106,22 +97,15 @@ pub fn wait_ready(spec: &ServiceSpec, dirs: &ServiceDirs, limit: Duration) -> an
 
 /// SIGTERM (graceful), then SIGKILL after `grace`. True when something was stopped.
 pub fn stop(name: &str, dirs: &ServiceDirs, grace: Duration) -> bool {
-    let Some(pid) = dirs.running_pid(name) else {
-        let _ = fs::remove_file(dirs.pid_file(name));
-        return false;
+    let stopped = match dirs.running_pid(name) {
+        Some(pid) => {
+            process::terminate(pid, grace);
+            true
+        }
+        None => false,
     };
-    // SAFETY: plain kill(2) on a pid we started.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let start = Instant::now();
-    while process::pid_alive(pid) && start.elapsed() < grace {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if process::pid_alive(pid) {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    }
     let _ = fs::remove_file(dirs.pid_file(name));
-    true
+    stopped
 }
 
 /// Status code of a plain HTTP GET on 127.0.0.1, `None` when nothing answers.
@@ -134,7 +118,8 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a log file.
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

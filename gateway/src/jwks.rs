@@ -95,7 +95,12 @@ impl KeyStore {
         if self.unknown.contains_key(kid) {
             return None;
         }
+        // Rate limit: inside the cooldown a request waits for it to end (a key rotated just
+        // after our last fetch is picked up), unless that wait is longer than a fetch may take.
         if let Some(wait) = state.last_attempt.and_then(|t| self.settings.min_refetch.checked_sub(t.elapsed())) {
+            if wait > self.settings.fetch_timeout {
+                return None;
+            }
             tokio::time::sleep(wait).await;
         }
         let _ = self.refresh_locked(&mut state).await;

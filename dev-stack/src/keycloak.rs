@@ -1,0 +1,237 @@
+//! Keycloak from the `org.keycloak:keycloak-quarkus-dist` archive on Maven Central (pinned,
+//! cached), run with `kc.sh start-dev --import-realm` on explicit HTTP and management ports.
+//!
+//! Every instance runs from its own copy of the distribution, so its database (dev-file H2 under
+//! `data/`), imported realm and build state are private to it; test instances live in temp dirs
+//! and die with the test binary.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use crate::{download, net, process};
+
+/// The pinned Keycloak version.
+pub const VERSION: &str = "26.7.3";
+/// JDK majors Keycloak runs on here, preferred first.
+const JAVA_MAJORS: [u32; 3] = [21, 17, 25];
+/// The realm file imported at start (relative to the workspace root).
+pub const REALM_FILE: &str = "keycloak/realm-export.json";
+/// Master-realm admin of dev and test instances (local only).
+const ADMIN: (&str, &str) = ("admin", "admin");
+const TEST_DIR_PREFIX: &str = "patient-platform-test-kc-";
+
+/// A Keycloak instance (running or stopped).
+#[derive(Debug)]
+pub struct Keycloak {
+    home: PathBuf,
+    http_port: u16,
+    management_port: u16,
+    pid: Option<u32>,
+    /// Test instances receive SIGTERM when this process dies.
+    tied_to_process: bool,
+}
+
+impl Keycloak {
+    /// One instance per test process, started on first use.
+    pub fn shared_for_tests() -> &'static Keycloak {
+        static KC: OnceLock<Keycloak> = OnceLock::new();
+        KC.get_or_init(|| Self::start_ephemeral().expect("failed to start the test Keycloak"))
+    }
+
+    /// A private instance on free ports in a temp dir, tied to this process' lifetime.
+    pub fn start_ephemeral() -> anyhow::Result<Self> {
+        let dist = ensure_distribution()?;
+        remove_stale_test_dirs();
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let home = std::env::temp_dir().join(format!(
+            "{TEST_DIR_PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        prepare_home(&dist, &home)?;
+        let mut kc = Self::on_free_ports(home, true)?;
+        kc.start()?;
+        Ok(kc)
+    }
+
+    fn on_free_ports(home: PathBuf, tied_to_process: bool) -> anyhow::Result<Self> {
+        Ok(Self { home, http_port: net::free_port()?, management_port: net::free_port()?, pid: None, tied_to_process })
+    }
+
+    /// The dev stack's instance in `home` (created on first use) on the given ports; a no-op
+    /// when it already answers.
+    pub fn start_persistent(home: &Path, http_port: u16, management_port: u16) -> anyhow::Result<Self> {
+        let dist = ensure_distribution()?;
+        if !home.join("bin/kc.sh").exists() {
+            prepare_home(&dist, home)?;
+        } else {
+            copy_realm(home)?;
+        }
+        let mut kc = Self { home: home.to_path_buf(), http_port, management_port, pid: None, tied_to_process: false };
+        if kc.is_ready() {
+            return Ok(kc);
+        }
+        for port in [http_port, management_port] {
+            if net::port_in_use(port) {
+                bail!("port {port} is taken by another program; choose other Keycloak ports");
+            }
+        }
+        kc.start()?;
+        Ok(kc)
+    }
+
+    /// Starts (or restarts) the server and waits until `/health/ready` answers.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        fs::create_dir_all(self.home.join("data/import"))?;
+        let java_home = crate::java::java_home(&JAVA_MAJORS)?;
+        let log = fs::File::options().create(true).append(true).open(self.log_file())?;
+        let mut cmd = Command::new(self.home.join("bin/kc.sh"));
+        cmd.args(["start-dev", "--import-realm", "--health-enabled=true"])
+            .arg(format!("--http-port={}", self.http_port))
+            .arg(format!("--http-management-port={}", self.management_port))
+            .arg("--http-host=127.0.0.1")
+            .env("JAVA_HOME", &java_home)
+            .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN.0)
+            .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN.1)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let pid = if self.tied_to_process {
+            process::spawn_tied_to_this_process(cmd, libc::SIGTERM)?
+        } else {
+            process::spawn_detached(cmd)?
+        };
+        self.pid = Some(pid);
+        fs::write(self.home.join("keycloak.pid"), pid.to_string())?;
+        self.wait_ready(Duration::from_secs(240))
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 30 s) and waits until it is gone.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let pid = self.pid.take().or_else(|| read_pid(&self.home));
+        if let Some(pid) = pid {
+            process::terminate(pid, Duration::from_secs(30));
+        }
+        let _ = fs::remove_file(self.home.join("keycloak.pid"));
+        Ok(())
+    }
+
+    /// Stops the dev instance living in `home`, if it runs.
+    pub fn stop_persistent(home: &Path) -> bool {
+        match read_pid(home) {
+            Some(pid) => {
+                process::terminate(pid, Duration::from_secs(30));
+                let _ = fs::remove_file(home.join("keycloak.pid"));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The issuer of `realm` as seen through [`Keycloak::base_url`].
+    pub fn issuer(&self, realm: &str) -> String {
+        format!("{}/realms/{realm}", self.base_url())
+    }
+
+    pub fn admin_credentials(&self) -> (&'static str, &'static str) {
+        ADMIN
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.home.join("keycloak.log")
+    }
+
+    fn is_ready(&self) -> bool {
+        crate::services::http_status(self.management_port, "/health/ready") == Some(200)
+    }
+
+    fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.is_ready() {
+                return Ok(());
+            }
+            if self.pid.is_some_and(|p| !process::pid_alive(p)) {
+                bail!("Keycloak exited during start-up; log:\n{}", crate::services::tail(&self.log_file(), 40));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        bail!("Keycloak not ready after {limit:?}; log:\n{}", crate::services::tail(&self.log_file(), 40))
+    }
+}
+
+/// The extracted, dev-mode-primed distribution in the cache, prepared on first use.
+///
+/// `start-dev` re-augments (rebuilds) a fresh distribution on its first start, which costs about
+/// 40 s; dev mode refuses `kc.sh build`, so the cached copy is primed by one start and stop, and
+/// every instance copied from it starts at once.
+pub fn ensure_distribution() -> anyhow::Result<PathBuf> {
+    let primed = crate::paths::cache_dir().join(format!("keycloak-{VERSION}-dev"));
+    if primed.join("bin/kc.sh").exists() {
+        return Ok(primed);
+    }
+    let file = format!("keycloak-quarkus-dist-{VERSION}.tar.gz");
+    let url = format!("{}/org/keycloak/keycloak-quarkus-dist/{VERSION}/{file}", download::MAVEN_CENTRAL);
+    let archive = download::fetch(&url, &file)?;
+    let pristine = download::extract_once(&archive, &format!("keycloak-{VERSION}"))?;
+
+    eprintln!("dev-stack: priming Keycloak {VERSION} for dev mode (once per machine)");
+    let scratch = crate::paths::cache_dir().join(format!("keycloak-{VERSION}-dev.prime-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&scratch);
+    process::run_checked(Command::new("cp").arg("-a").arg(&pristine).arg(&scratch), "copy of the Keycloak distribution")?;
+    let mut kc = Keycloak::on_free_ports(scratch.clone(), true)?;
+    let started = kc.start();
+    kc.stop()?;
+    started?;
+    for leftover in ["data", "keycloak.log", "keycloak.pid"] {
+        let path = scratch.join(leftover);
+        let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+    }
+    if fs::rename(&scratch, &primed).is_err() {
+        let _ = fs::remove_dir_all(&scratch);
+    }
+    Ok(primed)
+}
+
+/// A private copy of the distribution with the realm file in its import dir.
+fn prepare_home(dist: &Path, home: &Path) -> anyhow::Result<()> {
+    let _ = fs::remove_dir_all(home);
+    if let Some(parent) = home.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    process::run_checked(Command::new("cp").arg("-a").arg(dist).arg(home), "copy of the Keycloak distribution")?;
+    copy_realm(home)
+}
+
+fn copy_realm(home: &Path) -> anyhow::Result<()> {
+    let import = home.join("data/import");
+    fs::create_dir_all(&import)?;
+    let realm = crate::paths::workspace_root().join(REALM_FILE);
+    fs::copy(&realm, import.join("realm-export.json")).with_context(|| format!("failed to copy {}", realm.display()))?;
+    Ok(())
+}
+
+fn read_pid(home: &Path) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(home.join("keycloak.pid")).ok()?.trim().parse().ok()?;
+    process::pid_alive(pid).then_some(pid)
+}
+
+/// Removes instance dirs of test processes that are gone.
+fn remove_stale_test_dirs() {
+    crate::process::remove_stale_dirs(&std::env::temp_dir(), TEST_DIR_PREFIX);
+}

@@ -1,0 +1,31 @@
+//! Keycloak down: tokens already issued keep working on cached keys; back up: all fine again.
+//! A suite of its own because it stops its own Keycloak.
+
+mod support;
+
+use dev_stack::keycloak::Keycloak;
+use support::{backend::Backend, *};
+
+#[tokio::test]
+async fn cached_keys_keep_verifying_while_keycloak_is_down_and_after_it_returns() {
+    let mut kc = Keycloak::start_ephemeral().expect("Keycloak starts");
+    let backend = Backend::spawn().await;
+    let gw = spawn_gateway(&kc, &backend.url, |s| s.jwks_fetch_timeout_ms = 1_000).await;
+    let token = service_token(&kc).await;
+    let call = |t: String| {
+        let url = format!("{gw}/api/patients");
+        async move { reqwest::Client::new().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call(token.clone()).await, 200);
+
+    kc.stop().expect("Keycloak stops");
+    assert_eq!(call(token.clone()).await, 200, "issued token still verifies with the cached key");
+    let ready = reqwest::get(format!("{gw}/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200, "the gateway stays ready on cached keys");
+
+    kc.start().expect("Keycloak restarts");
+    let fresh = service_token(&kc).await;
+    assert_eq!(call(fresh).await, 200);
+    assert_eq!(call(token).await, 200);
+    assert_eq!(backend.count(), 4);
+}
