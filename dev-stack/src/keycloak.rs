@@ -9,10 +9,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        OnceLock,
-    },
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -51,13 +48,7 @@ impl Keycloak {
     /// A private instance on free ports in a temp dir, tied to this process' lifetime.
     pub fn start_ephemeral() -> anyhow::Result<Self> {
         let dist = ensure_distribution()?;
-        remove_stale_test_dirs();
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let home = std::env::temp_dir().join(format!(
-            "{TEST_DIR_PREFIX}{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let home = process::fresh_test_dir(TEST_DIR_PREFIX);
         prepare_home(&dist, &home)?;
         let mut kc = Self::on_free_ports(home, true)?;
         kc.start()?;
@@ -229,9 +220,4 @@ fn copy_realm(home: &Path) -> anyhow::Result<()> {
 fn read_pid(home: &Path) -> Option<u32> {
     let pid: u32 = fs::read_to_string(home.join("keycloak.pid")).ok()?.trim().parse().ok()?;
     process::pid_alive(pid).then_some(pid)
-}
-
-/// Removes instance dirs of test processes that are gone.
-fn remove_stale_test_dirs() {
-    crate::process::remove_stale_dirs(&std::env::temp_dir(), TEST_DIR_PREFIX);
 }

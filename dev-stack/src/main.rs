@@ -6,6 +6,7 @@ use std::{process::Command, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dev_stack::{
+    keycloak::Keycloak,
     paths, postgres,
     services::{self, ServiceDirs, ServiceSpec},
     PgCluster,
@@ -15,8 +16,10 @@ use dev_stack::{
 const DEV_PG_PASSWORD: &str = "postgres-dev";
 /// The databases of the services, one each.
 const DATABASES: [&str; 3] = ["patient_service", "billing_service", "analytics_service"];
-/// Services in start order (billing first: patient-service calls it).
-const SERVICES: [&str; 2] = ["billing-service", "patient-service"];
+/// Services in start order (billing first: patient-service calls it; the gateway last).
+const SERVICES: [&str; 3] = ["billing-service", "patient-service", "gateway"];
+/// The realm the platform trusts.
+const REALM: &str = "patient-management";
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Dev command of the patient platform")]
@@ -36,6 +39,12 @@ struct Ports {
     billing_grpc_port: u16,
     #[arg(long, env = "DEV_BILLING_HTTP_PORT", default_value_t = 4001)]
     billing_http_port: u16,
+    #[arg(long, env = "DEV_GATEWAY_PORT", default_value_t = 4004)]
+    gateway_port: u16,
+    #[arg(long, env = "DEV_KEYCLOAK_PORT", default_value_t = 8080)]
+    keycloak_port: u16,
+    #[arg(long, env = "DEV_KEYCLOAK_MANAGEMENT_PORT", default_value_t = 9000)]
+    keycloak_management_port: u16,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +76,10 @@ fn pg_dir() -> std::path::PathBuf {
     paths::state_dir().join("postgres")
 }
 
+fn keycloak_dir() -> std::path::PathBuf {
+    paths::state_dir().join("keycloak")
+}
+
 fn dirs() -> ServiceDirs {
     ServiceDirs::under(&paths::state_dir())
 }
@@ -79,8 +92,11 @@ fn up(ports: &Ports) -> anyhow::Result<()> {
         rt.block_on(pg.ensure_database(db))?;
     }
 
+    println!("==> Keycloak {} on :{} (realm {REALM} imported from keycloak/realm-export.json)", dev_stack::keycloak::VERSION, ports.keycloak_port);
+    Keycloak::start_persistent(&keycloak_dir(), ports.keycloak_port, ports.keycloak_management_port)?;
+
     println!("==> building the services");
-    cargo(&["build", "--bins", "-p", "billing-service", "-p", "patient-service"])?;
+    cargo(&["build", "--bins", "-p", "billing-service", "-p", "patient-service", "-p", "gateway"])?;
 
     for spec in specs(ports, &pg) {
         let pid = services::start(&spec, &dirs())?;
@@ -113,35 +129,49 @@ fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
             ]),
             ready_port: ports.patient_port,
         },
+        ServiceSpec {
+            name: "gateway",
+            env: env(&[
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.gateway_port)),
+                // Clients reach Keycloak as localhost or 127.0.0.1; dev mode issues tokens for
+                // whichever host was used, so both issuers are accepted.
+                ("OIDC_ISSUER_URL", format!("http://localhost:{}/realms/{REALM}", ports.keycloak_port)),
+                ("OIDC_EXTRA_ISSUERS", format!("http://127.0.0.1:{}/realms/{REALM}", ports.keycloak_port)),
+                ("OIDC_DISCOVERY_URL", format!("http://127.0.0.1:{}/realms/{REALM}", ports.keycloak_port)),
+                ("PATIENT_SERVICE_URL", format!("http://127.0.0.1:{}", ports.patient_port)),
+            ]),
+            ready_port: ports.gateway_port,
+        },
     ]
 }
 
 fn print_usage(ports: &Ports) {
-    let p = ports.patient_port;
-    let g = ports.billing_grpc_port;
+    let (gw, kc, g) = (ports.gateway_port, ports.keycloak_port, ports.billing_grpc_port);
     println!(
         r#"
 The patient platform is up.
 
-  List patients (15 demo patients are seeded):
-    curl -s 'http://localhost:{p}/patients?page=0&size=5' -i
+  1. A token for the ms-api service account (client_credentials; dev secret):
+    TOKEN=$(curl -s http://localhost:{kc}/realms/{REALM}/protocol/openid-connect/token \
+      -d grant_type=client_credentials -d client_id=ms-api -d client_secret=ms-api-dev-secret \
+      | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 
-  Create one (201 + Location; a billing account is opened over gRPC in the same transaction):
-    curl -s -X POST http://localhost:{p}/patients -H 'content-type: application/json' \
+  2. REST through the gateway (15 demo patients are seeded):
+    curl -s -H "Authorization: Bearer $TOKEN" 'http://localhost:{gw}/api/patients?page=0&size=5' -i
+    curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' http://localhost:{gw}/api/patients \
       -d '{{"name":"Ada Lovelace","email":"ada@example.com","address":"12 St James Sq, London","dateOfBirth":"1815-12-10","registeredDate":"2026-11-22"}}'
+    curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/patients/<id>/bill
 
-  Its bill:  curl -s http://localhost:{p}/patients/<id>/bill
-
-  Billing over gRPC (reflection, no .proto needed):
+  3. Billing over gRPC (reflection, no .proto needed):
     grpcurl -plaintext localhost:{g} list
     grpcurl -plaintext -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
       localhost:{g} BillingService/CreateBillingAccount
 
-  Health:    curl -s http://localhost:{p}/health/ready   |   curl -s http://localhost:{b}/health/ready
-  Logs:      {logs}
-  Stop:      cargo xtask down
+  4. Users and roles: Keycloak admin console http://localhost:{kc}/admin  (admin / admin)
+     Dev users of realm {REALM}: clinician/clinician-dev, analyst/analyst-dev, admin/admin-dev
+
+  Logs: {logs}   Status: cargo xtask status   Stop: cargo xtask down
 "#,
-        b = ports.billing_http_port,
         logs = dirs().logs.display(),
     );
 }
@@ -151,6 +181,9 @@ fn down() -> anyhow::Result<()> {
         if services::stop(name, &dirs(), Duration::from_secs(15)) {
             println!("==> stopped {name}");
         }
+    }
+    if Keycloak::stop_persistent(&keycloak_dir()) {
+        println!("==> stopped Keycloak");
     }
     if PgCluster::stop_persistent(&pg_dir())? {
         println!("==> stopped PostgreSQL");
@@ -165,7 +198,17 @@ fn status(ports: &Ports) -> anyhow::Result<()> {
         "stopped"
     };
     println!("postgres         {pg} (127.0.0.1:{})", ports.pg_port);
-    for (name, port) in [("billing-service", ports.billing_http_port), ("patient-service", ports.patient_port)] {
+    let kc = match services::http_status(ports.keycloak_management_port, "/health/ready") {
+        Some(200) => "ready",
+        Some(_) => "starting",
+        None => "stopped",
+    };
+    println!("keycloak         {kc} (http://localhost:{}/admin)", ports.keycloak_port);
+    for (name, port) in [
+        ("billing-service", ports.billing_http_port),
+        ("patient-service", ports.patient_port),
+        ("gateway", ports.gateway_port),
+    ] {
         let state = match (dirs().running_pid(name), services::http_status(port, "/health/ready")) {
             (Some(pid), Some(200)) => format!("ready (pid {pid})"),
             (Some(pid), _) => format!("running, not ready (pid {pid})"),

@@ -28,12 +28,14 @@ pub fn cache_dir() -> PathBuf {
     home().join(".cache/patient-platform")
 }
 
-/// The workspace root (this crate lives one level below it).
+/// The workspace root: the parent of the running package's manifest dir. Cargo sets
+/// `CARGO_MANIFEST_DIR` for `cargo run` and `cargo test` at run time; that is preferred over the
+/// compile-time value because one target dir may serve several clones.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("dev-stack sits inside the workspace")
-        .to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("every package sits inside the workspace").to_path_buf()
 }
 
 fn home() -> PathBuf {

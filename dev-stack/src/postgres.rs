@@ -49,14 +49,7 @@ impl PgCluster {
     pub fn start_ephemeral() -> anyhow::Result<Self> {
         let bin = bin_dir()?;
         let owner = service_user()?;
-        remove_stale_test_dirs();
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let data_dir = std::env::temp_dir().join(format!(
-            "{TEST_DIR_PREFIX}{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&data_dir);
+        let data_dir = process::fresh_test_dir(TEST_DIR_PREFIX);
         let password = format!("test-{}", nanos());
         init_data_dir(&bin, &data_dir, &password, owner, true)?;
         let port = crate::net::free_port()?;
@@ -254,11 +247,6 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
         "apt-get install",
     )?;
     Ok(())
-}
-
-/// Removes data dirs of test clusters whose process is gone.
-fn remove_stale_test_dirs() {
-    process::remove_stale_dirs(&std::env::temp_dir(), TEST_DIR_PREFIX);
 }
 
 fn nanos() -> u128 {

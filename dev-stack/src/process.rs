@@ -145,8 +145,20 @@ pub fn spawn_detached(mut cmd: Command) -> anyhow::Result<u32> {
     Ok(cmd.spawn().context("failed to start process")?.id())
 }
 
+/// A fresh `<tmp>/<prefix><pid>-<n>` path for one test instance, after removing the dirs that
+/// earlier, now dead, test processes left with the same prefix.
+pub fn fresh_test_dir(prefix: &str) -> std::path::PathBuf {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let tmp = std::env::temp_dir();
+    remove_stale_dirs(&tmp, prefix);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = tmp.join(format!("{prefix}{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// Removes `<dir>/<prefix><pid>-…` entries whose process is gone (test leftovers).
-pub fn remove_stale_dirs(dir: &Path, prefix: &str) {
+fn remove_stale_dirs(dir: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();

@@ -267,3 +267,32 @@ async fn key_rotation_is_picked_up_with_one_fetch_and_no_restart() {
 async fn get_owned(url: String, token: String) -> u16 {
     get(&url, Some(&token)).await.status().as_u16()
 }
+
+#[tokio::test]
+async fn a_dead_backend_gives_503_and_a_silent_one_504_with_problem_bodies() {
+    let kc = Keycloak::shared_for_tests();
+    let token = service_token(kc).await;
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = spawn_gateway(kc, &closed_url, |_| {}).await;
+    let resp = get(&format!("{gw}/api/patients"), Some(&token)).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let gw = spawn_gateway(kc, &silent_url, |s| s.upstream_timeout_ms = 500).await;
+    let started = std::time::Instant::now();
+    let resp = get(&format!("{gw}/api/patients"), Some(&token)).await;
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "never a hang");
+    assert_eq!(metric(&gw, "gateway_upstream_failures_total").await, 1);
+}
