@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use common::{db::DbArgs, telemetry::LogArgs};
+use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "billing-service", about = "Billing accounts over gRPC")]
@@ -14,8 +14,13 @@ pub struct Settings {
     /// Where the HTTP health endpoints listen.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:4001")]
     pub http_addr: SocketAddr,
+    /// Consumer group of this service on the patient topic.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "billing-service")]
+    pub group_id: String,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -26,7 +31,9 @@ impl Settings {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            group_id: "billing-service".into(),
             db: DbArgs::from_url(database_url),
+            kafka: KafkaArgs::disabled(),
             log: LogArgs { log_filter: "info".into(), log_json: false },
         }
     }

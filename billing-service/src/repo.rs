@@ -50,3 +50,17 @@ pub async fn find_by_patient(pool: &PgPool, patient_id: Uuid) -> anyhow::Result<
     .await
     .context("failed to load billing account")
 }
+
+/// Closes the patient's account; true when an active account was closed now (false when it was
+/// closed already or never existed).
+#[tracing::instrument(skip(pool))]
+pub async fn close_for_patient(pool: &PgPool, patient_id: Uuid) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE billing_accounts SET status = 'CLOSED', closed_at = now() WHERE patient_id = $1 AND status = 'ACTIVE'",
+    )
+    .bind(patient_id)
+    .execute(pool)
+    .await
+    .context("failed to close billing account")?;
+    Ok(done.rows_affected() == 1)
+}

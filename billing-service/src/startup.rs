@@ -4,18 +4,20 @@ use std::future::Future;
 
 use anyhow::Context;
 use proto::billing::billing_service_server::BillingServiceServer;
+use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, grpc::BillingGrpc, MIGRATOR};
+use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, MIGRATOR};
 
 /// A bound, migrated, not yet serving billing-service.
 pub struct Application {
     grpc: TcpListener,
     http: TcpListener,
     pool: PgPool,
+    consumer: Option<StreamConsumer>,
 }
 
 impl Application {
@@ -27,7 +29,11 @@ impl Application {
         let http = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { grpc, http, pool })
+        let consumer = match settings.kafka.kafka_disabled {
+            true => None,
+            false => Some(settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?),
+        };
+        Ok(Self { grpc, http, pool, consumer })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -57,10 +63,14 @@ impl Application {
         let http = axum::serve(self.http, common::health::routes(self.pool.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
 
-        let tasks: Vec<(&str, BoxFuture)> = vec![
+        let mut tasks: Vec<(&str, BoxFuture)> = vec![
             ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),
             ("http-server", Box::pin(async move { http.await.context("HTTP server failed") })),
         ];
+        if let Some(consumer) = self.consumer {
+            let (handler, stop) = (BillingEventHandler { db: self.pool.clone() }, stop.clone());
+            tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, stop).await })));
+        }
         let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
         self.pool.close().await;
         result

@@ -5,6 +5,8 @@
 pub mod db;
 pub mod email;
 pub mod health;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod problem;
 pub mod secret;
 pub mod shutdown;

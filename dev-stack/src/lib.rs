@@ -3,12 +3,14 @@
 //! One place used by both the dev command (`cargo xtask`) and the test suites:
 //! - [`postgres`]: a private PostgreSQL cluster from Debian's server binaries.
 //! - [`keycloak`]: Keycloak from Maven Central, realm imported at start.
+//! - [`kafka`]: a single-node KRaft Apache Kafka from Maven Central jars.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
 //! - [`net`]: free loopback ports.
 
 pub mod download;
 pub mod java;
+pub mod kafka;
 pub mod keycloak;
 pub mod net;
 pub mod paths;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{db::DbArgs, telemetry::LogArgs};
+use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "patient-service", about = "Patient CRUD over REST")]
@@ -26,8 +26,16 @@ pub struct Settings {
     /// Insert the 15 well-known demo patients at start (skips those already present).
     #[arg(long, env = "SEED_DEMO_DATA", default_value_t = false)]
     pub seed_demo_data: bool,
+    /// Outbox rows published per relay transaction.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 100)]
+    pub outbox_batch_size: i64,
+    /// How often the relay looks for new outbox rows when idle.
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 200)]
+    pub outbox_poll_ms: u64,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -42,7 +50,10 @@ impl Settings {
             billing_connect_timeout_ms: 1_000,
             max_body_bytes: 16 * 1024,
             seed_demo_data: false,
+            outbox_batch_size: 100,
+            outbox_poll_ms: 50,
             db: DbArgs::from_url(database_url),
+            kafka: KafkaArgs::disabled(),
             log: LogArgs { log_filter: "info".into(), log_json: false },
         }
     }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod outbox;
+pub mod relay;
 pub mod repo;
 pub mod routes;
 pub mod startup;

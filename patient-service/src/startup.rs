@@ -1,6 +1,6 @@
 //! Builds patient-service from its settings; `main` and the tests share this path.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use anyhow::Context;
 use axum::{extract::MatchedPath, http::Request, Router};
@@ -16,6 +16,7 @@ use crate::{
     billing::BillingClient,
     config::Settings,
     demo,
+    relay::Relay,
     routes::{self, AppState},
     MIGRATOR,
 };
@@ -25,6 +26,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     pool: sqlx::PgPool,
+    relay: Option<Relay>,
 }
 
 impl Application {
@@ -41,10 +43,26 @@ impl Application {
         let state = AppState { db: pool.clone(), billing };
         let router =
             with_http_layers(routes::router(state, settings.max_body_bytes).merge(common::health::routes(pool.clone())));
+        if !settings.kafka.kafka_disabled {
+            settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic]).await;
+        }
+        let relay = match settings.kafka.kafka_disabled {
+            true => {
+                tracing::warn!("Kafka disabled: outbox events are kept but not published");
+                None
+            }
+            false => Some(Relay {
+                db: pool.clone(),
+                producer: settings.kafka.producer().context("failed to create the Kafka producer")?,
+                topic: settings.kafka.kafka_topic.clone(),
+                batch_size: settings.outbox_batch_size,
+                idle_poll: Duration::from_millis(settings.outbox_poll_ms),
+            }),
+        };
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, router, pool })
+        Ok(Self { listener, router, pool, relay })
     }
 
     pub fn port(&self) -> u16 {
@@ -56,12 +74,18 @@ impl Application {
         tracing::info!(port = self.port(), "patient-service listening");
         let stop = CancellationToken::new();
         let http = axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let tasks = vec![("http-server", async move { http.await.context("HTTP server failed") })];
+        let mut tasks: Vec<(&str, BoxFuture)> =
+            vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
+        if let Some(relay) = self.relay {
+            tasks.push(("outbox-relay", Box::pin(relay.run(stop.clone()))));
+        }
         let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
         self.pool.close().await;
         result
     }
 }
+
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Request ids (kept from the caller or generated) and one log line per request naming the
 /// route template, never the concrete path or query (they may carry names or emails).

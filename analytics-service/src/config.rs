@@ -1,0 +1,36 @@
+//! Settings of analytics-service, from flags or environment variables.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "analytics-service", about = "Aggregates over patient events")]
+pub struct Settings {
+    /// Where the HTTP API listens.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:4002")]
+    pub http_addr: SocketAddr,
+    /// Consumer group of this service.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "analytics-service")]
+    pub group_id: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Settings {
+    /// Settings for tests: loopback, an OS-chosen port, the given database, broker and topic.
+    pub fn for_test(database_url: impl Into<String>, kafka: KafkaArgs) -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            group_id: "analytics-service".into(),
+            db: DbArgs::from_url(database_url),
+            kafka,
+            log: LogArgs { log_filter: "info".into(), log_json: false },
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Builds analytics-service from its settings; `main` and the tests share this path.
+
+use std::future::Future;
+
+use anyhow::Context;
+use rdkafka::consumer::StreamConsumer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Settings, consumer::AnalyticsHandler, routes, MIGRATOR};
+
+/// A bound, migrated, subscribed, not yet running analytics-service.
+pub struct Application {
+    listener: TcpListener,
+    pool: PgPool,
+    consumer: Option<(StreamConsumer, AnalyticsHandler)>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = settings.db.connect_and_migrate(&MIGRATOR).await?;
+        let consumer = if settings.kafka.kafka_disabled {
+            tracing::warn!("Kafka disabled: no events are consumed");
+            None
+        } else {
+            let dead_letter_topic = settings.kafka.dead_letter_topic();
+            settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic, &dead_letter_topic]).await;
+            let consumer = settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?;
+            let handler = AnalyticsHandler {
+                db: pool.clone(),
+                dead_letters: settings.kafka.producer().context("failed to create the dead-letter producer")?,
+                dead_letter_topic,
+            };
+            Some((consumer, handler))
+        };
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
+        Ok(Self { listener, pool, consumer })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves and consumes until `shutdown`; the consumer commits its offsets before returning.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        tracing::info!(port = self.port(), "analytics-service listening");
+        let stop = CancellationToken::new();
+        let router = routes::router(self.pool.clone()).merge(common::health::routes(self.pool.clone()));
+        let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let mut tasks: Vec<(&str, BoxFuture)> =
+            vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
+        if let Some((consumer, handler)) = self.consumer {
+            let stop = stop.clone();
+            tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, stop).await })));
+        }
+        let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
+        self.pool.close().await;
+        result
+    }
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;

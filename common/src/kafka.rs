@@ -1,0 +1,179 @@
+//! Kafka plumbing shared by the event producers and consumers: one settings block, the
+//! producer and consumer configurations, and the at-least-once consume loop.
+//!
+//! The loop stores a record's offset only after its handler succeeded (the effect is durable),
+//! and retries a failing handler in place (backing off) rather than skipping the record; the
+//! stored offsets are committed in the background and once more on shutdown.
+
+use std::{future::Future, time::Duration};
+
+use clap::Args;
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::{BorrowedMessage, OwnedMessage},
+    producer::FutureProducer,
+    ClientConfig, Message,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Kafka settings, flattened into each service's settings.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap_servers: String,
+    /// Topic of patient events.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "patient")]
+    pub kafka_topic: String,
+    /// Run without Kafka (no event publishing or consuming): for gRPC/REST-only set-ups.
+    #[arg(long, env = "KAFKA_DISABLED", default_value_t = false)]
+    pub kafka_disabled: bool,
+    /// Partitions of topics this service creates (events of one patient share one partition).
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub kafka_topic_partitions: i32,
+    /// How long the producer keeps trying to deliver one record before reporting failure.
+    #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_delivery_timeout_ms: u64,
+}
+
+impl KafkaArgs {
+    /// Settings for a broker at `bootstrap` and a topic (tests, tools).
+    pub fn new(bootstrap: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            kafka_bootstrap_servers: bootstrap.into(),
+            kafka_topic: topic.into(),
+            kafka_disabled: false,
+            kafka_topic_partitions: 3,
+            kafka_delivery_timeout_ms: 10_000,
+        }
+    }
+
+    /// No Kafka at all.
+    pub fn disabled() -> Self {
+        Self { kafka_disabled: true, ..Self::new("127.0.0.1:9", "patient") }
+    }
+
+    /// The dead-letter topic of the events topic.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.DLT", self.kafka_topic)
+    }
+
+    /// An idempotent producer (acks=all, ordered retries), so a retry never duplicates or
+    /// reorders records within a partition.
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka_bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.kafka_delivery_timeout_ms.to_string())
+            .set("linger.ms", "5")
+            .create()?)
+    }
+
+    /// A consumer of `group` that stores offsets only when told to (see [`consume`]).
+    pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka_bootstrap_servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("isolation.level", "read_committed")
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .create()?;
+        consumer.subscribe(&[&self.kafka_topic])?;
+        Ok(consumer)
+    }
+
+    /// Creates the topics that do not exist yet. Failing (Kafka down) is not fatal to a service:
+    /// it is logged, and the broker's auto-creation remains as a fallback.
+    pub async fn ensure_topics(&self, topics: &[&str]) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        use rdkafka::types::RDKafkaErrorCode;
+        let admin: AdminClient<DefaultClientContext> =
+            match ClientConfig::new().set("bootstrap.servers", &self.kafka_bootstrap_servers).create() {
+                Ok(admin) => admin,
+                Err(err) => return tracing::warn!(error = %err, "cannot create a Kafka admin client"),
+            };
+        let new: Vec<NewTopic<'_>> =
+            topics.iter().map(|t| NewTopic::new(t, self.kafka_topic_partitions, TopicReplication::Fixed(1))).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
+        match admin.create_topics(&new, &options).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(topic) => tracing::info!(topic, "topic created"),
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => tracing::warn!(topic, ?code, "topic creation failed"),
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "topic creation failed; relying on broker auto-creation"),
+        }
+    }
+}
+
+/// What a consumer does with one record. `Ok` means its effect is durable.
+pub trait RecordHandler: Send + Sync {
+    fn handle(&self, record: &OwnedMessage) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Consumes until `stop`: each record is handled (retried with back-off until it succeeds), then
+/// its offset is stored for the next commit; on stop, stored offsets are committed synchronously.
+pub async fn consume(consumer: &StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let message: BorrowedMessage<'_> = tokio::select! {
+            () = stop.cancelled() => break,
+            received = consumer.recv() => match received {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Kafka receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        let record = message.detach();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match handler.handle(&record).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(
+                        error = %format!("{err:#}"),
+                        partition = record.partition(),
+                        offset = record.offset(),
+                        "handling a record failed; retrying"
+                    );
+                    tokio::select! {
+                        () = stop.cancelled() => return commit_on_exit(consumer),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        consumer.store_offset_from_message(&message)?;
+    }
+    commit_on_exit(consumer)
+}
+
+fn commit_on_exit(consumer: &StreamConsumer) -> anyhow::Result<()> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last commit is not an error.
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(err) => {
+            tracing::warn!(error = %err, "final offset commit failed; records since the last commit will be redelivered");
+            Ok(())
+        }
+    }
+}
+
+/// Reads a UTF-8 header of a record.
+pub fn header<'a>(record: &'a OwnedMessage, name: &str) -> Option<&'a str> {
+    use rdkafka::message::Headers;
+    record.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok())
+}

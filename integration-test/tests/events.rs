@@ -1,0 +1,155 @@
+//! Patient events end to end on a real Kafka broker: the outbox relay's records, analytics'
+//! effectively-once aggregates, the dead-letter topic, billing's consumer.
+
+mod support;
+
+use std::time::Duration;
+
+use common::kafka::KafkaArgs;
+use dev_stack::kafka::Kafka;
+use prost::Message as _;
+use rdkafka::Message;
+use serde_json::json;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn broker() -> String {
+    Kafka::shared_for_tests().bootstrap_servers()
+}
+
+#[tokio::test]
+async fn rest_changes_are_published_in_order_with_key_and_fields() {
+    let topic = unique_topic();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    let patients = spawn_patients(&grpc, kafka_args(&broker(), &topic)).await;
+    let client = reqwest::Client::new();
+
+    let id = create_patient(patients.port, &patient_body(1)).await;
+    let mut changed = patient_body(1);
+    changed["address"] = json!("2 Other Street");
+    let url = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
+    assert_eq!(client.put(&url).json(&changed).send().await.unwrap().status(), 200);
+    assert_eq!(client.delete(&url).send().await.unwrap().status(), 204);
+
+    let records = read_records(&broker(), &topic, 3, WAIT).await;
+    let kinds: Vec<String> = records.iter().map(|r| decode(r).event_type).collect();
+    assert_eq!(kinds, ["PATIENT_CREATED", "PATIENT_UPDATED", "PATIENT_DELETED"]);
+    for r in &records {
+        assert_eq!(key(r), id, "record key is the patient id");
+        let event = decode(r);
+        assert_eq!(event.patient_id, id);
+        assert_eq!(common::kafka::header(r, "event-id"), Some(event.event_id.as_str()));
+    }
+    let created = decode(&records[0]);
+    assert_eq!((created.name.as_str(), created.email.as_str()), ("Journey Patient 1", "journey1@example.org"));
+    assert_eq!((created.date_of_birth.as_str(), created.registered_date.as_str()), ("1980-02-03", "2024-03-04"));
+    let unsent = eventually(WAIT, "outbox rows marked sent", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&patients.db).await.unwrap();
+        (n == 0).then_some(n)
+    })
+    .await;
+    assert_eq!(unsent, 0);
+}
+
+#[tokio::test]
+async fn analytics_counts_each_event_once_across_a_kill_a_restart_and_redeliveries() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1; // one partition: a later record is consumed after all earlier ones
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    let patients = spawn_patients(&grpc, args.clone()).await;
+    let analytics = spawn_analytics(None, args.clone()).await;
+
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(create_patient(patients.port, &patient_body(n)).await);
+    }
+    let url = format!("http://127.0.0.1:{}/patients/{}", patients.port, ids[0]);
+    assert_eq!(reqwest::Client::new().delete(url).send().await.unwrap().status(), 204);
+    eventually(WAIT, "six events counted", || async {
+        let s = summary(&analytics).await;
+        (s["patientsDeleted"] == 1 && s["patientsCreated"] == 5).then_some(())
+    })
+    .await;
+
+    // Killed mid-stream: no graceful commit. Then every record is delivered once more.
+    let db_url = analytics.db_url.clone();
+    analytics.kill().await;
+    for record in read_records(&broker(), &topic, 6, WAIT).await {
+        produce_raw(&broker(), &topic, &key(&record), record.payload().unwrap()).await;
+    }
+    let restarted = spawn_analytics(Some(db_url), args).await;
+    create_patient(patients.port, &patient_body(99)).await; // the sentinel, after the duplicates
+
+    let s = eventually(WAIT, "the sentinel counted", || async {
+        let s = summary(&restarted).await;
+        (s["patientsCreated"] == 6).then_some(s)
+    })
+    .await;
+    assert_eq!(s["patientsCreated"], 6, "5 + the sentinel, duplicates ignored: {s}");
+    assert_eq!(s["patientsDeleted"], 1);
+    assert_eq!(s["activePatients"], 5);
+    assert_eq!(s["registrationsPerMonth"], json!({"2024-03": 6}));
+    assert_eq!(s["ageBands"]["35-49"].as_i64().unwrap() + s["ageBands"]["50-64"].as_i64().unwrap(), 5);
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&restarted.db).await.unwrap();
+    assert_eq!(processed, 7);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_record_goes_to_the_dead_letter_topic_and_the_next_event_counts() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    let analytics = spawn_analytics(None, args.clone()).await;
+
+    produce_raw(&broker(), &topic, "garbage-key", b"\x08\x96\x01 definitely not a PatientEvent \xff").await;
+    let valid = proto::events::PatientEvent {
+        patient_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "PATIENT_CREATED".into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        date_of_birth: "2010-01-01".into(),
+        registered_date: "2025-12-31".into(),
+        ..Default::default()
+    };
+    produce_raw(&broker(), &topic, &valid.patient_id, &valid.encode_to_vec()).await;
+
+    let dead = read_records(&broker(), &args.dead_letter_topic(), 1, WAIT).await;
+    assert_eq!(key(&dead[0]), "garbage-key");
+    assert!(common::kafka::header(&dead[0], "dlt-reason").is_some_and(|r| !r.is_empty()));
+    assert_eq!(common::kafka::header(&dead[0], "dlt-original-topic"), Some(topic.as_str()));
+    let s = eventually(WAIT, "the valid event counted", || async {
+        let s = summary(&analytics).await;
+        (s["patientsCreated"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s["ageBands"]["0-17"], 1);
+    assert_eq!(s["registrationsPerMonth"], json!({"2025-12": 1}));
+}
+
+#[tokio::test]
+async fn deleting_a_patient_closes_its_billing_account() {
+    let topic = unique_topic();
+    let args = kafka_args(&broker(), &topic);
+    let (billing, grpc) = spawn_billing(args.clone()).await;
+    let patients = spawn_patients(&grpc, args).await;
+    let id = create_patient(patients.port, &patient_body(7)).await;
+    let other = create_patient(patients.port, &patient_body(8)).await;
+
+    let url = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
+    assert_eq!(reqwest::Client::new().delete(url).send().await.unwrap().status(), 204);
+
+    let status_of = |patient: String| {
+        let db = billing.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM billing_accounts WHERE patient_id = $1::uuid")
+                .bind(patient)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    eventually(WAIT, "the account closed", || async { (status_of(id.clone()).await == "CLOSED").then_some(()) }).await;
+    assert_eq!(status_of(other).await, "ACTIVE", "only the deleted patient's account closes");
+}

@@ -1,0 +1,173 @@
+//! The services spawned in-process on real PostgreSQL and Kafka, plus a plain Kafka client for
+//! reading and writing the topics directly.
+
+#![allow(dead_code)]
+
+use std::{future::Future, time::Duration};
+
+use common::kafka::KafkaArgs;
+use dev_stack::PgCluster;
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    message::OwnedMessage,
+    producer::{FutureProducer, FutureRecord},
+    ClientConfig, Message,
+};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A service running in this process: stop it gracefully or kill it outright.
+pub struct Running {
+    pub port: u16,
+    pub db: PgPool,
+    pub db_url: String,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// SIGTERM-like: in-flight work finishes, offsets are committed, the producer is flushed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// SIGKILL-like: the task is dropped where it stands.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn spawn<F>(run: impl FnOnce(CancellationToken) -> F, port: u16, db: PgPool, db_url: String) -> Running
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(stop.clone()));
+    Running { port, db, db_url, stop, task }
+}
+
+pub async fn fresh_db(prefix: &str) -> (String, PgPool) {
+    let url = PgCluster::shared_for_tests().fresh_database(prefix).await.unwrap();
+    let pool = PgPool::connect(&url).await.unwrap();
+    (url, pool)
+}
+
+/// A topic name of its own for one test.
+pub fn unique_topic() -> String {
+    format!("patient-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn kafka_args(bootstrap: &str, topic: &str) -> KafkaArgs {
+    let mut args = KafkaArgs::new(bootstrap, topic);
+    args.kafka_delivery_timeout_ms = 3_000;
+    args
+}
+
+pub async fn spawn_billing(kafka: KafkaArgs) -> (Running, String) {
+    let (url, db) = fresh_db("billing").await;
+    let mut settings = billing_service::config::Settings::for_database(&url);
+    settings.kafka = kafka;
+    let app = billing_service::startup::Application::build(settings).await.unwrap();
+    let grpc = format!("http://127.0.0.1:{}", app.grpc_port());
+    let port = app.http_port();
+    (spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url), grpc)
+}
+
+pub async fn spawn_patients(billing_grpc: &str, kafka: KafkaArgs) -> Running {
+    let (url, db) = fresh_db("patients").await;
+    let mut settings = patient_service::config::Settings::for_database(&url, billing_grpc);
+    settings.kafka = kafka;
+    let app = patient_service::startup::Application::build(settings).await.unwrap();
+    let port = app.port();
+    spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
+}
+
+/// analytics-service on the given database (a restarted instance reuses its predecessor's).
+pub async fn spawn_analytics(db_url: Option<String>, kafka: KafkaArgs) -> Running {
+    let (url, db) = match db_url {
+        Some(url) => (url.clone(), PgPool::connect(&url).await.unwrap()),
+        None => fresh_db("analytics").await,
+    };
+    let settings = analytics_service::config::Settings::for_test(&url, kafka);
+    let app = analytics_service::startup::Application::build(settings).await.unwrap();
+    let port = app.port();
+    spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
+}
+
+pub fn patient_body(n: usize) -> Value {
+    json!({
+        "name": format!("Journey Patient {n}"),
+        "email": format!("journey{n}@example.org"),
+        "address": format!("{n} Journey Road, Testville"),
+        "dateOfBirth": "1980-02-03",
+        "registeredDate": "2024-03-04"
+    })
+}
+
+pub async fn create_patient(port: u16, body: &Value) -> String {
+    let resp = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/patients")).json(body).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+pub async fn summary(analytics: &Running) -> Value {
+    reqwest::get(format!("http://127.0.0.1:{}/analytics/summary", analytics.port)).await.unwrap().json().await.unwrap()
+}
+
+/// Polls `check` until it yields `Some`, failing after `limit`.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(limit: Duration, what: &str, mut check: impl FnMut() -> F) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads `n` records of `topic` from the beginning with a fresh consumer group.
+pub async fn read_records(bootstrap: &str, topic: &str, n: usize, limit: Duration) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!("only {} of {n} records arrived on {topic} within {limit:?}", out.len()),
+        }
+    }
+    out
+}
+
+/// Produces one raw record and waits for the broker's acknowledgement.
+pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    producer
+        .send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+pub fn decode(record: &OwnedMessage) -> proto::events::PatientEvent {
+    use prost::Message as _;
+    proto::events::PatientEvent::decode(record.payload().unwrap()).unwrap()
+}
+
+pub fn key(record: &OwnedMessage) -> String {
+    String::from_utf8(record.key().unwrap().to_vec()).unwrap()
+}

@@ -1,0 +1,152 @@
+//! The outbox relay: publishes unsent outbox rows to Kafka in id order and marks them sent only
+//! after the broker acknowledged them.
+//!
+//! - Rows are claimed with `FOR UPDATE SKIP LOCKED`, so two replicas never publish the same row;
+//!   a transaction-scoped advisory lock lets one replica publish at a time, which keeps events of
+//!   one patient in order across replicas too.
+//! - The producer is idempotent (acks=all), keyed by patient id: a patient's events share a
+//!   partition and arrive in order.
+//! - Kafka down: the batch fails after the delivery timeout, nothing is marked, the relay backs
+//!   off and tries again; the API is unaffected. Delivery is at-least-once (a crash between the
+//!   broker's ack and our commit re-sends); consumers de-duplicate on the event id.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Arbitrary, fixed key of the advisory lock that serialises publishing across replicas.
+const RELAY_LOCK_KEY: i64 = 0x7061_7469_656e_74; // "patient"
+
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    event_id: Uuid,
+    patient_id: Uuid,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+}
+
+pub struct Relay {
+    pub db: PgPool,
+    pub producer: FutureProducer,
+    pub topic: String,
+    pub batch_size: i64,
+    pub idle_poll: Duration,
+}
+
+impl Relay {
+    /// Publishes until `stop`, then flushes the producer.
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(250);
+        while !stop.is_cancelled() {
+            let wait = match self.publish_batch().await {
+                Ok(0) => self.idle_poll,
+                Ok(sent) => {
+                    tracing::debug!(sent, "outbox batch published");
+                    backoff = Duration::from_millis(250);
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), retry_in_ms = backoff.as_millis() as u64, "outbox relay: publishing failed; events wait in the outbox");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    wait
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
+            .await
+            .context("producer flush panicked")?
+            .context("producer flush failed")?;
+        tracing::info!("outbox relay stopped");
+        Ok(())
+    }
+
+    /// Publishes one batch; returns how many rows were marked sent.
+    #[tracing::instrument(skip_all, fields(rows))]
+    async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let mut tx = self.db.begin().await.context("failed to begin relay transaction")?;
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut *tx)
+            .await
+            .context("failed to take the relay lock")?;
+        if !leader {
+            return Ok(0);
+        }
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            r#"
+            SELECT id, event_id, patient_id, payload, traceparent
+            FROM outbox
+            WHERE sent_at IS NULL
+            ORDER BY id
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+            "#,
+        )
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await
+        .context("failed to claim outbox rows")?;
+        tracing::Span::current().record("rows", rows.len());
+        if rows.is_empty() {
+            return Ok(0);
+        }
+
+        // Enqueue the whole batch, then collect acknowledgements in order.
+        let deliveries: Vec<_> = rows.iter().map(|row| (row.id, self.send(row))).collect();
+        let mut acked = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for (id, delivery) in deliveries {
+            match delivery {
+                Ok(future) => match future.await {
+                    Ok(Ok(_)) => acked.push(id),
+                    Ok(Err((err, _))) => {
+                        failure.get_or_insert_with(|| anyhow::Error::new(err).context("broker did not acknowledge"));
+                    }
+                    Err(_) => {
+                        failure.get_or_insert_with(|| anyhow::anyhow!("delivery report lost"));
+                    }
+                },
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        if !acked.is_empty() {
+            sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+                .bind(&acked)
+                .execute(&mut *tx)
+                .await
+                .context("failed to mark outbox rows sent")?;
+        }
+        tx.commit().await.context("failed to commit relay transaction")?;
+        match failure {
+            Some(err) => Err(err.context(format!("{} of {} events published", acked.len(), rows.len()))),
+            None => Ok(acked.len()),
+        }
+    }
+
+    fn send(&self, row: &OutboxRow) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+        let key = row.patient_id.to_string();
+        let event_id = row.event_id.to_string();
+        let mut headers = OwnedHeaders::new().insert(Header { key: "event-id", value: Some(event_id.as_str()) });
+        if let Some(tp) = &row.traceparent {
+            headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_str()) });
+        }
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&row.payload).headers(headers);
+        self.producer.send_result(record).map_err(|(err, _)| anyhow::Error::new(err).context("producer queue refused the event"))
+    }
+}
