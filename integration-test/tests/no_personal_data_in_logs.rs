@@ -1,0 +1,79 @@
+//! Every service's log output during a full patient lifecycle, captured and scanned: no name,
+//! email or address of a test patient may appear. A suite of its own: it owns the process-wide
+//! log subscriber.
+
+mod support;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use dev_stack::kafka::Kafka;
+use serde_json::json;
+use support::*;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_never_contain_names_emails_or_addresses() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("debug,h2=info,hyper=info,hyper_util=info,tower=info,reqwest=info,rdkafka=info")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let topic = unique_topic();
+    let args = kafka_args(&Kafka::shared_for_tests().bootstrap_servers(), &topic);
+    let (_billing, grpc) = spawn_billing(args.clone()).await;
+    let patients = spawn_patients(&grpc, args.clone()).await;
+    let analytics = spawn_analytics(None, args.clone()).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", patients.port);
+
+    let id = create_patient(patients.port, &patient_body(1)).await;
+    create_patient(patients.port, &patient_body(2)).await;
+    let conflict = client.post(format!("{base}/patients")).json(&patient_body(1)).send().await.unwrap();
+    assert_eq!(conflict.status(), 409);
+    let mut invalid = patient_body(3);
+    invalid["email"] = json!("journey3-at-example.org");
+    assert_eq!(client.post(format!("{base}/patients")).json(&invalid).send().await.unwrap().status(), 400);
+    let mut moved = patient_body(1);
+    moved["address"] = json!("1 Secret Lane, Hiddenville");
+    assert_eq!(client.put(format!("{base}/patients/{id}")).json(&moved).send().await.unwrap().status(), 200);
+    let found = client.get(format!("{base}/patients?name=Journey%20Patient&email=journey2@example.org")).send().await.unwrap();
+    assert_eq!(found.status(), 200);
+    assert_eq!(client.get(format!("{base}/patients/{id}/bill")).send().await.unwrap().status(), 200);
+    assert_eq!(client.delete(format!("{base}/patients/{id}")).send().await.unwrap().status(), 204);
+    produce_raw(&args.kafka_bootstrap_servers, &topic, "k", b"Journey Patient 9 journey9@example.org garbage").await;
+    eventually(Duration::from_secs(60), "analytics and billing caught up", || async {
+        let s = summary(&analytics).await;
+        (s["patientsDeleted"] == 1 && s["patientsUpdated"] == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("patient created") && logs.contains("billing account ready"), "the capture works");
+    assert!(logs.contains("dead-letter"), "the garbage record was handled and logged");
+    for secret in [
+        "Journey Patient", "journey1@example.org", "journey2@example.org", "journey3-at-example.org",
+        "journey9@example.org", "Journey Road", "Secret Lane", "Hiddenville",
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} leaked into the logs");
+    }
+}
