@@ -6,6 +6,7 @@ use anyhow::Context;
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use common::tasks::Task;
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::AnalyticsHandler, routes, MIGRATOR};
@@ -50,7 +51,7 @@ impl Application {
         let stop = CancellationToken::new();
         let router = routes::router(self.pool.clone()).merge(common::health::routes(self.pool.clone()));
         let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let mut tasks: Vec<(&str, BoxFuture)> =
+        let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
         if let Some((consumer, handler)) = self.consumer {
             let stop = stop.clone();
@@ -62,4 +63,3 @@ impl Application {
     }
 }
 
-type BoxFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;

@@ -8,6 +8,7 @@ use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use common::tasks::Task;
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, MIGRATOR};
@@ -63,7 +64,7 @@ impl Application {
         let http = axum::serve(self.http, common::health::routes(self.pool.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
 
-        let mut tasks: Vec<(&str, BoxFuture)> = vec![
+        let mut tasks: Vec<(&str, Task)> = vec![
             ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),
             ("http-server", Box::pin(async move { http.await.context("HTTP server failed") })),
         ];
@@ -77,7 +78,6 @@ impl Application {
     }
 }
 
-type BoxFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Server reflection over every contract we serve, so grpcurl needs no .proto file.
 fn reflection() -> tonic_reflection::server::Builder<'static> {

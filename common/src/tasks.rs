@@ -1,9 +1,12 @@
 //! Running a service's sibling tasks (servers, workers) under one stop signal.
 
-use std::future::Future;
+use std::{future::Future, pin::Pin};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// A boxed sibling task: servers, consumers and workers of one service side by side.
+pub type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Runs the named tasks until `shutdown` resolves or any task exits; then cancels `stop` so the
 /// others drain, waits for all, and says which one exited first and why. The first error wins.

@@ -6,6 +6,7 @@ use std::{process::Command, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dev_stack::{
+    kafka::Kafka,
     keycloak::Keycloak,
     paths, postgres,
     services::{self, ServiceDirs, ServiceSpec},
@@ -17,7 +18,7 @@ const DEV_PG_PASSWORD: &str = "postgres-dev";
 /// The databases of the services, one each.
 const DATABASES: [&str; 3] = ["patient_service", "billing_service", "analytics_service"];
 /// Services in start order (billing first: patient-service calls it; the gateway last).
-const SERVICES: [&str; 3] = ["billing-service", "patient-service", "gateway"];
+const SERVICES: [&str; 4] = ["billing-service", "patient-service", "analytics-service", "gateway"];
 /// The realm the platform trusts.
 const REALM: &str = "patient-management";
 
@@ -39,8 +40,14 @@ struct Ports {
     billing_grpc_port: u16,
     #[arg(long, env = "DEV_BILLING_HTTP_PORT", default_value_t = 4001)]
     billing_http_port: u16,
+    #[arg(long, env = "DEV_ANALYTICS_PORT", default_value_t = 4002)]
+    analytics_port: u16,
     #[arg(long, env = "DEV_GATEWAY_PORT", default_value_t = 4004)]
     gateway_port: u16,
+    #[arg(long, env = "DEV_KAFKA_PORT", default_value_t = 9092)]
+    kafka_port: u16,
+    #[arg(long, env = "DEV_KAFKA_CONTROLLER_PORT", default_value_t = 9093)]
+    kafka_controller_port: u16,
     #[arg(long, env = "DEV_KEYCLOAK_PORT", default_value_t = 8080)]
     keycloak_port: u16,
     #[arg(long, env = "DEV_KEYCLOAK_MANAGEMENT_PORT", default_value_t = 9000)]
@@ -76,6 +83,10 @@ fn pg_dir() -> std::path::PathBuf {
     paths::state_dir().join("postgres")
 }
 
+fn kafka_dir() -> std::path::PathBuf {
+    paths::state_dir().join("kafka")
+}
+
 fn keycloak_dir() -> std::path::PathBuf {
     paths::state_dir().join("keycloak")
 }
@@ -92,11 +103,14 @@ fn up(ports: &Ports) -> anyhow::Result<()> {
         rt.block_on(pg.ensure_database(db))?;
     }
 
+    println!("==> Kafka {} on 127.0.0.1:{} (KRaft, data in {})", dev_stack::kafka::VERSION, ports.kafka_port, kafka_dir().display());
+    Kafka::start_persistent(&kafka_dir(), ports.kafka_port, ports.kafka_controller_port)?;
+
     println!("==> Keycloak {} on :{} (realm {REALM} imported from keycloak/realm-export.json)", dev_stack::keycloak::VERSION, ports.keycloak_port);
     Keycloak::start_persistent(&keycloak_dir(), ports.keycloak_port, ports.keycloak_management_port)?;
 
     println!("==> building the services");
-    cargo(&["build", "--bins", "-p", "billing-service", "-p", "patient-service", "-p", "gateway"])?;
+    cargo(&["build", "--bins", "-p", "billing-service", "-p", "patient-service", "-p", "analytics-service", "-p", "gateway"])?;
 
     for spec in specs(ports, &pg) {
         let pid = services::start(&spec, &dirs())?;
@@ -108,7 +122,12 @@ fn up(ports: &Ports) -> anyhow::Result<()> {
 }
 
 fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
-    let env = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let kafka = format!("127.0.0.1:{}", ports.kafka_port);
+    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        all.push(("KAFKA_BOOTSTRAP_SERVERS".into(), kafka.clone()));
+        all
+    };
     vec![
         ServiceSpec {
             name: "billing-service",
@@ -130,6 +149,14 @@ fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
             ready_port: ports.patient_port,
         },
         ServiceSpec {
+            name: "analytics-service",
+            env: env(&[
+                ("DATABASE_URL", pg.url("analytics_service")),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.analytics_port)),
+            ]),
+            ready_port: ports.analytics_port,
+        },
+        ServiceSpec {
             name: "gateway",
             env: env(&[
                 ("HTTP_ADDR", format!("127.0.0.1:{}", ports.gateway_port)),
@@ -139,6 +166,7 @@ fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
                 ("OIDC_EXTRA_ISSUERS", format!("http://127.0.0.1:{}/realms/{REALM}", ports.keycloak_port)),
                 ("OIDC_DISCOVERY_URL", format!("http://127.0.0.1:{}/realms/{REALM}", ports.keycloak_port)),
                 ("PATIENT_SERVICE_URL", format!("http://127.0.0.1:{}", ports.patient_port)),
+                ("ANALYTICS_SERVICE_URL", format!("http://127.0.0.1:{}", ports.analytics_port)),
             ]),
             ready_port: ports.gateway_port,
         },
@@ -161,6 +189,7 @@ The patient platform is up.
     curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' http://localhost:{gw}/api/patients \
       -d '{{"name":"Ada Lovelace","email":"ada@example.com","address":"12 St James Sq, London","dateOfBirth":"1815-12-10","registeredDate":"2026-11-22"}}'
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/patients/<id>/bill
+    curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/analytics/summary
 
   3. Billing over gRPC (reflection, no .proto needed):
     grpcurl -plaintext localhost:{g} list
@@ -185,6 +214,9 @@ fn down() -> anyhow::Result<()> {
     if Keycloak::stop_persistent(&keycloak_dir()) {
         println!("==> stopped Keycloak");
     }
+    if Kafka::stop_persistent(&kafka_dir()) {
+        println!("==> stopped Kafka");
+    }
     if PgCluster::stop_persistent(&pg_dir())? {
         println!("==> stopped PostgreSQL");
     }
@@ -197,16 +229,19 @@ fn status(ports: &Ports) -> anyhow::Result<()> {
     } else {
         "stopped"
     };
-    println!("postgres         {pg} (127.0.0.1:{})", ports.pg_port);
+    println!("postgres          {pg} (127.0.0.1:{})", ports.pg_port);
     let kc = match services::http_status(ports.keycloak_management_port, "/health/ready") {
         Some(200) => "ready",
         Some(_) => "starting",
         None => "stopped",
     };
-    println!("keycloak         {kc} (http://localhost:{}/admin)", ports.keycloak_port);
+    println!("keycloak          {kc} (http://localhost:{}/admin)", ports.keycloak_port);
+    let kafka = if dev_stack::net::port_in_use(ports.kafka_port) { "running" } else { "stopped" };
+    println!("kafka             {kafka} (127.0.0.1:{})", ports.kafka_port);
     for (name, port) in [
         ("billing-service", ports.billing_http_port),
         ("patient-service", ports.patient_port),
+        ("analytics-service", ports.analytics_port),
         ("gateway", ports.gateway_port),
     ] {
         let state = match (dirs().running_pid(name), services::http_status(port, "/health/ready")) {
@@ -214,7 +249,7 @@ fn status(ports: &Ports) -> anyhow::Result<()> {
             (Some(pid), _) => format!("running, not ready (pid {pid})"),
             (None, _) => "stopped".to_owned(),
         };
-        println!("{name:<16} {state}");
+        println!("{name:<17} {state}");
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use axum::{
 };
 use jsonwebtoken::Algorithm;
 use tokio::net::TcpListener;
+use common::tasks::Task;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -103,7 +104,7 @@ impl Application {
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let keys = self.gateway.keys.clone();
         let refresh = refresh_loop(keys, self.refresh_every, stop.clone());
-        let tasks: Vec<(&str, BoxFuture)> = vec![
+        let tasks: Vec<(&str, Task)> = vec![
             ("http-server", Box::pin(async move { server.await.context("HTTP server failed") })),
             ("jwks-refresh", Box::pin(refresh)),
         ];
@@ -111,7 +112,6 @@ impl Application {
     }
 }
 
-type BoxFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Refreshes keys periodically; after a failure it retries sooner, never dropping cached keys.
 async fn refresh_loop(keys: Arc<KeyStore>, every: Duration, stop: CancellationToken) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ use std::{future::Future, time::Duration};
 use anyhow::Context;
 use axum::{extract::MatchedPath, http::Request, Router};
 use tokio::net::TcpListener;
+use common::tasks::Task;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -74,7 +75,7 @@ impl Application {
         tracing::info!(port = self.port(), "patient-service listening");
         let stop = CancellationToken::new();
         let http = axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let mut tasks: Vec<(&str, BoxFuture)> =
+        let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
         if let Some(relay) = self.relay {
             tasks.push(("outbox-relay", Box::pin(relay.run(stop.clone()))));
@@ -85,7 +86,6 @@ impl Application {
     }
 }
 
-type BoxFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Request ids (kept from the caller or generated) and one log line per request naming the
 /// route template, never the concrete path or query (they may carry names or emails).
