@@ -143,6 +143,23 @@ impl Keycloak {
         ADMIN
     }
 
+    /// An access token from `realm`'s token endpoint for the given grant form.
+    pub async fn token(&self, realm: &str, form: &[(&str, &str)]) -> anyhow::Result<String> {
+        let url = format!("{}/realms/{realm}/protocol/openid-connect/token", self.base_url());
+        let resp = reqwest::Client::new().post(url).form(form).send().await.context("token request failed")?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.context("token response is not JSON")?;
+        match body["access_token"].as_str() {
+            Some(token) if status.is_success() => Ok(token.to_owned()),
+            _ => bail!("token request refused ({status}): {}", body["error_description"]),
+        }
+    }
+
+    /// A client_credentials token of a confidential client.
+    pub async fn client_token(&self, realm: &str, client: &str, secret: &str) -> anyhow::Result<String> {
+        self.token(realm, &[("grant_type", "client_credentials"), ("client_id", client), ("client_secret", secret)]).await
+    }
+
     pub fn log_file(&self) -> PathBuf {
         self.home.join("keycloak.log")
     }

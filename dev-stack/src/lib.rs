@@ -4,11 +4,13 @@
 //! - [`postgres`]: a private PostgreSQL cluster from Debian's server binaries.
 //! - [`keycloak`]: Keycloak from Maven Central, realm imported at start.
 //! - [`kafka`]: a single-node KRaft Apache Kafka from Maven Central jars.
+//! - [`grpcurl`]: the grpcurl CLI from its Go module.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
 //! - [`net`]: free loopback ports.
 
 pub mod download;
+pub mod grpcurl;
 pub mod java;
 pub mod kafka;
 pub mod keycloak;

@@ -33,21 +33,13 @@ pub async fn metric(gateway: &str, name: &str) -> u64 {
 
 /// Access token of the `ms-api` service account (client_credentials).
 pub async fn service_token(kc: &Keycloak) -> String {
-    token(kc, &[("grant_type", "client_credentials"), ("client_id", "ms-api"), ("client_secret", "ms-api-dev-secret")]).await
+    kc.client_token(REALM, "ms-api", "ms-api-dev-secret").await.unwrap()
 }
 
 /// Access token of a dev user through the public client (direct grant, dev realm only).
 pub async fn user_token(kc: &Keycloak, user: &str, password: &str) -> String {
-    token(kc, &[("grant_type", "password"), ("client_id", "patient-web"), ("username", user), ("password", password)]).await
-}
-
-async fn token(kc: &Keycloak, form: &[(&str, &str)]) -> String {
-    let url = format!("{}/realms/{REALM}/protocol/openid-connect/token", kc.base_url());
-    let resp = reqwest::Client::new().post(url).form(form).send().await.unwrap();
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap();
-    assert!(status.is_success(), "token request failed: {body}");
-    body["access_token"].as_str().unwrap().to_owned()
+    let form = [("grant_type", "password"), ("client_id", "patient-web"), ("username", user), ("password", password)];
+    kc.token(REALM, &form).await.unwrap()
 }
 
 /// A token of the master realm's admin, for the Admin REST API.

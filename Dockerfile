@@ -1,0 +1,22 @@
+# One recipe for every service image: `docker build --build-arg SERVICE=<name> .`
+# (docker-compose.yml builds all four). Multi-stage: a Rust build stage, then a small Debian
+# runtime running as an unprivileged user.
+ARG RUST_VERSION=1.95
+FROM rust:${RUST_VERSION}-bookworm AS build
+ARG SERVICE
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p "${SERVICE}" --bin "${SERVICE}" \
+    && cp "target/release/${SERVICE}" /service
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home app
+COPY --from=build /service /usr/local/bin/service
+USER 10001
+ENV LOG_JSON=true
+ENTRYPOINT ["/usr/local/bin/service"]
