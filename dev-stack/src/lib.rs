@@ -5,10 +5,12 @@
 //! - [`keycloak`]: Keycloak from Maven Central, realm imported at start.
 //! - [`kafka`]: a single-node KRaft Apache Kafka from Maven Central jars.
 //! - [`grpcurl`]: the grpcurl CLI from its Go module.
+//! - [`browser`]: headless Chromium + playwright-core for UI journeys.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
 //! - [`net`]: free loopback ports.
 
+pub mod browser;
 pub mod download;
 pub mod grpcurl;
 pub mod java;
