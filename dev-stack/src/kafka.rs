@@ -29,23 +29,32 @@ pub struct Kafka {
     controller_port: u16,
     pid: Option<u32>,
     tied_to_process: bool,
+    /// Set with the Docker backend: the broker is this container.
+    container: Option<crate::containers::Started>,
 }
 
 impl Kafka {
     /// One broker per test process, started on first use.
     pub fn shared_for_tests() -> &'static Kafka {
         static KAFKA: OnceLock<Kafka> = OnceLock::new();
-        KAFKA.get_or_init(|| Self::start_ephemeral().expect("failed to start the test Kafka broker"))
+        KAFKA.get_or_init(|| Self::start_ephemeral().unwrap_or_else(|e| panic!("failed to start the test Kafka broker: {e:#}")))
     }
 
-    /// A private broker on free ports in a temp dir, tied to this process' lifetime.
+    /// A private broker on free ports in a temp dir, tied to this process' lifetime (a container
+    /// with the Docker backend).
     pub fn start_ephemeral() -> anyhow::Result<Self> {
+        if crate::containers::backend() == crate::containers::Backend::Docker {
+            let port = net::free_port()?;
+            let container = Some(crate::containers::kafka(port)?);
+            return Ok(Self { dir: PathBuf::new(), port, controller_port: 0, pid: None, tied_to_process: true, container });
+        }
         let mut kafka = Self {
             dir: process::fresh_test_dir(TEST_DIR_PREFIX),
             port: net::free_port()?,
             controller_port: net::free_port()?,
             pid: None,
             tied_to_process: true,
+            container: None,
         };
         kafka.format()?;
         kafka.start()?;
@@ -54,7 +63,7 @@ impl Kafka {
 
     /// The dev stack's broker in `dir` (formatted on first use); a no-op when it already runs.
     pub fn start_persistent(dir: &Path, port: u16, controller_port: u16) -> anyhow::Result<Self> {
-        let mut kafka = Self { dir: dir.to_path_buf(), port, controller_port, pid: None, tied_to_process: false };
+        let mut kafka = Self { dir: dir.to_path_buf(), port, controller_port, pid: None, tied_to_process: false, container: None };
         if read_pid(dir).is_some() {
             return Ok(kafka);
         }
@@ -101,6 +110,10 @@ impl Kafka {
 
     /// Starts (or restarts) the broker and waits until it serves.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        if let Some(started) = &self.container {
+            started.resume()?;
+            return net::wait_for_port(self.port, Duration::from_secs(120));
+        }
         let log_path = self.dir.join("kafka.log");
         let log = fs::File::create(&log_path)?;
         let mut cmd = self.java("kafka.Kafka")?;
@@ -128,6 +141,10 @@ impl Kafka {
 
     /// Stops the broker (SIGTERM: controlled shutdown) and waits until it is gone.
     pub fn stop(&mut self) {
+        if let Some(started) = &self.container {
+            let _ = started.pause();
+            return;
+        }
         if let Some(pid) = self.pid.take().or_else(|| read_pid(&self.dir)) {
             process::terminate(pid, Duration::from_secs(30));
         }

@@ -36,17 +36,28 @@ pub struct Keycloak {
     pid: Option<u32>,
     /// Test instances receive SIGTERM when this process dies.
     tied_to_process: bool,
+    /// Set with the Docker backend: the server is this container.
+    container: Option<crate::containers::Started>,
 }
 
 impl Keycloak {
     /// One instance per test process, started on first use.
     pub fn shared_for_tests() -> &'static Keycloak {
         static KC: OnceLock<Keycloak> = OnceLock::new();
-        KC.get_or_init(|| Self::start_ephemeral().expect("failed to start the test Keycloak"))
+        KC.get_or_init(|| Self::start_ephemeral().unwrap_or_else(|e| panic!("failed to start the test Keycloak: {e:#}")))
     }
 
-    /// A private instance on free ports in a temp dir, tied to this process' lifetime.
+    /// A private instance on free ports in a temp dir, tied to this process' lifetime (a
+    /// container with the Docker backend).
     pub fn start_ephemeral() -> anyhow::Result<Self> {
+        if crate::containers::backend() == crate::containers::Backend::Docker {
+            let (http_port, management_port) = (net::free_port()?, net::free_port()?);
+            let realm = crate::paths::workspace_root().join(REALM_FILE);
+            let container = Some(crate::containers::keycloak(http_port, management_port, ADMIN, realm)?);
+            let kc = Self { home: PathBuf::new(), http_port, management_port, pid: None, tied_to_process: true, container };
+            kc.wait_ready(Duration::from_secs(240))?;
+            return Ok(kc);
+        }
         let dist = ensure_distribution()?;
         let home = process::fresh_test_dir(TEST_DIR_PREFIX);
         prepare_home(&dist, &home)?;
@@ -56,7 +67,14 @@ impl Keycloak {
     }
 
     fn on_free_ports(home: PathBuf, tied_to_process: bool) -> anyhow::Result<Self> {
-        Ok(Self { home, http_port: net::free_port()?, management_port: net::free_port()?, pid: None, tied_to_process })
+        Ok(Self {
+            home,
+            http_port: net::free_port()?,
+            management_port: net::free_port()?,
+            pid: None,
+            tied_to_process,
+            container: None,
+        })
     }
 
     /// The dev stack's instance in `home` (created on first use) on the given ports; a no-op
@@ -68,7 +86,8 @@ impl Keycloak {
         } else {
             copy_realm(home)?;
         }
-        let mut kc = Self { home: home.to_path_buf(), http_port, management_port, pid: None, tied_to_process: false };
+        let mut kc =
+            Self { home: home.to_path_buf(), http_port, management_port, pid: None, tied_to_process: false, container: None };
         if kc.is_ready() {
             return Ok(kc);
         }
@@ -83,6 +102,10 @@ impl Keycloak {
 
     /// Starts (or restarts) the server and waits until `/health/ready` answers.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        if let Some(started) = &self.container {
+            started.resume()?;
+            return self.wait_ready(Duration::from_secs(240));
+        }
         fs::create_dir_all(self.home.join("data/import"))?;
         let java_home = crate::java::java_home(&JAVA_MAJORS)?;
         let log = fs::File::options().create(true).append(true).open(self.log_file())?;
@@ -109,6 +132,10 @@ impl Keycloak {
 
     /// Stops the server (SIGTERM, then SIGKILL after 30 s) and waits until it is gone.
     pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(started) = &self.container {
+            started.pause()?;
+            return Ok(());
+        }
         let pid = self.pid.take().or_else(|| read_pid(&self.home));
         if let Some(pid) = pid {
             process::terminate(pid, Duration::from_secs(30));

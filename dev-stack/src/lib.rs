@@ -11,6 +11,7 @@
 //! - [`net`]: free loopback ports.
 
 pub mod browser;
+pub mod containers;
 pub mod download;
 pub mod grpcurl;
 pub mod java;

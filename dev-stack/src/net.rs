@@ -13,3 +13,15 @@ pub fn port_in_use(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if port_in_use(port) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("nothing listens on port {port} after {limit:?}")
+}

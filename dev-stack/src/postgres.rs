@@ -42,11 +42,18 @@ impl PgCluster {
     /// receives SIGQUIT (immediate shutdown) when the test process exits.
     pub fn shared_for_tests() -> &'static PgCluster {
         static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| Self::start_ephemeral().expect("failed to start the test PostgreSQL cluster"))
+        CLUSTER.get_or_init(|| Self::start_ephemeral().unwrap_or_else(|e| panic!("failed to start the test PostgreSQL cluster: {e:#}")))
     }
 
-    /// Starts a throw-away cluster tied to this process' lifetime.
+    /// Starts a throw-away cluster tied to this process' lifetime (a container with the Docker
+    /// backend, see [`crate::containers::backend`]).
     pub fn start_ephemeral() -> anyhow::Result<Self> {
+        if crate::containers::backend() == crate::containers::Backend::Docker {
+            let (port, password) = (crate::net::free_port()?, format!("test-{}", nanos()));
+            // Lives as long as the process; removed at exit.
+            Box::leak(Box::new(crate::containers::postgres(port, &password)?));
+            return Ok(Self { port, data_dir: PathBuf::new(), password });
+        }
         let bin = bin_dir()?;
         let owner = service_user()?;
         let data_dir = process::fresh_test_dir(TEST_DIR_PREFIX);

@@ -1,0 +1,145 @@
+//! The Docker backend of the test infrastructure: the same components as the local launchers
+//! (same versions, same realm, same ports inside), as containers started with testcontainers.
+//!
+//! Chosen by [`backend`]: `TEST_INFRA=docker|local` forces one; otherwise Docker is used when a
+//! Docker daemon answers. Host ports are fixed per container (picked free), so a stopped and
+//! restarted container keeps its address, as the local processes do. Containers of a test
+//! process are removed when it exits.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use testcontainers::{
+    core::{ContainerPort, WaitFor},
+    runners::SyncRunner,
+    Container, GenericImage, ImageExt,
+};
+
+/// Where the test infrastructure runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Docker,
+}
+
+/// `TEST_INFRA` when set (`docker` or `local`), else Docker when its daemon answers.
+pub fn backend() -> Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    *BACKEND.get_or_init(|| match std::env::var("TEST_INFRA").as_deref() {
+        Ok("docker") => Backend::Docker,
+        Ok("local") => Backend::Local,
+        _ if docker_answers() => Backend::Docker,
+        _ => Backend::Local,
+    })
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+}
+
+/// Versions and images shared with docker-compose.yml and the local launchers.
+pub const POSTGRES_IMAGE: (&str, &str) = ("postgres", "15");
+pub const KAFKA_IMAGE: (&str, &str) = ("apache/kafka", crate::kafka::VERSION);
+pub const KEYCLOAK_IMAGE: (&str, &str) = ("quay.io/keycloak/keycloak", crate::keycloak::VERSION);
+
+/// A started container, removed when this process exits.
+#[derive(Debug)]
+pub struct Started {
+    pub container: Container<GenericImage>,
+}
+
+fn start(image: testcontainers::ContainerRequest<GenericImage>) -> anyhow::Result<Started> {
+    let container = off_runtime(move || image.start()).context("failed to start container")?;
+    remember_for_exit(container.id().to_owned());
+    Ok(Started { container })
+}
+
+impl Started {
+    /// Stops the container (kept, with its ports, for [`Started::resume`]).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        off_runtime(|| self.container.stop()).context("failed to stop container")
+    }
+
+    /// Starts a stopped container again.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        off_runtime(|| self.container.start()).context("failed to start container again")
+    }
+}
+
+/// testcontainers' blocking API runs its own runtime, which must not be entered from a tokio
+/// runtime thread (the tests are async): it runs on a plain thread instead.
+fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(work).join().expect("container operation panicked"))
+}
+
+/// PostgreSQL listening on 127.0.0.1:`port` with superuser `postgres` / `password`.
+pub fn postgres(port: u16, password: &str) -> anyhow::Result<Started> {
+    let image = GenericImage::new(POSTGRES_IMAGE.0, POSTGRES_IMAGE.1)
+        .with_wait_for(WaitFor::message_on_stderr("database system is ready to accept connections"))
+        .with_wait_for(WaitFor::seconds(1))
+        .with_env_var("POSTGRES_PASSWORD", password)
+        .with_mapped_port(port, ContainerPort::Tcp(5432))
+        .with_cmd(["postgres", "-c", "max_connections=300", "-c", "fsync=off"]);
+    start(image)
+}
+
+/// A KRaft Kafka node advertising 127.0.0.1:`port` (mapped to the container's 9092).
+pub fn kafka(port: u16) -> anyhow::Result<Started> {
+    let image = GenericImage::new(KAFKA_IMAGE.0, KAFKA_IMAGE.1)
+        .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+        .with_env_var("KAFKA_NODE_ID", "1")
+        .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
+        .with_env_var("KAFKA_LISTENERS", "PLAINTEXT://0.0.0.0:9092,CONTROLLER://0.0.0.0:9093")
+        .with_env_var("KAFKA_ADVERTISED_LISTENERS", format!("PLAINTEXT://127.0.0.1:{port}"))
+        .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+        .with_env_var("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+        .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@127.0.0.1:9093")
+        .with_env_var("KAFKA_NUM_PARTITIONS", "3")
+        .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env_var("KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS", "3")
+        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        .with_mapped_port(port, ContainerPort::Tcp(9092));
+    start(image)
+}
+
+/// Keycloak in dev mode with the realm file imported, HTTP on `http_port`, management (health)
+/// on `management_port`.
+pub fn keycloak(http_port: u16, management_port: u16, admin: (&str, &str), realm_file: PathBuf) -> anyhow::Result<Started> {
+    let image = GenericImage::new(KEYCLOAK_IMAGE.0, KEYCLOAK_IMAGE.1)
+        .with_wait_for(WaitFor::message_on_stdout("Listening on"))
+        .with_env_var("KC_BOOTSTRAP_ADMIN_USERNAME", admin.0)
+        .with_env_var("KC_BOOTSTRAP_ADMIN_PASSWORD", admin.1)
+        .with_copy_to("/opt/keycloak/data/import/realm-export.json", realm_file)
+        .with_mapped_port(http_port, ContainerPort::Tcp(8080))
+        .with_mapped_port(management_port, ContainerPort::Tcp(9000))
+        .with_cmd(["start-dev", "--import-realm", "--health-enabled=true"])
+        .with_startup_timeout(Duration::from_secs(240));
+    start(image)
+}
+
+/// Container ids to remove when the process exits (statics are never dropped).
+fn remember_for_exit(id: String) {
+    static IDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static HOOK: OnceLock<()> = OnceLock::new();
+    IDS.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+    HOOK.get_or_init(|| {
+        extern "C" fn remove_all() {
+            let ids = IDS.lock().map(|ids| ids.clone()).unwrap_or_default();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(ids).output();
+            }
+        }
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe { libc::atexit(remove_all) };
+    });
+}
