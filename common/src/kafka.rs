@@ -156,7 +156,11 @@ pub async fn consume(consumer: &StreamConsumer, handler: &impl RecordHandler, st
                 }
             }
         }
-        consumer.store_offset_from_message(&message)?;
+        // After a rebalance took the partition away this fails; the record's effect is durable
+        // and its new owner re-reads it (a duplicate the handler tolerates), so carry on.
+        if let Err(err) = consumer.store_offset_from_message(&message) {
+            tracing::warn!(error = %err, partition = record.partition(), offset = record.offset(), "could not store offset");
+        }
     }
     commit_on_exit(consumer)
 }

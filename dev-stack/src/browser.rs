@@ -26,6 +26,9 @@ pub fn ensure() -> anyhow::Result<Browser> {
         }
         crate::postgres::apt_install(&["chromium"])?;
     }
+    if Command::new("node").arg("--version").output().is_err() && process::is_root() {
+        crate::postgres::apt_install(&["nodejs", "npm"])?;
+    }
     let home = crate::paths::cache_dir().join(format!("playwright-{PLAYWRIGHT_VERSION}"));
     let node_path = home.join("node_modules");
     if !node_path.join("playwright-core/package.json").exists() {

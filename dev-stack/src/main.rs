@@ -62,6 +62,14 @@ enum Cmd {
     Down,
     /// Show what runs.
     Status(Ports),
+    /// Print the last lines of the services' logs (or of one service's).
+    Logs {
+        /// One of billing-service, patient-service, analytics-service, gateway.
+        service: Option<String>,
+        /// How many lines of each log.
+        #[arg(long, short = 'n', default_value_t = 40)]
+        lines: usize,
+    },
     /// Run every test of the workspace (each suite starts its own infrastructure on free ports).
     Test {
         /// Extra arguments for `cargo test`.
@@ -75,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Up(ports) => up(&ports),
         Cmd::Down => down(),
         Cmd::Status(ports) => status(&ports),
+        Cmd::Logs { service, lines } => logs(service.as_deref(), lines),
         Cmd::Test { args } => test(&args),
     }
 }
@@ -117,7 +126,8 @@ fn up(ports: &Ports) -> anyhow::Result<()> {
         services::wait_ready(&spec, &dirs(), Duration::from_secs(60))?;
         println!("==> {} ready (pid {pid}, log {})", spec.name, dirs().log_file(spec.name).display());
     }
-    print_usage(ports);
+    let grpcurl = dev_stack::grpcurl::ensure()?;
+    print_usage(ports, &grpcurl.display().to_string());
     Ok(())
 }
 
@@ -173,7 +183,7 @@ fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
     ]
 }
 
-fn print_usage(ports: &Ports) {
+fn print_usage(ports: &Ports, grpcurl: &str) {
     let (gw, kc, g) = (ports.gateway_port, ports.keycloak_port, ports.billing_grpc_port);
     println!(
         r#"
@@ -192,17 +202,31 @@ The patient platform is up.
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/analytics/summary
 
   3. Billing over gRPC (reflection, no .proto needed):
-    grpcurl -plaintext localhost:{g} list
-    grpcurl -plaintext -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
+    {grpcurl} -plaintext localhost:{g} list
+    {grpcurl} -plaintext localhost:{g} describe BillingService
+    {grpcurl} -plaintext -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
       localhost:{g} BillingService/CreateBillingAccount
 
   4. Users and roles: Keycloak admin console http://localhost:{kc}/admin  (admin / admin)
      Dev users of realm {REALM}: clinician/clinician-dev, analyst/analyst-dev, admin/admin-dev
 
-  Logs: {logs}   Status: cargo xtask status   Stop: cargo xtask down
+  Logs: cargo xtask logs [service]  ({logs})   Status: cargo xtask status   Stop: cargo xtask down
 "#,
         logs = dirs().logs.display(),
     );
+}
+
+fn logs(service: Option<&str>, lines: usize) -> anyhow::Result<()> {
+    let names: Vec<&str> = match service {
+        Some(name) if SERVICES.contains(&name) => vec![name],
+        Some(name) => anyhow::bail!("unknown service {name}; one of {SERVICES:?}"),
+        None => SERVICES.to_vec(),
+    };
+    for name in names {
+        let file = dirs().log_file(name);
+        println!("==> {} <==\n{}\n", file.display(), services::tail(&file, lines));
+    }
+    Ok(())
 }
 
 fn down() -> anyhow::Result<()> {
