@@ -2,7 +2,10 @@
 //! transaction (a redelivered event finds its id and changes nothing); records that cannot be
 //! decoded go to the dead-letter topic with the reason, and consumption goes on.
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use common::metrics::Registry;
 use chrono::NaiveDate;
 use common::kafka::RecordHandler;
 use prost::Message as _;
@@ -21,6 +24,8 @@ pub struct AnalyticsHandler {
     pub db: PgPool,
     pub dead_letters: FutureProducer,
     pub dead_letter_topic: String,
+    /// `analytics_events_total{result="applied|duplicate|dead_lettered"}`.
+    pub metrics: Arc<Registry>,
 }
 
 impl RecordHandler for AnalyticsHandler {
@@ -42,8 +47,10 @@ impl AnalyticsHandler {
         }
         tx.commit().await.context("failed to commit event")?;
         if fresh {
+            self.metrics.inc("analytics_events_total{result=\"applied\"}");
             tracing::debug!("event applied");
         } else {
+            self.metrics.inc("analytics_events_total{result=\"duplicate\"}");
             tracing::info!("duplicate event ignored");
         }
         Ok(())
@@ -69,6 +76,7 @@ impl AnalyticsHandler {
             .send(out, std::time::Duration::from_secs(10))
             .await
             .map_err(|(err, _)| anyhow::Error::new(err).context("dead-letter publish failed"))?;
+        self.metrics.inc("analytics_events_total{result=\"dead_lettered\"}");
         Ok(())
     }
 }

@@ -1,12 +1,12 @@
 //! Builds analytics-service from its settings; `main` and the tests share this path.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use common::tasks::Task;
+use common::{metrics::Registry, tasks::Task};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::AnalyticsHandler, routes, MIGRATOR};
@@ -16,11 +16,13 @@ pub struct Application {
     listener: TcpListener,
     pool: PgPool,
     consumer: Option<(StreamConsumer, AnalyticsHandler)>,
+    metrics: Arc<Registry>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = settings.db.connect_and_migrate(&MIGRATOR).await?;
+        let metrics = Registry::new();
         let consumer = if settings.kafka.kafka_disabled {
             tracing::warn!("Kafka disabled: no events are consumed");
             None
@@ -32,13 +34,14 @@ impl Application {
                 db: pool.clone(),
                 dead_letters: settings.kafka.producer().context("failed to create the dead-letter producer")?,
                 dead_letter_topic,
+                metrics: metrics.clone(),
             };
             Some((consumer, handler))
         };
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, pool, consumer })
+        Ok(Self { listener, pool, consumer, metrics })
     }
 
     pub fn port(&self) -> u16 {
@@ -49,7 +52,10 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "analytics-service listening");
         let stop = CancellationToken::new();
-        let router = routes::router(self.pool.clone()).merge(common::health::routes(self.pool.clone()));
+        let router = routes::router(self.pool.clone())
+            .merge(common::health::routes(self.pool.clone()))
+            .route_layer(axum::middleware::from_fn_with_state(self.metrics.clone(), common::metrics::track))
+            .merge(common::metrics::routes(self.metrics.clone()));
         let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];

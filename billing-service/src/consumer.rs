@@ -1,7 +1,10 @@
 //! Consumer of the `patient` topic (group `billing-service`): a deleted patient's account is
 //! closed. Closing is idempotent, so redeliveries change nothing.
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use common::metrics::Registry;
 use common::kafka::RecordHandler;
 use prost::Message as _;
 use proto::events::PatientEvent;
@@ -13,6 +16,8 @@ use crate::repo;
 
 pub struct BillingEventHandler {
     pub db: PgPool,
+    /// `billing_accounts_closed_total`.
+    pub metrics: Arc<Registry>,
 }
 
 impl RecordHandler for BillingEventHandler {
@@ -30,6 +35,9 @@ impl RecordHandler for BillingEventHandler {
             return Ok(());
         };
         let closed = repo::close_for_patient(&self.db, patient_id).await.context("failed to close billing account")?;
+        if closed {
+            self.metrics.inc("billing_accounts_closed_total");
+        }
         tracing::info!(%patient_id, closed, "patient deleted: billing account closed");
         Ok(())
     }

@@ -1,5 +1,8 @@
 //! The `BillingService` gRPC implementation.
 
+use std::sync::Arc;
+
+use common::metrics::Registry;
 use proto::billing::{
     billing_service_server::BillingService, BillingAccount, BillingRequest, BillingResponse,
     GetBillingAccountRequest,
@@ -16,11 +19,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct BillingGrpc {
     pool: PgPool,
+    /// `billing_accounts_total{result="created|existing"}`.
+    metrics: Arc<Registry>,
 }
 
 impl BillingGrpc {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, metrics: Arc<Registry>) -> Self {
+        Self { pool, metrics }
     }
 }
 
@@ -34,6 +39,7 @@ impl BillingService for BillingGrpc {
         let new = NewAccount::try_from(request.into_inner())?;
         tracing::Span::current().record("patient_id", tracing::field::display(new.patient_id));
         let (account, created) = repo::create_or_get(&self.pool, &new).await.map_err(Error::from)?;
+        self.metrics.inc(if created { "billing_accounts_total{result=\"created\"}" } else { "billing_accounts_total{result=\"existing\"}" });
         tracing::info!(account_id = %account.id, created, "billing account ready");
         Ok(Response::new(BillingResponse { account_id: account.id.to_string(), status: account.status }))
     }

@@ -1,6 +1,6 @@
 //! Builds billing-service from its settings; `main` and the tests share this path.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use proto::billing::billing_service_server::BillingServiceServer;
@@ -8,7 +8,7 @@ use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use common::tasks::Task;
+use common::{metrics::Registry, tasks::Task};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, MIGRATOR};
@@ -19,6 +19,7 @@ pub struct Application {
     http: TcpListener,
     pool: PgPool,
     consumer: Option<StreamConsumer>,
+    metrics: Arc<Registry>,
 }
 
 impl Application {
@@ -34,7 +35,7 @@ impl Application {
             true => None,
             false => Some(settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?),
         };
-        Ok(Self { grpc, http, pool, consumer })
+        Ok(Self { grpc, http, pool, consumer, metrics: Registry::new() })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -59,9 +60,13 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(BillingServiceServer::new(BillingGrpc::new(self.pool.clone())))
+            .add_service(BillingServiceServer::new(BillingGrpc::new(self.pool.clone(), self.metrics.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
-        let http = axum::serve(self.http, common::health::routes(self.pool.clone()))
+        let metrics = self.metrics.clone();
+        let http_routes = common::health::routes(self.pool.clone())
+            .route_layer(axum::middleware::from_fn_with_state(metrics.clone(), common::metrics::track))
+            .merge(common::metrics::routes(metrics.clone()));
+        let http = axum::serve(self.http, http_routes)
             .with_graceful_shutdown(stop.clone().cancelled_owned());
 
         let mut tasks: Vec<(&str, Task)> = vec![
@@ -69,7 +74,7 @@ impl Application {
             ("http-server", Box::pin(async move { http.await.context("HTTP server failed") })),
         ];
         if let Some(consumer) = self.consumer {
-            let (handler, stop) = (BillingEventHandler { db: self.pool.clone() }, stop.clone());
+            let (handler, stop) = (BillingEventHandler { db: self.pool.clone(), metrics: metrics.clone() }, stop.clone());
             tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, stop).await })));
         }
         let result = common::tasks::run_siblings(tasks, stop, shutdown).await;

@@ -55,6 +55,9 @@ async fn create_returns_an_active_account_and_the_same_one_on_repeat() {
         sqlx::query_as("SELECT id, patient_id FROM billing_accounts").fetch_one(&app.db).await.unwrap();
     assert_eq!((stored_id, stored_patient.to_string()), (account_id, patient));
     assert_eq!(app.account_rows().await, 1);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", app.http_port)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("billing_accounts_total{result=\"created\"} 1"), "{metrics}");
+    assert!(metrics.contains("billing_accounts_total{result=\"existing\"} 1"), "{metrics}");
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 pub mod db;
 pub mod email;
 pub mod health;
+pub mod metrics;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod problem;

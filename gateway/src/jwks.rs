@@ -20,7 +20,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::metrics::Metrics;
+use common::metrics::Registry;
+
+use crate::metrics::{JWKS_FETCH_FAILURE, JWKS_FETCH_SUCCESS};
 
 /// A verification key and the one algorithm it may be used with.
 pub struct VerifyKey {
@@ -53,11 +55,11 @@ pub struct KeyStore {
     keys: moka::sync::Cache<String, Arc<VerifyKey>>,
     unknown: moka::sync::Cache<String, ()>,
     fetch: Mutex<FetchState>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Registry>,
 }
 
 impl KeyStore {
-    pub fn new(settings: JwksSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(settings: JwksSettings, metrics: Arc<Registry>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(settings.fetch_timeout).build()?;
         Ok(Self {
             http,
@@ -123,11 +125,11 @@ impl KeyStore {
         let result = self.fetch_keys(state).await;
         match &result {
             Ok(n) => {
-                Metrics::inc(&self.metrics.jwks_fetch_success);
+                self.metrics.inc(JWKS_FETCH_SUCCESS);
                 tracing::info!(keys = n, "JWKS refreshed");
             }
             Err(err) => {
-                Metrics::inc(&self.metrics.jwks_fetch_failure);
+                self.metrics.inc(JWKS_FETCH_FAILURE);
                 tracing::warn!(error = %format!("{err:#}"), "JWKS refresh failed; keeping cached keys");
             }
         }

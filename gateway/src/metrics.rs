@@ -1,39 +1,22 @@
-//! Counters of the gateway, served in the Prometheus text format at `/metrics`.
+//! The gateway's counters (served at `/metrics` by the shared registry).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// Monotonic counters; cheap to bump from any task.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub requests_allowed: AtomicU64,
-    pub requests_unauthenticated: AtomicU64,
-    pub requests_forbidden: AtomicU64,
-    pub jwks_fetch_success: AtomicU64,
-    pub jwks_fetch_failure: AtomicU64,
-    pub upstream_failures: AtomicU64,
-}
+use common::metrics::Registry;
 
-impl Metrics {
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+pub const ALLOWED: &str = "gateway_requests_total{outcome=\"allowed\"}";
+pub const UNAUTHENTICATED: &str = "gateway_requests_total{outcome=\"unauthenticated\"}";
+pub const FORBIDDEN: &str = "gateway_requests_total{outcome=\"forbidden\"}";
+pub const JWKS_FETCH_SUCCESS: &str = "gateway_jwks_fetch_total{result=\"success\"}";
+pub const JWKS_FETCH_FAILURE: &str = "gateway_jwks_fetch_total{result=\"failure\"}";
+pub const UPSTREAM_FAILURES: &str = "gateway_upstream_failures_total";
+
+/// A registry with every gateway series present from the start (at 0), so dashboards and
+/// alerts see them before the first event.
+pub fn registry() -> Arc<Registry> {
+    let registry = Registry::new();
+    for series in [ALLOWED, UNAUTHENTICATED, FORBIDDEN, JWKS_FETCH_SUCCESS, JWKS_FETCH_FAILURE, UPSTREAM_FAILURES] {
+        registry.add(series, 0);
     }
-
-    /// Prometheus exposition text.
-    pub fn render(&self) -> String {
-        let rows = [
-            ("gateway_requests_total{outcome=\"allowed\"}", &self.requests_allowed),
-            ("gateway_requests_total{outcome=\"unauthenticated\"}", &self.requests_unauthenticated),
-            ("gateway_requests_total{outcome=\"forbidden\"}", &self.requests_forbidden),
-            ("gateway_jwks_fetch_total{result=\"success\"}", &self.jwks_fetch_success),
-            ("gateway_jwks_fetch_total{result=\"failure\"}", &self.jwks_fetch_failure),
-            ("gateway_upstream_failures_total", &self.upstream_failures),
-        ];
-        let mut out = String::from(
-            "# TYPE gateway_requests_total counter\n# TYPE gateway_jwks_fetch_total counter\n# TYPE gateway_upstream_failures_total counter\n",
-        );
-        for (name, value) in rows {
-            out.push_str(&format!("{name} {}\n", value.load(Ordering::Relaxed)));
-        }
-        out
-    }
+    registry
 }

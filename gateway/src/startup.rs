@@ -12,14 +12,14 @@ use axum::{
 };
 use jsonwebtoken::Algorithm;
 use tokio::net::TcpListener;
-use common::tasks::Task;
+use common::{metrics::Registry, tasks::Task};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Verifier,
     config::Settings,
     jwks::{JwksSettings, KeyStore},
-    metrics::Metrics,
+    metrics::{self as gw_metrics, ALLOWED, FORBIDDEN, UNAUTHENTICATED, UPSTREAM_FAILURES},
     proxy::{Proxy, X_REQUEST_ID},
     rules::{self, Backend, Match},
     Error,
@@ -33,7 +33,7 @@ struct Gateway {
     proxy: Proxy,
     patients: Uri,
     analytics: Uri,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Registry>,
 }
 
 /// A bound, not yet serving gateway.
@@ -45,7 +45,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = gw_metrics::registry();
         let algorithms = vec![Algorithm::RS256];
         let issuers = settings.accepted_issuers();
         let keys = Arc::new(KeyStore::new(
@@ -97,9 +97,9 @@ impl Application {
         let router = Router::new()
             .route("/health/live", get(|| async { axum::Json(serde_json::json!({"status": "UP"})) }))
             .route("/health/ready", get(ready))
-            .route("/metrics", get(|State(g): State<Gateway>| async move { g.metrics.render() }))
             .fallback(handle)
-            .with_state(self.gateway.clone());
+            .with_state(self.gateway.clone())
+            .merge(common::metrics::routes(self.gateway.metrics.clone()));
         let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let keys = self.gateway.keys.clone();
@@ -149,11 +149,9 @@ async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<Socke
         Ok(response) => response,
         Err(err) => {
             match &err {
-                Error::MissingToken | Error::InvalidToken(_) => Metrics::inc(&g.metrics.requests_unauthenticated),
-                Error::InsufficientScope(_) => Metrics::inc(&g.metrics.requests_forbidden),
-                Error::UpstreamUnavailable | Error::UpstreamTimeout | Error::UpstreamFailed(_) => {
-                    Metrics::inc(&g.metrics.upstream_failures)
-                }
+                Error::MissingToken | Error::InvalidToken(_) => g.metrics.inc(UNAUTHENTICATED),
+                Error::InsufficientScope(_) => g.metrics.inc(FORBIDDEN),
+                Error::UpstreamUnavailable | Error::UpstreamTimeout | Error::UpstreamFailed(_) => g.metrics.inc(UPSTREAM_FAILURES),
                 _ => {}
             }
             tracing::info!(outcome = %err, "request rejected");
@@ -175,7 +173,7 @@ async fn route_and_forward(g: &Gateway, client: SocketAddr, req: Request, reques
     if !missing.is_empty() {
         return Err(Error::InsufficientScope(missing.join(" ")));
     }
-    Metrics::inc(&g.metrics.requests_allowed);
+    g.metrics.inc(ALLOWED);
     let base = match route.backend {
         Backend::Patients => &g.patients,
         Backend::Analytics => &g.analytics,

@@ -94,6 +94,9 @@ async fn analytics_counts_each_event_once_across_a_kill_a_restart_and_redeliveri
     assert_eq!(s["ageBands"]["35-49"].as_i64().unwrap() + s["ageBands"]["50-64"].as_i64().unwrap(), 5);
     let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&restarted.db).await.unwrap();
     assert_eq!(processed, 7);
+    let metrics = metrics_text(restarted.port).await;
+    assert!(metrics.contains("analytics_events_total{result=\"applied\"} 1\n"), "only the sentinel is new: {metrics}");
+    assert!(metrics.contains("analytics_events_total{result=\"duplicate\"}"), "{metrics}");
     restarted.stop().await;
 }
 
@@ -126,6 +129,12 @@ async fn an_undecodable_record_goes_to_the_dead_letter_topic_and_the_next_event_
     .await;
     assert_eq!(s["ageBands"]["0-17"], 1);
     assert_eq!(s["registrationsPerMonth"], json!({"2025-12": 1}));
+    let metrics = metrics_text(analytics.port).await;
+    assert!(metrics.contains("analytics_events_total{result=\"dead_lettered\"} 1"), "{metrics}");
+}
+
+async fn metrics_text(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@
 //!   off and tries again; the API is unaffected. Delivery is at-least-once (a crash between the
 //!   broker's ack and our commit re-sends); consumers de-duplicate on the event id.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use common::metrics::Registry;
 
 use anyhow::Context;
 use rdkafka::{
@@ -39,6 +41,8 @@ pub struct Relay {
     pub topic: String,
     pub batch_size: i64,
     pub idle_poll: Duration,
+    /// `outbox_events_total{result="published|failed"}`.
+    pub metrics: Arc<Registry>,
 }
 
 impl Relay {
@@ -133,6 +137,8 @@ impl Relay {
                 .context("failed to mark outbox rows sent")?;
         }
         tx.commit().await.context("failed to commit relay transaction")?;
+        self.metrics.add("outbox_events_total{result=\"published\"}", acked.len() as u64);
+        self.metrics.add("outbox_events_total{result=\"failed\"}", (rows.len() - acked.len()) as u64);
         match failure {
             Some(err) => Err(err.context(format!("{} of {} events published", acked.len(), rows.len()))),
             None => Ok(acked.len()),

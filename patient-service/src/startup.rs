@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 use anyhow::Context;
 use axum::{extract::MatchedPath, http::Request, Router};
 use tokio::net::TcpListener;
-use common::tasks::Task;
+use common::{metrics::Registry, tasks::Task};
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -42,8 +42,11 @@ impl Application {
             settings.billing_timeout(),
         )?;
         let state = AppState { db: pool.clone(), billing };
-        let router =
-            with_http_layers(routes::router(state, settings.max_body_bytes).merge(common::health::routes(pool.clone())));
+        let metrics = Registry::new();
+        let counted = routes::router(state, settings.max_body_bytes)
+            .merge(common::health::routes(pool.clone()))
+            .route_layer(axum::middleware::from_fn_with_state(metrics.clone(), common::metrics::track));
+        let router = with_http_layers(counted.merge(common::metrics::routes(metrics.clone())));
         if !settings.kafka.kafka_disabled {
             settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic]).await;
         }
@@ -58,6 +61,7 @@ impl Application {
                 topic: settings.kafka.kafka_topic.clone(),
                 batch_size: settings.outbox_batch_size,
                 idle_poll: Duration::from_millis(settings.outbox_poll_ms),
+                metrics: metrics.clone(),
             }),
         };
         let listener = TcpListener::bind(settings.http_addr)

@@ -34,6 +34,10 @@ async fn create_returns_201_with_location_and_persists_patient_account_and_event
 
     let location_get = app.client.get(app.url(&location)).send().await.unwrap();
     assert_eq!(location_get.status(), 200, "Location can be followed");
+
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("http_requests_total{method=\"POST\",route=\"/patients\",status=\"201\"} 1"), "{metrics}");
+    assert!(metrics.contains("route=\"/patients/{id}\",status=\"200\"} 1"), "route templates, not ids: {metrics}");
 }
 
 #[tokio::test]

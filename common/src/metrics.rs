@@ -1,0 +1,92 @@
+//! Prometheus metrics for every service: one registry of counters, an HTTP middleware counting
+//! requests by method, route template (never the concrete path: it may carry ids or filters)
+//! and status, and the `/metrics` route rendering the text exposition format.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    middleware::Next,
+    response::Response,
+    routing::get,
+    Router,
+};
+
+/// Monotonic counters keyed by their full series name (`name{labels}`).
+#[derive(Debug, Default)]
+pub struct Registry {
+    counters: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds one to `series`, e.g. `analytics_events_total{result="applied"}`.
+    pub fn inc(&self, series: &str) {
+        self.add(series, 1);
+    }
+
+    pub fn add(&self, series: &str, n: u64) {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *counters.entry(series.to_owned()).or_default() += n;
+    }
+
+    /// The current value of `series` (0 when never counted).
+    pub fn get(&self, series: &str) -> u64 {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).get(series).copied().unwrap_or_default()
+    }
+
+    /// The text exposition format, one `# TYPE` line per metric name.
+    pub fn render(&self) -> String {
+        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        let mut last_name = "";
+        for (series, value) in counters.iter() {
+            let name = series.split('{').next().unwrap_or(series);
+            if name != last_name {
+                out.push_str(&format!("# TYPE {name} counter\n"));
+                last_name = name;
+            }
+            out.push_str(&format!("{series} {value}\n"));
+        }
+        out
+    }
+}
+
+/// `GET /metrics`.
+pub fn routes(registry: Arc<Registry>) -> Router {
+    Router::new().route("/metrics", get(|State(r): State<Arc<Registry>>| async move { r.render() })).with_state(registry)
+}
+
+/// Middleware counting `http_requests_total{method,route,status}`; install with
+/// `axum::middleware::from_fn_with_state(registry, metrics::track)` as a route layer.
+pub async fn track(State(registry): State<Arc<Registry>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    registry.inc(&format!(
+        "http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{}\"}}",
+        response.status().as_u16()
+    ));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Registry;
+
+    #[test]
+    fn renders_counters_grouped_by_name() {
+        let r = Registry::default();
+        r.inc("b_total{x=\"1\"}");
+        r.add("b_total{x=\"2\"}", 3);
+        r.inc("a_total");
+        assert_eq!(r.render(), "# TYPE a_total counter\na_total 1\n# TYPE b_total counter\nb_total{x=\"1\"} 1\nb_total{x=\"2\"} 3\n");
+        assert_eq!(r.get("b_total{x=\"2\"}"), 3);
+    }
+}
