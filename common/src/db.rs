@@ -44,14 +44,8 @@ impl DbArgs {
     }
 }
 
-/// True when the error is PostgreSQL's unique violation (SQLSTATE 23505) — the one place that
-/// turns "already exists" into a conflict for every service.
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-/// The constraint (or unique index) a unique violation hit, so a service can tell which
-/// uniqueness rule a write broke.
+/// The constraint (or unique index) a PostgreSQL unique violation (SQLSTATE 23505) hit, so a
+/// service can tell which uniqueness rule a write broke; `None` for any other error.
 pub fn unique_violation_on(err: &sqlx::Error) -> Option<&str> {
     match err {
         sqlx::Error::Database(db) if db.is_unique_violation() => db.constraint(),

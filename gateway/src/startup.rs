@@ -136,7 +136,7 @@ async fn ready(State(g): State<Gateway>) -> Response {
 }
 
 /// Route → authenticate → authorise → proxy. Anything rejected stops here.
-#[tracing::instrument(skip_all, fields(method = %req.method(), request_id))]
+#[tracing::instrument(skip_all, fields(method = %req.method(), request_id, subject))]
 async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, req: Request) -> Response {
     let request_id = req
         .headers()
@@ -169,6 +169,8 @@ async fn route_and_forward(g: &Gateway, client: SocketAddr, req: Request, reques
         Match::NotFound => return Err(Error::NotFound),
     };
     let principal = g.verifier.verify(req.headers()).await?;
+    // Keycloak's subject is an opaque user id, not personal data: it makes requests auditable.
+    tracing::Span::current().record("subject", principal.subject.as_str());
     let missing: Vec<&str> = route.roles.iter().copied().filter(|r| !principal.roles.contains(*r)).collect();
     if !missing.is_empty() {
         return Err(Error::InsufficientScope(missing.join(" ")));
