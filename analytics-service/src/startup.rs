@@ -52,10 +52,8 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "analytics-service listening");
         let stop = CancellationToken::new();
-        let router = routes::router(self.pool.clone())
-            .merge(common::health::routes(self.pool.clone()))
-            .route_layer(axum::middleware::from_fn_with_state(self.metrics.clone(), common::metrics::track))
-            .merge(common::metrics::routes(self.metrics.clone()));
+        let router =
+            common::metrics::with_operations(routes::router(self.pool.clone()), self.pool.clone(), self.metrics.clone());
         let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];

@@ -63,9 +63,7 @@ impl Application {
             .add_service(BillingServiceServer::new(BillingGrpc::new(self.pool.clone(), self.metrics.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
         let metrics = self.metrics.clone();
-        let http_routes = common::health::routes(self.pool.clone())
-            .route_layer(axum::middleware::from_fn_with_state(metrics.clone(), common::metrics::track))
-            .merge(common::metrics::routes(metrics.clone()));
+        let http_routes = common::metrics::with_operations(axum::Router::new(), self.pool.clone(), metrics.clone());
         let http = axum::serve(self.http, http_routes)
             .with_graceful_shutdown(stop.clone().cancelled_owned());
 

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context};
@@ -125,18 +125,10 @@ impl Kafka {
         };
         self.pid = Some(pid);
         fs::write(self.dir.join("kafka.pid"), pid.to_string())?;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(120) {
-            let text = fs::read_to_string(&log_path).unwrap_or_default();
-            if text.contains("Kafka Server started") && net::port_in_use(self.port) {
-                return Ok(());
-            }
-            if !process::pid_alive(pid) {
-                bail!("Kafka exited during start-up; log:\n{}", crate::services::tail(&log_path, 40));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!("Kafka not ready after 120 s; log:\n{}", crate::services::tail(&log_path, 40))
+        let started = || {
+            fs::read_to_string(&log_path).is_ok_and(|t| t.contains("Kafka Server started")) && net::port_in_use(self.port)
+        };
+        process::wait_ready("Kafka", Duration::from_secs(120), &log_path, || process::pid_alive(pid), started)
     }
 
     /// Stops the broker (SIGTERM: controlled shutdown) and waits until it is gone.

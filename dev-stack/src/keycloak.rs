@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
@@ -196,17 +196,8 @@ impl Keycloak {
     }
 
     fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.is_ready() {
-                return Ok(());
-            }
-            if self.pid.is_some_and(|p| !process::pid_alive(p)) {
-                bail!("Keycloak exited during start-up; log:\n{}", crate::services::tail(&self.log_file(), 40));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        bail!("Keycloak not ready after {limit:?}; log:\n{}", crate::services::tail(&self.log_file(), 40))
+        let alive = || self.pid.is_none_or(process::pid_alive);
+        process::wait_ready("Keycloak", limit, &self.log_file(), alive, || self.is_ready())
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
         atomic::{AtomicU32, Ordering},
         OnceLock,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context};
@@ -68,9 +68,15 @@ impl PgCluster {
         cmd.stdout(fs::File::create(data_dir.join("server.log"))?);
         cmd.stderr(fs::File::options().append(true).open(data_dir.join("server.log"))?);
         run_as(&mut cmd, owner);
-        process::spawn_tied_to_this_process(cmd, libc::SIGQUIT)?;
+        let pid = process::spawn_tied_to_this_process(cmd, libc::SIGQUIT)?;
         let cluster = Self { port, data_dir, password };
-        cluster.wait_ready(&bin, Duration::from_secs(60))?;
+        process::wait_ready(
+            &format!("PostgreSQL on port {port}"),
+            Duration::from_secs(60),
+            &cluster.data_dir.join("server.log"),
+            || process::pid_alive(pid),
+            || cluster.is_running(&bin),
+        )?;
         Ok(cluster)
     }
 
@@ -146,17 +152,6 @@ impl PgCluster {
             && self.data_dir.join("postmaster.pid").exists()
     }
 
-    fn wait_ready(&self, bin: &Path, limit: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.is_running(bin) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default();
-        bail!("PostgreSQL on port {} not ready after {limit:?}; server log:\n{log}", self.port)
-    }
 }
 
 /// Makes sure the server binaries are installed (installing them as root when missing).

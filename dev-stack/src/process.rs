@@ -169,3 +169,25 @@ fn remove_stale_dirs(dir: &Path, prefix: &str) {
         }
     }
 }
+
+/// Polls `ready` until it holds; fails early when `alive` says the process died, and after
+/// `limit`. Failures carry the tail of the process' log.
+pub fn wait_ready(
+    what: &str,
+    limit: Duration,
+    log: &Path,
+    alive: impl Fn() -> bool,
+    ready: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return Ok(());
+        }
+        if !alive() {
+            bail!("{what} exited during start-up; log:\n{}", crate::services::tail(log, 40));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("{what} not ready after {limit:?}; log:\n{}", crate::services::tail(log, 40))
+}

@@ -8,7 +8,7 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
@@ -82,17 +82,13 @@ pub fn start(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
 /// Waits until `GET /health/ready` answers 200, failing early (with the log's tail) if the
 /// process dies.
 pub fn wait_ready(spec: &ServiceSpec, dirs: &ServiceDirs, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if http_status(spec.ready_port, "/health/ready") == Some(200) {
-            return Ok(());
-        }
-        if dirs.running_pid(spec.name).is_none() {
-            bail!("{} exited during start-up; log:\n{}", spec.name, tail(&dirs.log_file(spec.name), 30));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("{} not ready after {limit:?}; log:\n{}", spec.name, tail(&dirs.log_file(spec.name), 30))
+    process::wait_ready(
+        spec.name,
+        limit,
+        &dirs.log_file(spec.name),
+        || dirs.running_pid(spec.name).is_some(),
+        || http_status(spec.ready_port, "/health/ready") == Some(200),
+    )
 }
 
 /// SIGTERM (graceful), then SIGKILL after `grace`. True when something was stopped.

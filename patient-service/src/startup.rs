@@ -43,10 +43,8 @@ impl Application {
         )?;
         let state = AppState { db: pool.clone(), billing };
         let metrics = Registry::new();
-        let counted = routes::router(state, settings.max_body_bytes)
-            .merge(common::health::routes(pool.clone()))
-            .route_layer(axum::middleware::from_fn_with_state(metrics.clone(), common::metrics::track));
-        let router = with_http_layers(counted.merge(common::metrics::routes(metrics.clone())));
+        let api = routes::router(state, settings.max_body_bytes);
+        let router = with_http_layers(common::metrics::with_operations(api, pool.clone(), metrics.clone()));
         if !settings.kafka.kafka_disabled {
             settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic]).await;
         }
