@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use common::metrics::Registry;
 use chrono::NaiveDate;
 use common::kafka::RecordHandler;
+use common::metrics::Registry;
 use prost::Message as _;
 use proto::events::PatientEvent;
 use rdkafka::{

@@ -3,10 +3,10 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
+use common::{metrics::Registry, tasks::Task};
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use common::{metrics::Registry, tasks::Task};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::AnalyticsHandler, routes, MIGRATOR};
@@ -52,8 +52,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "analytics-service listening");
         let stop = CancellationToken::new();
-        let router =
-            common::metrics::with_operations(routes::router(self.pool.clone()), self.pool.clone(), self.metrics.clone());
+        let router = common::metrics::with_operations(routes::router(self.pool.clone()), self.pool.clone(), self.metrics.clone());
         let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
@@ -66,4 +65,3 @@ impl Application {
         result
     }
 }
-

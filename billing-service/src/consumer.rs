@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use common::metrics::Registry;
 use common::kafka::RecordHandler;
+use common::metrics::Registry;
 use prost::Message as _;
 use proto::events::PatientEvent;
 use rdkafka::{message::OwnedMessage, Message};

@@ -42,13 +42,11 @@ pub async fn create_or_get(pool: &PgPool, new: &NewAccount) -> anyhow::Result<(A
 
 #[tracing::instrument(skip(pool))]
 pub async fn find_by_patient(pool: &PgPool, patient_id: Uuid) -> anyhow::Result<Option<Account>> {
-    sqlx::query_as::<_, Account>(
-        r#"SELECT id, patient_id, status, created_at FROM billing_accounts WHERE patient_id = $1"#,
-    )
-    .bind(patient_id)
-    .fetch_optional(pool)
-    .await
-    .context("failed to load billing account")
+    sqlx::query_as::<_, Account>(r#"SELECT id, patient_id, status, created_at FROM billing_accounts WHERE patient_id = $1"#)
+        .bind(patient_id)
+        .fetch_optional(pool)
+        .await
+        .context("failed to load billing account")
 }
 
 /// Closes the patient's account; true when an active account was closed now (false when it was

@@ -3,12 +3,12 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
+use common::{metrics::Registry, tasks::Task};
 use proto::billing::billing_service_server::BillingServiceServer;
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use common::{metrics::Registry, tasks::Task};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, MIGRATOR};
@@ -64,8 +64,7 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
         let metrics = self.metrics.clone();
         let http_routes = common::metrics::with_operations(axum::Router::new(), self.pool.clone(), metrics.clone());
-        let http = axum::serve(self.http, http_routes)
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let http = axum::serve(self.http, http_routes).with_graceful_shutdown(stop.clone().cancelled_owned());
 
         let mut tasks: Vec<(&str, Task)> = vec![
             ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),
@@ -80,7 +79,6 @@ impl Application {
         result
     }
 }
-
 
 /// Server reflection over every contract we serve, so grpcurl needs no .proto file.
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -104,11 +104,7 @@ async fn get_billing_account_returns_the_account_or_not_found() {
     let patient = Uuid::new_v4().to_string();
     let created = client.create_billing_account(request(&patient)).await.unwrap().into_inner();
 
-    let found = client
-        .get_billing_account(GetBillingAccountRequest { patient_id: patient.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let found = client.get_billing_account(GetBillingAccountRequest { patient_id: patient.clone() }).await.unwrap().into_inner();
     assert_eq!((found.account_id, found.patient_id, found.status.as_str()), (created.account_id, patient, "ACTIVE"));
 
     let missing = client
@@ -142,9 +138,7 @@ async fn reflection_v1_and_v1alpha_list_the_billing_service() {
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel().await);
     let req = v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-            "BillingService".into(),
-        )),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol("BillingService".into())),
     };
     let mut stream = alpha.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().expect("one response");

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::secret::Secret;
 use anyhow::Context;
 use clap::Args;
-use crate::secret::Secret;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 
 /// Database settings, flattened into each service's settings.
@@ -24,11 +24,7 @@ pub struct DbArgs {
 impl DbArgs {
     /// Settings for a URL with default pool sizing (tests, tools).
     pub fn from_url(url: impl Into<String>) -> Self {
-        Self {
-            database_url: Secret::new(url),
-            database_max_connections: 10,
-            database_acquire_timeout_ms: 5_000,
-        }
+        Self { database_url: Secret::new(url), database_max_connections: 10, database_acquire_timeout_ms: 5_000 }
     }
 
     /// Opens the pool and applies the service's migrations.

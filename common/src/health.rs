@@ -17,10 +17,7 @@ async fn ready(State(pool): State<PgPool>) -> (StatusCode, Json<Value>) {
         Ok(_) => (StatusCode::OK, Json(json!({ "status": "UP", "database": "UP" }))),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "DOWN", "database": "DOWN" })),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "DOWN", "database": "DOWN" })))
         }
     }
 }

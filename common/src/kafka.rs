@@ -100,7 +100,8 @@ impl KafkaArgs {
             };
         let new: Vec<NewTopic<'_>> =
             topics.iter().map(|t| NewTopic::new(t, self.kafka_topic_partitions, TopicReplication::Fixed(1))).collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
+        let options =
+            AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
         match admin.create_topics(&new, &options).await {
             Ok(results) => {
                 for result in results {

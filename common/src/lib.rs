@@ -5,9 +5,9 @@
 pub mod db;
 pub mod email;
 pub mod health;
-pub mod metrics;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod metrics;
 pub mod problem;
 pub mod secret;
 pub mod shutdown;

@@ -36,9 +36,12 @@ pub fn ensure() -> anyhow::Result<Browser> {
         fs::write(home.join("package.json"), "{\"private\":true}\n")?;
         eprintln!("dev-stack: installing playwright-core {PLAYWRIGHT_VERSION} with npm (once per machine)");
         run_checked(
-            Command::new("npm")
-                .current_dir(&home)
-                .args(["install", "--no-audit", "--no-fund", &format!("playwright-core@{PLAYWRIGHT_VERSION}")]),
+            Command::new("npm").current_dir(&home).args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                &format!("playwright-core@{PLAYWRIGHT_VERSION}"),
+            ]),
             "npm install playwright-core",
         )
         .context("failed to install playwright-core")?;

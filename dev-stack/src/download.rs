@@ -1,6 +1,10 @@
 //! Downloads of pinned artifacts into the cache dir, fetched once and reused by every clone.
 
-use std::{fs, path::{Path, PathBuf}, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Context;
 

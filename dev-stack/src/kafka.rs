@@ -63,7 +63,8 @@ impl Kafka {
 
     /// The dev stack's broker in `dir` (formatted on first use); a no-op when it already runs.
     pub fn start_persistent(dir: &Path, port: u16, controller_port: u16) -> anyhow::Result<Self> {
-        let mut kafka = Self { dir: dir.to_path_buf(), port, controller_port, pid: None, tied_to_process: false, container: None };
+        let mut kafka =
+            Self { dir: dir.to_path_buf(), port, controller_port, pid: None, tied_to_process: false, container: None };
         if read_pid(dir).is_some() {
             return Ok(kafka);
         }
@@ -125,9 +126,8 @@ impl Kafka {
         };
         self.pid = Some(pid);
         fs::write(self.dir.join("kafka.pid"), pid.to_string())?;
-        let started = || {
-            fs::read_to_string(&log_path).is_ok_and(|t| t.contains("Kafka Server started")) && net::port_in_use(self.port)
-        };
+        let started =
+            || fs::read_to_string(&log_path).is_ok_and(|t| t.contains("Kafka Server started")) && net::port_in_use(self.port);
         process::wait_ready("Kafka", Duration::from_secs(120), &log_path, || process::pid_alive(pid), started)
     }
 

@@ -42,7 +42,9 @@ impl PgCluster {
     /// receives SIGQUIT (immediate shutdown) when the test process exits.
     pub fn shared_for_tests() -> &'static PgCluster {
         static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| Self::start_ephemeral().unwrap_or_else(|e| panic!("failed to start the test PostgreSQL cluster: {e:#}")))
+        CLUSTER.get_or_init(|| {
+            Self::start_ephemeral().unwrap_or_else(|e| panic!("failed to start the test PostgreSQL cluster: {e:#}"))
+        })
     }
 
     /// Starts a throw-away cluster tied to this process' lifetime (a container with the Docker
@@ -151,7 +153,6 @@ impl PgCluster {
             .is_ok_and(|s| s.success())
             && self.data_dir.join("postmaster.pid").exists()
     }
-
 }
 
 /// Makes sure the server binaries are installed (installing them as root when missing).

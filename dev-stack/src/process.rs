@@ -42,12 +42,8 @@ pub fn run_as(cmd: &mut Command, ids: Option<(u32, u32)>) -> &mut Command {
 /// `chown -R` a directory to `ids` (when given).
 pub fn chown_tree(dir: &Path, ids: Option<(u32, u32)>) -> anyhow::Result<()> {
     if let Some((uid, gid)) = ids {
-        let status = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{uid}:{gid}"))
-            .arg(dir)
-            .status()
-            .context("failed to run chown")?;
+        let status =
+            Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(dir).status().context("failed to run chown")?;
         if !status.success() {
             bail!("chown of {} failed", dir.display());
         }
@@ -111,7 +107,9 @@ fn wait(child: &mut Child) -> std::io::Result<()> {
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
     let exists = unsafe { libc::kill(pid as libc::pid_t, 0) == 0 };
-    exists && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    exists
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
 }
 
 /// SIGTERM, then SIGKILL once `grace` has passed; returns when the process is gone.

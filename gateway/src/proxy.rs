@@ -44,7 +44,13 @@ impl Proxy {
     }
 
     /// Sends `req` to `base` (scheme + authority) and streams the answer back.
-    pub async fn forward(&self, base: &Uri, mut req: Request, client: SocketAddr, request_id: &HeaderValue) -> Result<Response, Error> {
+    pub async fn forward(
+        &self,
+        base: &Uri,
+        mut req: Request,
+        client: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response, Error> {
         let uri = upstream_uri(base, req.uri()).map_err(Error::UpstreamFailed)?;
         let original_host = req.headers().get(header::HOST).cloned();
         let headers = req.headers_mut();

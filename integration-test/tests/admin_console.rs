@@ -65,7 +65,8 @@ async fn a_role_granted_in_the_admin_console_applies_to_the_next_token_and_so_do
     let user = format!("console-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let password = "Console-Dev-1";
     let token = || async {
-        let form = [("grant_type", "password"), ("client_id", "patient-web"), ("username", user.as_str()), ("password", password)];
+        let form =
+            [("grant_type", "password"), ("client_id", "patient-web"), ("username", user.as_str()), ("password", password)];
         kc.token(REALM, &form).await.unwrap()
     };
     let create = |token: String, n: usize| {
@@ -80,7 +81,8 @@ async fn a_role_granted_in_the_admin_console_applies_to_the_next_token_and_so_do
     assert_eq!(create(token().await, 2).await, 403, "the next token no longer carries patients.write");
     assert_eq!(patients_rows(&patients).await, 1);
 
-    let pngs = std::fs::read_dir(&shots).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count();
+    let pngs =
+        std::fs::read_dir(&shots).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count();
     assert!(pngs >= 8, "screenshots of every step kept in {}", shots.display());
     println!("admin console screenshots: {}", shots.display());
 }

@@ -45,7 +45,8 @@ async fn rest_changes_are_published_in_order_with_key_and_fields() {
     assert_eq!((created.name.as_str(), created.email.as_str()), ("Journey Patient 1", "journey1@example.org"));
     assert_eq!((created.date_of_birth.as_str(), created.registered_date.as_str()), ("1980-02-03", "2024-03-04"));
     let unsent = eventually(WAIT, "outbox rows marked sent", || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&patients.db).await.unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&patients.db).await.unwrap();
         (n == 0).then_some(n)
     })
     .await;

@@ -56,7 +56,13 @@ async fn grpcurl_lists_describes_and_calls_billing_through_reflection() {
     assert_eq!(account["accountId"], stored.as_str());
 
     let (ok, refused) = tokio::task::spawn_blocking(move || {
-        grpcurl(&["-plaintext", "-d", r#"{"patientId":"nope","name":"x","email":"x@example.com"}"#, &target, "BillingService/CreateBillingAccount"])
+        grpcurl(&[
+            "-plaintext",
+            "-d",
+            r#"{"patientId":"nope","name":"x","email":"x@example.com"}"#,
+            &target,
+            "BillingService/CreateBillingAccount",
+        ])
     })
     .await
     .unwrap();

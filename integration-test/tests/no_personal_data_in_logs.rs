@@ -71,8 +71,14 @@ async fn logs_never_contain_names_emails_or_addresses() {
     assert!(logs.contains("patient created") && logs.contains("billing account ready"), "the capture works");
     assert!(logs.contains("dead-letter"), "the garbage record was handled and logged");
     for secret in [
-        "Journey Patient", "journey1@example.org", "journey2@example.org", "journey3-at-example.org",
-        "journey9@example.org", "Journey Road", "Secret Lane", "Hiddenville",
+        "Journey Patient",
+        "journey1@example.org",
+        "journey2@example.org",
+        "journey3-at-example.org",
+        "journey9@example.org",
+        "Journey Road",
+        "Secret Lane",
+        "Hiddenville",
     ] {
         assert!(!logs.contains(secret), "{secret:?} leaked into the logs");
     }

@@ -58,9 +58,7 @@ impl From<sqlx::Error> for Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let problem = match &self {
-            Error::Validation(errors) => {
-                Problem::new(StatusCode::BAD_REQUEST, self.to_string()).with_errors(errors.clone())
-            }
+            Error::Validation(errors) => Problem::new(StatusCode::BAD_REQUEST, self.to_string()).with_errors(errors.clone()),
             Error::BadRequest(_) => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
             Error::NotFound | Error::NotFoundDetail(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
             Error::EmailTaken => Problem::new(StatusCode::CONFLICT, self.to_string()),

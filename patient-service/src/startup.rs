@@ -4,8 +4,8 @@ use std::{future::Future, time::Duration};
 
 use anyhow::Context;
 use axum::{extract::MatchedPath, http::Request, Router};
-use tokio::net::TcpListener;
 use common::{metrics::Registry, tasks::Task};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -36,11 +36,8 @@ impl Application {
         if settings.seed_demo_data {
             demo::seed(&pool).await?;
         }
-        let billing = BillingClient::new(
-            &settings.billing_grpc_url,
-            settings.billing_connect_timeout(),
-            settings.billing_timeout(),
-        )?;
+        let billing =
+            BillingClient::new(&settings.billing_grpc_url, settings.billing_connect_timeout(), settings.billing_timeout())?;
         let state = AppState { db: pool.clone(), billing };
         let metrics = Registry::new();
         let api = routes::router(state, settings.max_body_bytes);
@@ -87,7 +84,6 @@ impl Application {
         result
     }
 }
-
 
 /// Request ids (kept from the caller or generated) and one log line per request naming the
 /// route template, never the concrete path or query (they may carry names or emails).

@@ -156,11 +156,7 @@ pub async fn read_records(bootstrap: &str, topic: &str, n: usize, limit: Duratio
 /// Produces one raw record and waits for the broker's acknowledgement.
 pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    producer
-        .send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10))
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
 }
 
 pub fn decode(record: &OwnedMessage) -> proto::events::PatientEvent {

@@ -40,9 +40,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PatientId {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| Error::BadRequest("missing patient id".into()))?;
+        let Path(raw) =
+            Path::<String>::from_request_parts(parts, state).await.map_err(|_| Error::BadRequest("missing patient id".into()))?;
         Uuid::parse_str(&raw).map(Self).map_err(|_| Error::BadRequest("patient id must be a UUID".into()))
     }
 }

@@ -19,8 +19,5 @@ pub struct AppState {
 
 /// The API routes (health and middleware are added by `startup`).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .merge(patients::routes())
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state)
+    Router::new().merge(patients::routes()).layer(DefaultBodyLimit::max(max_body_bytes)).with_state(state)
 }

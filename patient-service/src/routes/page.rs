@@ -64,10 +64,7 @@ impl PageRequest {
             rels.push(("next", self.page + 1));
         }
         rels.push(("last", last));
-        rels.iter()
-            .map(|(rel, page)| format!("<{base}?{}>; rel=\"{rel}\"", self.query_for(*page)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        rels.iter().map(|(rel, page)| format!("<{base}?{}>; rel=\"{rel}\"", self.query_for(*page))).collect::<Vec<_>>().join(", ")
     }
 
     fn query_for(&self, page: i64) -> String {

@@ -84,8 +84,7 @@ impl TestApp {
 
     /// Every outbox row, in order, decoded.
     pub async fn outbox_events(&self) -> Vec<PatientEvent> {
-        let rows: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT payload FROM outbox ORDER BY id").fetch_all(&self.db).await.unwrap();
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox ORDER BY id").fetch_all(&self.db).await.unwrap();
         rows.iter().map(|p| PatientEvent::decode(p.as_slice()).unwrap()).collect()
     }
 }
