@@ -33,7 +33,13 @@ impl Registry {
 
     pub fn add(&self, series: &str, n: u64) {
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        *counters.entry(series.to_owned()).or_default() += n;
+        // Hot path (every request): no allocation once the series exists.
+        match counters.get_mut(series) {
+            Some(value) => *value += n,
+            None => {
+                counters.insert(series.to_owned(), n);
+            }
+        }
     }
 
     /// The current value of `series` (0 when never counted).
@@ -78,10 +84,8 @@ pub async fn track(State(registry): State<Arc<Registry>>, req: Request, next: Ne
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let response = next.run(req).await;
-    registry.inc(&format!(
-        "http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{}\"}}",
-        response.status().as_u16()
-    ));
+    registry
+        .inc(&format!("http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{}\"}}", response.status().as_u16()));
     response
 }
 
@@ -95,7 +99,10 @@ mod tests {
         r.inc("b_total{x=\"1\"}");
         r.add("b_total{x=\"2\"}", 3);
         r.inc("a_total");
-        assert_eq!(r.render(), "# TYPE a_total counter\na_total 1\n# TYPE b_total counter\nb_total{x=\"1\"} 1\nb_total{x=\"2\"} 3\n");
+        assert_eq!(
+            r.render(),
+            "# TYPE a_total counter\na_total 1\n# TYPE b_total counter\nb_total{x=\"1\"} 1\nb_total{x=\"2\"} 3\n"
+        );
         assert_eq!(r.get("b_total{x=\"2\"}"), 3);
     }
 }

@@ -9,6 +9,7 @@
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
 //! - [`net`]: free loopback ports.
+//! - [`tokens`]: RSA test keys (openssl CLI), JWKS entries and signed test tokens.
 
 pub mod browser;
 pub mod containers;
@@ -20,7 +21,8 @@ pub mod keycloak;
 pub mod net;
 pub mod paths;
 pub mod postgres;
-pub mod services;
 mod process;
+pub mod services;
+pub mod tokens;
 
 pub use postgres::PgCluster;

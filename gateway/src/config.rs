@@ -33,6 +33,9 @@ pub struct Settings {
     /// Longest accepted token; longer ones are rejected before any parsing.
     #[arg(long, env = "JWT_MAX_BYTES", default_value_t = 8 * 1024)]
     pub max_token_bytes: usize,
+    /// How many verified tokens are remembered (a repeated token then skips RSA verification).
+    #[arg(long, env = "TOKEN_CACHE_CAPACITY", default_value_t = 50_000)]
+    pub token_cache_capacity: u64,
     /// Background JWKS refresh period.
     #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
     pub jwks_refresh_secs: u64,

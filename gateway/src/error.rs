@@ -6,19 +6,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use common::problem::Problem;
+use verifier::AuthError;
 
 /// The `realm` of our `WWW-Authenticate` challenges.
 const REALM: &str = "patient-platform";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No bearer credentials at all (RFC 6750 §3.1: challenge without an error code).
-    #[error("a bearer token is required")]
-    MissingToken,
-    /// Credentials present but unacceptable; the reason is safe to show (it names the check,
-    /// never the token's content).
-    #[error("the access token is invalid: {0}")]
-    InvalidToken(&'static str),
+    /// No acceptable bearer credentials (RFC 6750 challenge; the reason names the check only).
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
     /// Authenticated, but a role is missing.
     #[error("the access token lacks the role(s) {0}")]
     InsufficientScope(String),
@@ -39,8 +36,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, challenge) = match &self {
-            Error::MissingToken => (StatusCode::UNAUTHORIZED, Some(format!("Bearer realm=\"{REALM}\""))),
-            Error::InvalidToken(reason) => (
+            Error::Unauthenticated(AuthError::MissingToken) => (StatusCode::UNAUTHORIZED, Some(format!("Bearer realm=\"{REALM}\""))),
+            Error::Unauthenticated(AuthError::InvalidToken(reason)) => (
                 StatusCode::UNAUTHORIZED,
                 Some(format!("Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{reason}\"")),
             ),

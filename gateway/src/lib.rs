@@ -2,10 +2,8 @@
 //! against a cached JWKS, enforces the per-route role table, strips `/api` and proxies to the
 //! services. A rejected request never reaches a backend.
 
-pub mod auth;
 pub mod config;
 pub mod error;
-pub mod jwks;
 pub mod metrics;
 pub mod proxy;
 pub mod rules;

@@ -7,16 +7,15 @@ use common::metrics::Registry;
 pub const ALLOWED: &str = "gateway_requests_total{outcome=\"allowed\"}";
 pub const UNAUTHENTICATED: &str = "gateway_requests_total{outcome=\"unauthenticated\"}";
 pub const FORBIDDEN: &str = "gateway_requests_total{outcome=\"forbidden\"}";
-pub const JWKS_FETCH_SUCCESS: &str = "gateway_jwks_fetch_total{result=\"success\"}";
-pub const JWKS_FETCH_FAILURE: &str = "gateway_jwks_fetch_total{result=\"failure\"}";
 pub const UPSTREAM_FAILURES: &str = "gateway_upstream_failures_total";
 
 /// A registry with every gateway series present from the start (at 0), so dashboards and
 /// alerts see them before the first event.
 pub fn registry() -> Arc<Registry> {
     let registry = Registry::new();
-    for series in [ALLOWED, UNAUTHENTICATED, FORBIDDEN, JWKS_FETCH_SUCCESS, JWKS_FETCH_FAILURE, UPSTREAM_FAILURES] {
+    for series in [ALLOWED, UNAUTHENTICATED, FORBIDDEN, UPSTREAM_FAILURES] {
         registry.add(series, 0);
     }
+    verifier::metrics::register(&registry);
     registry
 }

@@ -10,15 +10,17 @@ use axum::{
     routing::get,
     Router,
 };
-use jsonwebtoken::Algorithm;
-use tokio::net::TcpListener;
 use common::{metrics::Registry, tasks::Task};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use verifier::{
+    cache::TokenCache,
+    jwks::{JwksSettings, KeyStore},
+    Algorithm, Verifier, VerifierSettings,
+};
 
 use crate::{
-    auth::Verifier,
     config::Settings,
-    jwks::{JwksSettings, KeyStore},
     metrics::{self as gw_metrics, ALLOWED, FORBIDDEN, UNAUTHENTICATED, UPSTREAM_FAILURES},
     proxy::{Proxy, X_REQUEST_ID},
     rules::{self, Backend, Match},
@@ -41,6 +43,8 @@ pub struct Application {
     listener: TcpListener,
     gateway: Gateway,
     refresh_every: Duration,
+    /// Whether the start-up JWKS fetch succeeded (if not, the refresh retries within a second).
+    warm: bool,
 }
 
 impl Application {
@@ -48,6 +52,7 @@ impl Application {
         let metrics = gw_metrics::registry();
         let algorithms = vec![Algorithm::RS256];
         let issuers = settings.accepted_issuers();
+        let tokens = Arc::new(TokenCache::new(settings.token_cache_capacity));
         let keys = Arc::new(KeyStore::new(
             JwksSettings {
                 discovery_url: settings.discovery_url.clone().unwrap_or_else(|| settings.issuer_url.clone()),
@@ -57,19 +62,24 @@ impl Application {
                 negative_ttl: Duration::from_secs(settings.jwks_negative_ttl_secs),
                 fetch_timeout: Settings::ms(settings.jwks_fetch_timeout_ms),
             },
+            tokens.clone(),
             metrics.clone(),
         )?);
         // Warm the cache; Keycloak being down is not fatal (the first token retries, the
-        // background refresh keeps trying).
-        let _ = keys.refresh().await;
+        // background refresh keeps trying, quickly at first).
+        let warm = keys.refresh().await.is_ok();
         let verifier = Arc::new(Verifier::new(
             keys.clone(),
-            algorithms,
-            &issuers,
-            &settings.audience,
-            settings.leeway_secs,
-            settings.role_clients.clone(),
-            settings.max_token_bytes,
+            tokens,
+            VerifierSettings {
+                algorithms,
+                issuers,
+                audience: settings.audience.clone(),
+                leeway_secs: settings.leeway_secs,
+                role_clients: settings.role_clients.clone(),
+                max_token_bytes: settings.max_token_bytes,
+            },
+            metrics.clone(),
         ));
         let parse = |u: &str| u.parse::<Uri>().with_context(|| format!("invalid backend URL {u}"));
         let gateway = Gateway {
@@ -83,7 +93,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, gateway, refresh_every: Duration::from_secs(settings.jwks_refresh_secs.max(1)) })
+        Ok(Self { listener, gateway, refresh_every: Duration::from_secs(settings.jwks_refresh_secs.max(1)), warm })
     }
 
     pub fn port(&self) -> u16 {
@@ -103,7 +113,7 @@ impl Application {
         let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let keys = self.gateway.keys.clone();
-        let refresh = refresh_loop(keys, self.refresh_every, stop.clone());
+        let refresh = refresh_loop(keys, self.refresh_every, self.warm, stop.clone());
         let tasks: Vec<(&str, Task)> = vec![
             ("http-server", Box::pin(async move { server.await.context("HTTP server failed") })),
             ("jwks-refresh", Box::pin(refresh)),
@@ -112,17 +122,24 @@ impl Application {
     }
 }
 
+/// First retry after a failed fetch; doubled per failure up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(15);
 
-/// Refreshes keys periodically; after a failure it retries sooner, never dropping cached keys.
-async fn refresh_loop(keys: Arc<KeyStore>, every: Duration, stop: CancellationToken) -> anyhow::Result<()> {
-    let retry = every.min(Duration::from_secs(15));
-    let mut wait = every;
+/// Refreshes keys periodically. After a failure (the warm-up included: a gateway started before
+/// Keycloak) it retries from one second on, backing off, never dropping cached keys.
+async fn refresh_loop(keys: Arc<KeyStore>, every: Duration, warm: bool, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut wait = if warm { every } else { FIRST_RETRY };
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
-        wait = if keys.refresh().await.is_ok() { every } else { retry };
+        wait = match keys.refresh().await {
+            Ok(_) => every,
+            Err(_) if wait >= every => FIRST_RETRY.min(every),
+            Err(_) => (wait * 2).min(MAX_RETRY).min(every),
+        };
     }
 }
 
@@ -149,9 +166,11 @@ async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<Socke
         Ok(response) => response,
         Err(err) => {
             match &err {
-                Error::MissingToken | Error::InvalidToken(_) => g.metrics.inc(UNAUTHENTICATED),
+                Error::Unauthenticated(_) => g.metrics.inc(UNAUTHENTICATED),
                 Error::InsufficientScope(_) => g.metrics.inc(FORBIDDEN),
-                Error::UpstreamUnavailable | Error::UpstreamTimeout | Error::UpstreamFailed(_) => g.metrics.inc(UPSTREAM_FAILURES),
+                Error::UpstreamUnavailable | Error::UpstreamTimeout | Error::UpstreamFailed(_) => {
+                    g.metrics.inc(UPSTREAM_FAILURES)
+                }
                 _ => {}
             }
             tracing::info!(outcome = %err, "request rejected");
@@ -168,7 +187,7 @@ async fn route_and_forward(g: &Gateway, client: SocketAddr, req: Request, reques
         Match::MethodNotAllowed => return Err(Error::MethodNotAllowed),
         Match::NotFound => return Err(Error::NotFound),
     };
-    let principal = g.verifier.verify(req.headers()).await?;
+    let principal = g.verifier.verify_headers(req.headers()).await?;
     // Keycloak's subject is an opaque user id, not personal data: it makes requests auditable.
     tracing::Span::current().record("subject", principal.subject.as_str());
     let missing: Vec<&str> = route.roles.iter().copied().filter(|r| !principal.roles.contains(*r)).collect();

@@ -9,7 +9,7 @@ use dev_stack::keycloak::Keycloak;
 use serde_json::{json, Value};
 use support::{backend::Backend, tokens, *};
 
-const SUCCESS_FETCHES: &str = "gateway_jwks_fetch_total{result=\"success\"}";
+const SUCCESS_FETCHES: &str = "jwks_fetch_total{result=\"success\"}";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -158,19 +158,28 @@ async fn attack_corpus_is_rejected_with_401_and_nothing_reaches_the_backend() {
         ("missing header", None),
         ("wrong scheme", Some("Basic bXMtYXBpOnNlY3JldA==".into())),
         ("garbage", Some("Bearer not-a-jwt".into())),
-        ("alg none", Some(format!("Bearer {}", tokens::assemble(&json!({"alg": "none", "typ": "JWT", "kid": kid}), &claims(json!({})), "")))),
+        (
+            "alg none",
+            Some(format!(
+                "Bearer {}",
+                tokens::assemble(&json!({"alg": "none", "typ": "JWT", "kid": kid}), &claims(json!({})), "")
+            )),
+        ),
         (
             "HS256 keyed with the realm's public key",
-            Some(format!("Bearer {}", tokens::hs256(&real_header, &real_payload, tokens::public_pem_of(&jwks(kc).await, real_kid).as_bytes()))),
+            Some(format!(
+                "Bearer {}",
+                tokens::hs256(&real_header, &real_payload, tokens::public_pem_of(&jwks(kc).await, real_kid).as_bytes())
+            )),
         ),
         ("signature tampered", Some(format!("Bearer {}.{}.{}", segments[0], segments[1], tokens::flip(segments[2])))),
-        ("payload tampered", Some(format!("Bearer {}", {
-            let forged = tokens::assemble(&real_header, &escalated, segments[2]);
-            forged
-        }))),
+        ("payload tampered", Some(format!("Bearer {}", tokens::assemble(&real_header, &escalated, segments[2])))),
         ("expired", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"exp": now() - 3600, "iat": now() - 4000})))))),
         ("not yet valid", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"nbf": now() + 3600})))))),
-        ("wrong issuer", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"iss": "http://evil.example/realms/patient-management"})))))),
+        (
+            "wrong issuer",
+            Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"iss": "http://evil.example/realms/patient-management"}))))),
+        ),
         ("wrong audience", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"aud": "account"})))))),
         ("unknown kid", Some(format!("Bearer {}", tokens::TestKey::generate().sign("no-such-kid", &claims(json!({})))))),
         ("token from another realm", Some(format!("Bearer {other_realm}"))),
@@ -207,7 +216,13 @@ async fn other_realm_token(kc: &Keycloak) -> String {
         "clients": [{"clientId": "other", "secret": "other-secret", "publicClient": false,
                      "serviceAccountsEnabled": true, "standardFlowEnabled": false}]
     });
-    let resp = reqwest::Client::new().post(format!("{}/admin/realms", kc.base_url())).bearer_auth(admin).json(&realm).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/admin/realms", kc.base_url()))
+        .bearer_auth(admin)
+        .json(&realm)
+        .send()
+        .await
+        .unwrap();
     assert!(resp.status() == 201 || resp.status() == 409, "create other realm: {}", resp.status());
     let form = [("grant_type", "client_credentials"), ("client_id", "other"), ("client_secret", "other-secret")];
     let url = format!("{}/realms/other-realm/protocol/openid-connect/token", kc.base_url());
@@ -232,7 +247,7 @@ async fn a_flood_of_unknown_key_ids_costs_at_most_one_jwks_fetch() {
     let statuses = futures::future::join_all(calls).await;
 
     assert!(statuses.iter().all(|s| *s == 401));
-    let fetched = metric(&gw, SUCCESS_FETCHES).await + metric(&gw, "gateway_jwks_fetch_total{result=\"failure\"}").await;
+    let fetched = metric(&gw, SUCCESS_FETCHES).await + metric(&gw, "jwks_fetch_total{result=\"failure\"}").await;
     assert!(fetched <= before + 1, "{before} fetches before, {fetched} after");
     assert_eq!(backend.count(), 0);
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Arbitrary, fixed key of the advisory lock that serialises publishing across replicas.
-const RELAY_LOCK_KEY: i64 = 0x7061_7469_656e_74; // "patient"
+const RELAY_LOCK_KEY: i64 = 0x0070_6174_6965_6e74; // "patient"
 
 #[derive(Debug, sqlx::FromRow)]
 struct OutboxRow {

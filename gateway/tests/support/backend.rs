@@ -29,8 +29,7 @@ pub struct Backend {
 impl Backend {
     pub async fn spawn() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut backend = Backend::default();
-        backend.url = format!("http://{}", listener.local_addr().unwrap());
+        let backend = Backend { url: format!("http://{}", listener.local_addr().unwrap()), ..Default::default() };
         let app = axum::Router::new().fallback(record).with_state(backend.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         backend

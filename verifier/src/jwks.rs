@@ -2,32 +2,43 @@
 //!
 //! - Known `kid`: served from the cache, no I/O, no lock.
 //! - Unknown `kid`: ONE shared refetch (single flight behind a mutex, at most one per
-//!   `min_refetch`); a `kid` still unknown afterwards is remembered as unknown for a while, so a
-//!   flood of forged key ids cannot turn into a flood of fetches.
+//!   `min_refetch`). Inside that cooldown an unknown `kid` is rejected at once, nobody sleeps
+//!   holding the lock. A `kid` still unknown after a SUCCESSFUL fetch is remembered as unknown
+//!   for a while, so a flood of forged key ids cannot turn into a flood of fetches; a failed
+//!   fetch proves nothing about the `kid` and is not remembered against it.
 //! - A failed fetch never drops keys: tokens keep verifying while Keycloak is down.
+//! - A key the realm stops publishing is dropped together with every token it verified.
+//! - Keys are parsed once, when fetched; an unchanged key keeps its parsed form across refreshes.
 //! - Entries the gateway cannot use (`use: enc`, other key types or algorithms) are skipped one
 //!   by one instead of failing the whole set.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::{sync::Mutex, time::Instant};
 
 use common::metrics::Registry;
 
-use crate::metrics::{JWKS_FETCH_FAILURE, JWKS_FETCH_SUCCESS};
+use crate::{
+    cache::TokenCache,
+    metrics::{JWKS_FETCH_FAILURE, JWKS_FETCH_SUCCESS},
+};
 
 /// A verification key and the one algorithm it may be used with.
 pub struct VerifyKey {
     pub key: DecodingKey,
     pub algorithm: Algorithm,
+    /// The published key material (`n`, `e`), to tell an unchanged key from a replaced one.
+    material: (String, String),
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey").field("algorithm", &self.algorithm).finish_non_exhaustive()
+    }
 }
 
 /// Knobs of the key store.
@@ -55,11 +66,19 @@ pub struct KeyStore {
     keys: moka::sync::Cache<String, Arc<VerifyKey>>,
     unknown: moka::sync::Cache<String, ()>,
     fetch: Mutex<FetchState>,
+    /// Tokens verified with our keys; cleared per key when the realm stops publishing it.
+    tokens: Arc<TokenCache>,
     metrics: Arc<Registry>,
 }
 
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
 impl KeyStore {
-    pub fn new(settings: JwksSettings, metrics: Arc<Registry>) -> anyhow::Result<Self> {
+    pub fn new(settings: JwksSettings, tokens: Arc<TokenCache>, metrics: Arc<Registry>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(settings.fetch_timeout).build()?;
         Ok(Self {
             http,
@@ -67,8 +86,14 @@ impl KeyStore {
             unknown: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(settings.negative_ttl).build(),
             settings,
             fetch: Mutex::new(FetchState::default()),
+            tokens,
             metrics,
         })
+    }
+
+    /// The key currently trusted under `kid`, without any I/O.
+    pub fn cached(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        self.keys.get(kid)
     }
 
     /// Number of usable keys held.
@@ -89,6 +114,7 @@ impl KeyStore {
         if self.unknown.contains_key(kid) {
             return None;
         }
+        // Single flight: wait for a fetch in progress (bounded), then decide.
         let mut state = tokio::time::timeout(self.settings.fetch_timeout, self.fetch.lock()).await.ok()?;
         // Whoever held the lock before us may have fetched exactly this key.
         if let Some(key) = self.keys.get(kid) {
@@ -97,19 +123,17 @@ impl KeyStore {
         if self.unknown.contains_key(kid) {
             return None;
         }
-        // Rate limit: inside the cooldown a request waits for it to end (a key rotated just
-        // after our last fetch is picked up), unless that wait is longer than a fetch may take.
-        if let Some(wait) = state.last_attempt.and_then(|t| self.settings.min_refetch.checked_sub(t.elapsed())) {
-            if wait > self.settings.fetch_timeout {
-                return None;
-            }
-            tokio::time::sleep(wait).await;
+        // Rate limit: inside the cooldown the answer is "unknown", at once.
+        if state.last_attempt.is_some_and(|t| t.elapsed() < self.settings.min_refetch) {
+            return None;
         }
-        let _ = self.refresh_locked(&mut state).await;
+        let fetched = self.refresh_locked(&mut state).await.is_ok();
         let found = self.keys.get(kid);
         if found.is_none() {
             tracing::info!("token with an unknown key id rejected");
-            self.unknown.insert(kid.to_owned(), ());
+            if fetched {
+                self.unknown.insert(kid.to_owned(), ());
+            }
         }
         found
     }
@@ -163,12 +187,21 @@ impl KeyStore {
         let fresh: HashSet<String> = usable.iter().map(|(kid, _)| kid.clone()).collect();
         for (kid, key) in usable {
             self.unknown.invalidate(&kid);
-            self.keys.insert(kid, Arc::new(key));
+            match self.keys.get(&kid) {
+                Some(held) if held.material == key.material && held.algorithm == key.algorithm => {}
+                Some(_) => {
+                    // Same kid, other key: what the old one verified is no longer proof.
+                    self.tokens.forget_key(&kid);
+                    self.keys.insert(kid, Arc::new(key));
+                }
+                None => self.keys.insert(kid, Arc::new(key)),
+            }
         }
-        // Keys the realm no longer publishes are no longer trusted.
+        // Keys the realm no longer publishes are no longer trusted, nor what they verified.
         for (kid, _) in self.keys.iter() {
             if !fresh.contains(kid.as_str()) {
                 self.keys.invalidate(kid.as_str());
+                self.tokens.forget_key(&kid);
             }
         }
         Ok(fresh.len())
@@ -228,8 +261,9 @@ fn parse_jwk(jwk: &Value, algorithms: &[Algorithm]) -> Option<(String, VerifyKey
     if !algorithms.contains(&algorithm) {
         return None;
     }
-    let key = DecodingKey::from_rsa_components(field("n")?, field("e")?).ok()?;
-    Some((field("kid")?.to_owned(), VerifyKey { key, algorithm }))
+    let (n, e) = (field("n")?, field("e")?);
+    let key = DecodingKey::from_rsa_components(n, e).ok()?;
+    Some((field("kid")?.to_owned(), VerifyKey { key, algorithm, material: (n.to_owned(), e.to_owned()) }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,193 @@
+//! Bearer token verification: RS256 pinned, signature by a key from the realm's JWKS, `exp`,
+//! `nbf`, `iss` (one of several accepted), `aud`; roles from `realm_access` and the configured
+//! clients' `resource_access`. A token that passed once is served from the [`TokenCache`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use common::metrics::Registry;
+use http::{header, HeaderMap};
+use jsonwebtoken::{decode, decode_header, Algorithm, Validation};
+use serde::Deserialize;
+
+use crate::{
+    cache::{CachedToken, TokenCache},
+    jwks::KeyStore,
+    metrics::{TOKEN_CACHE_HIT, TOKEN_CACHE_MISS},
+    AuthError,
+};
+
+/// Who is calling, once the token passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `sub`: Keycloak's opaque user (or service account) id.
+    pub subject: String,
+    /// `azp`: the client the token was issued to.
+    pub client: Option<String>,
+    pub roles: HashSet<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Access {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    exp: u64,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    realm_access: Option<Access>,
+    #[serde(default)]
+    resource_access: HashMap<String, Access>,
+}
+
+/// The fixed rules a token is judged by.
+#[derive(Debug, Clone)]
+pub struct VerifierSettings {
+    /// Accepted signature algorithms (pinned; RS256 by default).
+    pub algorithms: Vec<Algorithm>,
+    /// Accepted `iss` values.
+    pub issuers: Vec<String>,
+    /// Required `aud`.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` / `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Clients whose `resource_access.<client>.roles` count besides realm roles.
+    pub role_clients: Vec<String>,
+    /// Longest accepted token; longer ones are rejected before any parsing.
+    pub max_token_bytes: usize,
+}
+
+/// Checks tokens against the key store with fixed rules.
+pub struct Verifier {
+    keys: Arc<KeyStore>,
+    cache: Arc<TokenCache>,
+    validation: Validation,
+    role_clients: Vec<String>,
+    max_token_bytes: usize,
+    metrics: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("role_clients", &self.role_clients).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(keys: Arc<KeyStore>, cache: Arc<TokenCache>, settings: VerifierSettings, metrics: Arc<Registry>) -> Self {
+        let mut validation = Validation::new(settings.algorithms[0]);
+        validation.algorithms = settings.algorithms;
+        validation.leeway = settings.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&settings.issuers);
+        validation.set_audience(&[settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        Self { keys, cache, validation, role_clients: settings.role_clients, max_token_bytes: settings.max_token_bytes, metrics }
+    }
+
+    /// The caller behind the request's `Authorization: Bearer` header.
+    pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthError> {
+        self.verify(bearer_token(headers)?).await
+    }
+
+    /// The caller a compact JWT proves.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::InvalidToken("token too large"));
+        }
+        let hash = TokenCache::hash(token);
+        if let Some(hit) = self.cache.get(&hash) {
+            // Still the key that verified it (not removed, not replaced under the same kid)?
+            if self.keys.cached(&hit.kid).is_some_and(|k| Arc::ptr_eq(&k, &hit.key)) {
+                self.metrics.inc(TOKEN_CACHE_HIT);
+                return Ok(hit.principal.clone());
+            }
+        }
+        self.metrics.inc(TOKEN_CACHE_MISS);
+        let header = decode_header(token).map_err(|_| AuthError::InvalidToken("malformed token"))?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(AuthError::InvalidToken("algorithm not allowed"));
+        }
+        let kid = header.kid.ok_or(AuthError::InvalidToken("token has no key id"))?;
+        let key = self.keys.key_for(&kid).await.ok_or(AuthError::InvalidToken("unknown signing key"))?;
+        if key.algorithm != header.alg {
+            return Err(AuthError::InvalidToken("algorithm does not match the key"));
+        }
+        let claims = decode::<Claims>(token, &key.key, &self.validation).map_err(|e| AuthError::InvalidToken(reason(&e)))?.claims;
+        let exp = claims.exp;
+        let principal = Arc::new(self.principal(claims));
+        self.cache.insert(hash, CachedToken { principal: principal.clone(), kid, key, exp });
+        Ok(principal)
+    }
+
+    fn principal(&self, claims: Claims) -> Principal {
+        let realm = claims.realm_access.unwrap_or_default().roles;
+        let clients =
+            self.role_clients.iter().filter_map(|c| claims.resource_access.get(c)).flat_map(|a| a.roles.iter().cloned());
+        Principal {
+            subject: claims.sub.unwrap_or_default(),
+            client: claims.azp,
+            roles: realm.into_iter().chain(clients).collect(),
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive); anything else is no credentials.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or(AuthError::MissingToken)?;
+    let value = value.to_str().map_err(|_| AuthError::InvalidToken("malformed authorization header"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::MissingToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::MissingToken);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::InvalidToken("empty token"));
+    }
+    Ok(token)
+}
+
+/// A client-safe name for the check that failed.
+fn reason(err: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind::*;
+    match err.kind() {
+        ExpiredSignature => "token expired",
+        ImmatureSignature => "token not yet valid",
+        InvalidIssuer => "issuer not accepted",
+        InvalidAudience => "audience not accepted",
+        InvalidSignature => "signature invalid",
+        MissingRequiredClaim(_) => "required claim missing",
+        InvalidAlgorithm => "algorithm not allowed",
+        _ => "malformed token",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with_auth(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_others_count_as_missing() {
+        assert_eq!(bearer_token(&with_auth("bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(&with_auth("Bearer  abc ")).unwrap(), "abc");
+        assert_eq!(bearer_token(&with_auth("Basic dXNlcjpwdw==")), Err(AuthError::MissingToken));
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::MissingToken));
+        assert!(matches!(bearer_token(&with_auth("Bearer ")), Err(AuthError::MissingToken | AuthError::InvalidToken(_))));
+    }
+}

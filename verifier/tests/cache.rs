@@ -1,0 +1,150 @@
+//! The verified-token cache and the unknown-kid rules, against a real HTTP JWKS endpoint.
+
+mod support;
+
+use std::time::Duration;
+
+use dev_stack::tokens::TestKey;
+use support::Provider;
+use verifier::{
+    metrics::{TOKEN_CACHE_HIT, TOKEN_CACHE_MISS},
+    AuthError,
+};
+
+const COOLDOWN: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_repeated_token_is_served_from_the_cache_with_the_same_principal() {
+    let provider = Provider::start().await;
+    let key = TestKey::generate();
+    provider.publish(&[(&key, "k1")]);
+    let f = provider.verifier(COOLDOWN, 1_000);
+    let token = key.sign("k1", &provider.claims(300));
+
+    let first = f.verifier.verify(&token).await.unwrap();
+    let second = f.verifier.verify(&token).await.unwrap();
+
+    assert_eq!(first, second);
+    assert_eq!((first.subject.as_str(), first.client.as_deref()), ("user-1", Some("ms-api")));
+    assert!(first.roles.contains("patients.read"));
+    assert_eq!((f.counter(TOKEN_CACHE_MISS), f.counter(TOKEN_CACHE_HIT)), (1, 1));
+    assert_eq!(provider.fetches(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_cached_token_is_rejected() {
+    let provider = Provider::start().await;
+    let key = TestKey::generate();
+    provider.publish(&[(&key, "k1")]);
+    let f = provider.verifier(COOLDOWN, 1_000);
+    let token = key.sign("k1", &provider.claims(2));
+    f.verifier.verify(&token).await.unwrap();
+    f.verifier.verify(&token).await.unwrap();
+    assert_eq!(f.counter(TOKEN_CACHE_HIT), 1, "cached while valid");
+
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+
+    assert_eq!(f.verifier.verify(&token).await, Err(AuthError::InvalidToken("token expired")));
+    assert_eq!(f.counter(TOKEN_CACHE_HIT), 1, "no hit after exp");
+}
+
+#[tokio::test]
+async fn a_key_leaving_the_jwks_takes_the_tokens_it_verified_with_it() {
+    let provider = Provider::start().await;
+    let (old, new) = (TestKey::generate(), TestKey::generate());
+    provider.publish(&[(&old, "old"), (&new, "new")]);
+    let f = provider.verifier(COOLDOWN, 1_000);
+    let token = old.sign("old", &provider.claims(300));
+    let other = new.sign("new", &provider.claims(300));
+    f.verifier.verify(&token).await.unwrap();
+    f.verifier.verify(&other).await.unwrap();
+    assert_eq!(f.tokens.len(), 2);
+
+    provider.publish(&[(&new, "new")]);
+    f.keys.refresh().await.unwrap();
+
+    assert_eq!(f.tokens.len(), 1, "the removed key's token is dropped, the other stays");
+    assert_eq!(f.verifier.verify(&token).await, Err(AuthError::InvalidToken("unknown signing key")));
+    assert!(f.verifier.verify(&other).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_no_longer_vouches_for_its_tokens() {
+    let provider = Provider::start().await;
+    let (first, second) = (TestKey::generate(), TestKey::generate());
+    provider.publish(&[(&first, "k1")]);
+    let f = provider.verifier(COOLDOWN, 1_000);
+    let token = first.sign("k1", &provider.claims(300));
+    f.verifier.verify(&token).await.unwrap();
+
+    provider.publish(&[(&second, "k1")]);
+    f.keys.refresh().await.unwrap();
+
+    assert_eq!(f.verifier.verify(&token).await, Err(AuthError::InvalidToken("signature invalid")));
+}
+
+#[tokio::test]
+async fn an_unchanged_key_keeps_its_cached_tokens_across_refreshes() {
+    let provider = Provider::start().await;
+    let key = TestKey::generate();
+    provider.publish(&[(&key, "k1")]);
+    let f = provider.verifier(COOLDOWN, 1_000);
+    let token = key.sign("k1", &provider.claims(300));
+    f.verifier.verify(&token).await.unwrap();
+
+    f.keys.refresh().await.unwrap();
+    f.verifier.verify(&token).await.unwrap();
+
+    assert_eq!(f.counter(TOKEN_CACHE_HIT), 1);
+}
+
+#[tokio::test]
+async fn forged_kids_inside_the_cooldown_are_rejected_at_once_without_a_fetch() {
+    let provider = Provider::start().await;
+    let key = TestKey::generate();
+    provider.publish(&[(&key, "k1")]);
+    let f = provider.verifier(COOLDOWN, 1_000);
+    f.keys.refresh().await.unwrap();
+    let forger = TestKey::generate();
+    let claims = provider.claims(300);
+    let forged: Vec<String> = (0..200).map(|i| forger.sign(&format!("forged-{i}"), &claims)).collect();
+
+    // Virtual time: any sleep in the rejection path would show as elapsed time.
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    for batch in forged.chunks(20) {
+        let results = futures::future::join_all(batch.iter().map(|t| f.verifier.verify(t))).await;
+        assert!(results.iter().all(|r| *r == Err(AuthError::InvalidToken("unknown signing key"))));
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO, "nobody waited for the cooldown");
+    assert_eq!(provider.fetches(), 1, "no fetch inside the cooldown");
+    tokio::time::resume();
+
+    // After the cooldown one shared fetch answers a new unknown kid; a kid still unknown after a
+    // successful fetch is then remembered, so repeating it costs nothing.
+    tokio::time::sleep(COOLDOWN).await;
+    assert!(f.verifier.verify(&forged[0]).await.is_err());
+    assert_eq!(provider.fetches(), 2);
+    tokio::time::sleep(COOLDOWN).await;
+    assert!(f.verifier.verify(&forged[0]).await.is_err());
+    assert_eq!(provider.fetches(), 2, "the kid was remembered as unknown");
+}
+
+#[tokio::test]
+async fn a_failed_fetch_does_not_mark_the_kid_unknown() {
+    let provider = Provider::start().await;
+    let (old, rotated) = (TestKey::generate(), TestKey::generate());
+    provider.publish(&[(&old, "old")]);
+    let f = provider.verifier(Duration::from_millis(200), 1_000);
+    f.keys.refresh().await.unwrap();
+    let token = rotated.sign("rotated", &provider.claims(300));
+
+    provider.fail(true);
+    provider.publish(&[(&old, "old"), (&rotated, "rotated")]);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(f.verifier.verify(&token).await, Err(AuthError::InvalidToken("unknown signing key")));
+
+    provider.fail(false);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(f.verifier.verify(&token).await.is_ok(), "the rotated key is found once the JWKS answers again");
+}

@@ -1,0 +1,130 @@
+//! A real OIDC provider in miniature for the verifier's own tests and benchmark: an HTTP server
+//! on a free loopback port serving discovery and a JWKS the test controls (keys from the
+//! `openssl` CLI), counting fetches. Keycloak-specific behaviour is tested against Keycloak in
+//! the gateway's suites; this fixture lets cache, rotation and cooldown rules run in milliseconds.
+
+#![allow(dead_code)]
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc, Mutex,
+};
+use std::time::Duration;
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use common::metrics::Registry;
+use dev_stack::tokens::TestKey;
+use serde_json::{json, Value};
+use verifier::{
+    cache::TokenCache,
+    jwks::{JwksSettings, KeyStore},
+    Algorithm, Verifier, VerifierSettings,
+};
+
+pub const AUDIENCE: &str = "patient-api";
+
+#[derive(Clone, Default)]
+struct Published {
+    keys: Arc<Mutex<Vec<Value>>>,
+    fetches: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+/// The provider: its issuer URL, the keys it publishes, and how often its JWKS was fetched.
+pub struct Provider {
+    pub issuer: String,
+    published: Published,
+}
+
+impl Provider {
+    pub async fn start() -> Self {
+        let published = Published::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(move || async move { Json(discovery) }))
+            .route("/jwks", get(jwks))
+            .with_state(published.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { issuer, published }
+    }
+
+    /// Replaces the published key set.
+    pub fn publish(&self, keys: &[(&TestKey, &str)]) {
+        *self.published.keys.lock().unwrap() = keys.iter().map(|(k, kid)| k.jwk(kid)).collect();
+    }
+
+    /// While set, the JWKS endpoint answers 500.
+    pub fn fail(&self, failing: bool) {
+        self.published.failing.store(failing, Ordering::SeqCst);
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.published.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Claims a valid access token of this provider carries, expiring in `ttl_secs`.
+    pub fn claims(&self, ttl_secs: u64) -> Value {
+        json!({"iss": self.issuer, "aud": AUDIENCE, "sub": "user-1", "azp": "ms-api", "exp": now() + ttl_secs,
+               "realm_access": {"roles": ["patients.read"]}})
+    }
+
+    /// A key store and verifier trusting this provider; `min_refetch` is the unknown-kid cooldown.
+    pub fn verifier(&self, min_refetch: Duration, cache_capacity: u64) -> Fixture {
+        let metrics = Registry::new();
+        verifier::metrics::register(&metrics);
+        let tokens = Arc::new(TokenCache::new(cache_capacity));
+        let settings = JwksSettings {
+            discovery_url: self.issuer.clone(),
+            expected_issuers: vec![self.issuer.clone()],
+            algorithms: vec![Algorithm::RS256],
+            min_refetch,
+            negative_ttl: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(3),
+        };
+        let keys = Arc::new(KeyStore::new(settings, tokens.clone(), metrics.clone()).unwrap());
+        let verifier_tokens = tokens.clone();
+        let verifier = Verifier::new(
+            keys.clone(),
+            tokens,
+            VerifierSettings {
+                algorithms: vec![Algorithm::RS256],
+                issuers: vec![self.issuer.clone()],
+                audience: AUDIENCE.into(),
+                leeway_secs: 0,
+                role_clients: vec![AUDIENCE.into()],
+                max_token_bytes: 8 * 1024,
+            },
+            metrics.clone(),
+        );
+        Fixture { keys, verifier, tokens: verifier_tokens, metrics }
+    }
+}
+
+/// What a test holds of the verifier under test.
+pub struct Fixture {
+    pub keys: Arc<KeyStore>,
+    pub verifier: Verifier,
+    pub tokens: Arc<TokenCache>,
+    pub metrics: Arc<Registry>,
+}
+
+impl Fixture {
+    pub fn counter(&self, series: &str) -> u64 {
+        self.metrics.get(series)
+    }
+}
+
+async fn jwks(State(p): State<Published>) -> impl IntoResponse {
+    p.fetches.fetch_add(1, Ordering::SeqCst);
+    if p.failing.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let keys = p.keys.lock().unwrap().clone();
+    Json(json!({ "keys": keys })).into_response()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
