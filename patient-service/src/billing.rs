@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use proto::billing::{
-    billing_service_client::BillingServiceClient, BillingAccount, BillingRequest, GetBillingAccountRequest,
-};
+use proto::billing::{billing_service_client::BillingServiceClient, BillingAccount, BillingRequest, GetBillingAccountRequest};
 use tonic::{transport::Channel, Code, Request};
 use uuid::Uuid;
 
-use crate::{domain::Patient, Error};
+use crate::{domain::ValidPatient, Error};
 
 /// A cheap-to-clone client over one lazily (re)connecting channel.
 #[derive(Debug, Clone)]
@@ -32,12 +30,12 @@ impl BillingClient {
     }
 
     /// Opens (or returns the existing) billing account of the patient; idempotent on billing's side.
-    #[tracing::instrument(skip_all, fields(patient_id = %patient.id))]
-    pub async fn create_account(&self, patient: &Patient) -> Result<String, Error> {
+    #[tracing::instrument(skip_all, fields(patient_id = %patient_id))]
+    pub async fn create_account(&self, patient_id: Uuid, patient: &ValidPatient) -> Result<String, Error> {
         let request = self.with_deadline(BillingRequest {
-            patient_id: patient.id.to_string(),
-            name: patient.name.clone(),
-            email: patient.email.clone(),
+            patient_id: patient_id.to_string(),
+            name: patient.name.as_str().to_owned(),
+            email: patient.email.as_str().to_owned(),
         });
         let mut client = self.inner.clone();
         let account = self.within_deadline(client.create_billing_account(request)).await?.map_err(map_status)?.into_inner();
@@ -52,15 +50,13 @@ impl BillingClient {
         let mut client = self.inner.clone();
         match self.within_deadline(client.get_billing_account(request)).await? {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) if status.code() == Code::NotFound => {
-                Err(Error::NotFoundDetail("this patient has no billing account"))
-            }
+            Err(status) if status.code() == Code::NotFound => Err(Error::NotFoundDetail("this patient has no billing account")),
             Err(status) => Err(map_status(status)),
         }
     }
 
     /// The deadline enforced locally too, so a peer that accepts connections but never answers
-    /// (stuck handshake included) cannot hold a request — and its open transaction — longer.
+    /// (stuck handshake included) cannot hold a request longer.
     async fn within_deadline<T>(&self, call: impl std::future::Future<Output = T>) -> Result<T, Error> {
         tokio::time::timeout(self.deadline, call).await.map_err(|_| {
             tracing::warn!(deadline_ms = self.deadline.as_millis() as u64, "billing call exceeded its deadline");

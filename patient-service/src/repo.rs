@@ -81,12 +81,15 @@ pub async fn delete(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<Option<Patient>> 
         .await
 }
 
+/// Whether a patient already uses `email` (case-insensitively, as the unique index decides).
+#[tracing::instrument(skip_all)]
+pub async fn email_taken(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM patients WHERE lower(email) = lower($1))").bind(email).fetch_one(db).await
+}
+
 #[tracing::instrument(skip(db))]
 pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Patient>> {
-    sqlx::query_as::<_, Patient>(&format!("SELECT {COLUMNS} FROM patients WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as::<_, Patient>(&format!("SELECT {COLUMNS} FROM patients WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
 /// One page of patients in a stable order (oldest first).

@@ -59,8 +59,14 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
     Ok(Json(patient.into()))
 }
 
-/// Insert, open the billing account, record the event — one transaction: if billing fails,
-/// nothing is persisted.
+/// Open the billing account, then insert the patient and its event in one short transaction.
+///
+/// No database connection is held while billing is called: a slow billing must not drain the
+/// pool under every other endpoint. If billing fails, nothing was written here; if the insert
+/// fails after billing answered (email taken by a concurrent create, database down), the account
+/// billing holds belongs to a patient id that never exists — billing's idempotency on the
+/// patient id means a retry of the same id cannot make a second one. Emails are checked before
+/// billing is called, so the common conflict never reaches billing at all.
 #[tracing::instrument(skip_all, fields(patient_id))]
 async fn create(
     State(state): State<AppState>,
@@ -71,9 +77,12 @@ async fn create(
     let id = Uuid::new_v4();
     tracing::Span::current().record("patient_id", tracing::field::display(id));
 
+    if repo::email_taken(&state.db, valid.email.as_str()).await? {
+        return Err(Error::EmailTaken);
+    }
+    state.billing.create_account(id, &valid).await?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::insert(&mut tx, id, &valid).await?;
-    state.billing.create_account(&patient).await?;
     outbox::record(&mut tx, EventType::Created, &patient, traceparent(&headers)).await?;
     tx.commit().await.context("failed to commit new patient")?;
 

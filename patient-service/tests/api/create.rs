@@ -83,14 +83,8 @@ async fn create_with_invalid_fields_returns_400_with_errors_and_stores_nothing()
 async fn malformed_json_wrong_shape_and_wrong_types_return_400() {
     let app = TestApp::spawn().await;
     for raw in ["{\"name\": ", "[1,2]", "{\"name\": 5}"] {
-        let resp = app
-            .client
-            .post(app.url("/patients"))
-            .header("content-type", "application/json")
-            .body(raw)
-            .send()
-            .await
-            .unwrap();
+        let resp =
+            app.client.post(app.url("/patients")).header("content-type", "application/json").body(raw).send().await.unwrap();
         assert_problem(resp, 400).await;
     }
     assert_eq!(app.patient_rows().await, 0);
@@ -182,4 +176,52 @@ async fn create_returns_503_within_the_deadline_when_billing_hangs() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "the deadline bounds the wait");
     assert_eq!(app.patient_rows().await, 0);
     assert!(app.outbox_events().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_billing_does_not_starve_other_endpoints_of_database_connections() {
+    let app = TestApp::spawn_with(|s| {
+        s.db.database_max_connections = 3;
+        s.db.database_acquire_timeout_ms = 1_000;
+        s.billing_timeout_ms = 8_000;
+    })
+    .await;
+    app.create_patient(&patient_body(0)).await;
+    // Billing is real but slow: its accounts table is locked, so every create waits inside it.
+    let mut lock = app.billing_db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE billing_accounts IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let creates: Vec<_> = (1..=8)
+        .map(|n| {
+            let (client, url) = (app.client.clone(), app.url("/patients"));
+            tokio::spawn(async move { client.post(url).json(&patient_body(n)).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Eight creates wait on billing; with three pooled connections the rest still answers.
+    for path in ["/health/ready", "/patients", "/patients?size=5"] {
+        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path} while billing is slow");
+    }
+    assert!(creates.iter().all(|c| !c.is_finished()), "the creates were still waiting on billing");
+
+    lock.commit().await.unwrap();
+    for create in creates {
+        assert_eq!(create.await.unwrap(), 201);
+    }
+    assert_eq!(app.patient_rows().await, 9);
+    assert_eq!(app.billing_rows().await, 9);
+    assert_eq!(app.outbox_events().await.len(), 9);
+}
+
+#[tokio::test]
+async fn a_create_refused_for_its_email_never_reaches_billing() {
+    let app = TestApp::spawn().await;
+    app.create_patient(&patient_body(1)).await;
+    let mut same_email = patient_body(2);
+    same_email["email"] = json!("PATIENT1@example.com");
+
+    assert_problem(app.post_patient(&same_email).await, 409).await;
+
+    assert_eq!(app.billing_rows().await, 1, "no account for the refused create");
 }
