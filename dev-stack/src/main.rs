@@ -9,7 +9,7 @@ use dev_stack::{
     kafka::Kafka,
     keycloak::Keycloak,
     paths, postgres,
-    services::{self, ServiceDirs, ServiceSpec},
+    services::{self, Infrastructure, ServiceDirs, ServicePorts, ServiceSpec},
     PgCluster,
 };
 
@@ -56,8 +56,14 @@ struct Ports {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start PostgreSQL and the services (safe to re-run), then print how to use them.
-    Up(Ports),
+    /// Start PostgreSQL, Kafka, Keycloak and the services (safe to re-run), then print how to use them.
+    Up {
+        #[command(flatten)]
+        ports: Ports,
+        /// Build and run the services with the release profile (full speed).
+        #[arg(long)]
+        release: bool,
+    },
     /// Stop everything `up` started.
     Down,
     /// Show what runs.
@@ -70,6 +76,13 @@ enum Cmd {
         #[arg(long, short = 'n', default_value_t = 40)]
         lines: usize,
     },
+    /// Measure the platform (release builds, real infrastructure on free ports) and print the
+    /// figures; `--record` also writes them to bench/RESULTS.md.
+    Bench {
+        /// Arguments for the benchmark (see `--help` after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run every test of the workspace (each suite starts its own infrastructure on free ports).
     Test {
         /// Extra arguments for `cargo test`.
@@ -80,7 +93,8 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Up(ports) => up(&ports),
+        Cmd::Up { ports, release } => up(&ports, release),
+        Cmd::Bench { args } => bench(&args),
         Cmd::Down => down(),
         Cmd::Status(ports) => status(&ports),
         Cmd::Logs { service, lines } => logs(service.as_deref(), lines),
@@ -104,7 +118,11 @@ fn dirs() -> ServiceDirs {
     ServiceDirs::under(&paths::state_dir())
 }
 
-fn up(ports: &Ports) -> anyhow::Result<()> {
+/// The services of the workspace, as `cargo build` package arguments.
+const SERVICE_PACKAGES: [&str; 8] =
+    ["-p", "billing-service", "-p", "patient-service", "-p", "analytics-service", "-p", "gateway"];
+
+fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
     println!("==> PostgreSQL on 127.0.0.1:{} (data in {})", ports.pg_port, pg_dir().display());
     let pg = PgCluster::start_persistent(&pg_dir(), ports.pg_port, DEV_PG_PASSWORD)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -112,19 +130,35 @@ fn up(ports: &Ports) -> anyhow::Result<()> {
         rt.block_on(pg.ensure_database(db))?;
     }
 
-    println!("==> Kafka {} on 127.0.0.1:{} (KRaft, data in {})", dev_stack::kafka::VERSION, ports.kafka_port, kafka_dir().display());
+    println!(
+        "==> Kafka {} on 127.0.0.1:{} (KRaft, data in {})",
+        dev_stack::kafka::VERSION,
+        ports.kafka_port,
+        kafka_dir().display()
+    );
     Kafka::start_persistent(&kafka_dir(), ports.kafka_port, ports.kafka_controller_port)?;
 
-    println!("==> Keycloak {} on :{} (realm {REALM} imported from keycloak/realm-export.json)", dev_stack::keycloak::VERSION, ports.keycloak_port);
+    println!(
+        "==> Keycloak {} on :{} (realm {REALM} imported from keycloak/realm-export.json)",
+        dev_stack::keycloak::VERSION,
+        ports.keycloak_port
+    );
     Keycloak::start_persistent(&keycloak_dir(), ports.keycloak_port, ports.keycloak_management_port)?;
 
-    println!("==> building the services");
-    cargo(&["build", "--bins", "-p", "billing-service", "-p", "patient-service", "-p", "analytics-service", "-p", "gateway"])?;
+    let profile = if release { "release" } else { "debug" };
+    println!("==> building the services ({profile})");
+    let mut build = vec!["build", "--bins"];
+    if release {
+        build.push("--release");
+    }
+    build.extend(SERVICE_PACKAGES);
+    cargo(&build)?;
 
+    let dirs = dirs().with_profile(profile);
     for spec in specs(ports, &pg) {
-        let pid = services::start(&spec, &dirs())?;
-        services::wait_ready(&spec, &dirs(), Duration::from_secs(60))?;
-        println!("==> {} ready (pid {pid}, log {})", spec.name, dirs().log_file(spec.name).display());
+        let pid = services::start(&spec, &dirs)?;
+        services::wait_ready(&spec, &dirs, Duration::from_secs(60))?;
+        println!("==> {} ready (pid {pid}, log {})", spec.name, dirs.log_file(spec.name).display());
     }
     let grpcurl = dev_stack::grpcurl::ensure()?;
     print_usage(ports, &grpcurl.display().to_string());
@@ -132,55 +166,21 @@ fn up(ports: &Ports) -> anyhow::Result<()> {
 }
 
 fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
-    let kafka = format!("127.0.0.1:{}", ports.kafka_port);
-    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
-        let mut all: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        all.push(("KAFKA_BOOTSTRAP_SERVERS".into(), kafka.clone()));
-        all
+    let service_ports = ServicePorts {
+        patient: ports.patient_port,
+        billing_grpc: ports.billing_grpc_port,
+        billing_http: ports.billing_http_port,
+        analytics: ports.analytics_port,
+        gateway: ports.gateway_port,
     };
-    vec![
-        ServiceSpec {
-            name: "billing-service",
-            env: env(&[
-                ("DATABASE_URL", pg.url("billing_service")),
-                ("GRPC_ADDR", format!("127.0.0.1:{}", ports.billing_grpc_port)),
-                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.billing_http_port)),
-            ]),
-            ready_port: ports.billing_http_port,
-        },
-        ServiceSpec {
-            name: "patient-service",
-            env: env(&[
-                ("DATABASE_URL", pg.url("patient_service")),
-                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.patient_port)),
-                ("BILLING_GRPC_URL", format!("http://127.0.0.1:{}", ports.billing_grpc_port)),
-                ("SEED_DEMO_DATA", "true".into()),
-            ]),
-            ready_port: ports.patient_port,
-        },
-        ServiceSpec {
-            name: "analytics-service",
-            env: env(&[
-                ("DATABASE_URL", pg.url("analytics_service")),
-                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.analytics_port)),
-            ]),
-            ready_port: ports.analytics_port,
-        },
-        ServiceSpec {
-            name: "gateway",
-            env: env(&[
-                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.gateway_port)),
-                // Clients reach Keycloak as localhost or 127.0.0.1; dev mode issues tokens for
-                // whichever host was used, so both issuers are accepted.
-                ("OIDC_ISSUER_URL", format!("http://localhost:{}/realms/{REALM}", ports.keycloak_port)),
-                ("OIDC_EXTRA_ISSUERS", format!("http://127.0.0.1:{}/realms/{REALM}", ports.keycloak_port)),
-                ("OIDC_DISCOVERY_URL", format!("http://127.0.0.1:{}/realms/{REALM}", ports.keycloak_port)),
-                ("PATIENT_SERVICE_URL", format!("http://127.0.0.1:{}", ports.patient_port)),
-                ("ANALYTICS_SERVICE_URL", format!("http://127.0.0.1:{}", ports.analytics_port)),
-            ]),
-            ready_port: ports.gateway_port,
-        },
-    ]
+    let database_url = |db: &str| pg.url(db);
+    let infra = Infrastructure {
+        database_url: &database_url,
+        kafka_bootstrap: format!("127.0.0.1:{}", ports.kafka_port),
+        keycloak_port: ports.keycloak_port,
+        realm: REALM,
+    };
+    services::platform(service_ports, &infra)
 }
 
 fn print_usage(ports: &Ports, grpcurl: &str) {
@@ -278,6 +278,26 @@ fn status(ports: &Ports) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Release builds, the verifier's micro-benchmark, then the platform benchmark.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    postgres::ensure_installed()?;
+    println!("==> building release binaries");
+    let mut build = vec!["build", "--release", "--bins", "-p", "bench"];
+    build.extend(SERVICE_PACKAGES);
+    cargo(&build)?;
+    println!("==> token verification micro-benchmark (criterion)");
+    cargo(&["bench", "-p", "verifier", "--bench", "verify", "--", "--noplot"])?;
+    let status = Command::new(services::binary_dir("release").join("bench"))
+        .args(args)
+        .current_dir(paths::workspace_root())
+        .status()
+        .context("failed to run the benchmark")?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     // Install once up front rather than racing apt-get from parallel test binaries.
     postgres::ensure_installed()?;
@@ -312,21 +332,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 /// The number just before `label` in a cargo summary such as `ok. 5 passed; 0 failed; …`.
 fn count_before(summary: &str, label: &str) -> u64 {
     let words: Vec<&str> = summary.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[1].trim_end_matches(';') == label.trim())
-        .and_then(|w| w[0].parse().ok())
-        .unwrap_or(0)
+    words.windows(2).find(|w| w[1].trim_end_matches(';') == label.trim()).and_then(|w| w[0].parse().ok()).unwrap_or(0)
 }
 
 /// Runs the cargo that runs us, failing with its exit status.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(args)
-        .current_dir(paths::workspace_root())
-        .status()
-        .context("failed to run cargo")?;
+    let status = Command::new(cargo).args(args).current_dir(paths::workspace_root()).status().context("failed to run cargo")?;
     if !status.success() {
         std::process::exit(status.code().unwrap_or(1));
     }

@@ -32,10 +32,14 @@ pub fn cache_dir() -> PathBuf {
 /// `CARGO_MANIFEST_DIR` for `cargo run` and `cargo test` at run time; that is preferred over the
 /// compile-time value because one target dir may serve several clones.
 pub fn workspace_root() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     manifest.parent().expect("every package sits inside the workspace").to_path_buf()
+}
+
+/// Cargo's build output: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn home() -> PathBuf {

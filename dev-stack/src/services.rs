@@ -23,16 +23,24 @@ pub struct ServiceSpec {
     pub ready_port: u16,
 }
 
-/// Where pid and log files of services live.
+/// Where pid and log files of services live, and which build of them runs.
 #[derive(Debug, Clone)]
 pub struct ServiceDirs {
     pub run: PathBuf,
     pub logs: PathBuf,
+    /// The directory holding the service binaries (a cargo profile's output).
+    pub bin: PathBuf,
 }
 
 impl ServiceDirs {
+    /// Dev-profile binaries, pid and log files under `state`.
     pub fn under(state: &Path) -> Self {
-        Self { run: state.join("run"), logs: state.join("logs") }
+        Self { run: state.join("run"), logs: state.join("logs"), bin: binary_dir("debug") }
+    }
+
+    /// The same with the binaries of cargo profile `profile` (`release` for full speed).
+    pub fn with_profile(self, profile: &str) -> Self {
+        Self { bin: binary_dir(profile), ..self }
     }
 
     fn pid_file(&self, name: &str) -> PathBuf {
@@ -50,12 +58,82 @@ impl ServiceDirs {
     }
 }
 
-/// The directory cargo writes binaries of the dev profile to.
-pub fn binary_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::paths::workspace_root().join("target"))
-        .join("debug")
+/// The directory cargo writes binaries of `profile` (`debug`, `release`) to.
+pub fn binary_dir(profile: &str) -> PathBuf {
+    crate::paths::target_dir().join(profile)
+}
+
+/// Ports of the platform's services.
+#[derive(Debug, Clone, Copy)]
+pub struct ServicePorts {
+    pub patient: u16,
+    pub billing_grpc: u16,
+    pub billing_http: u16,
+    pub analytics: u16,
+    pub gateway: u16,
+}
+
+/// Where the services find their infrastructure.
+pub struct Infrastructure<'a> {
+    /// URL of a service's own database, by database name.
+    pub database_url: &'a dyn Fn(&str) -> String,
+    pub kafka_bootstrap: String,
+    pub keycloak_port: u16,
+    pub realm: &'a str,
+}
+
+/// The four services wired to each other and to `infra` (billing first: patient-service calls
+/// it; the gateway last). Used by `cargo xtask up` and by the benchmark.
+pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceSpec> {
+    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        all.push(("KAFKA_BOOTSTRAP_SERVERS".into(), infra.kafka_bootstrap.clone()));
+        all
+    };
+    let (realm, kc) = (infra.realm, infra.keycloak_port);
+    vec![
+        ServiceSpec {
+            name: "billing-service",
+            env: env(&[
+                ("DATABASE_URL", (infra.database_url)("billing_service")),
+                ("GRPC_ADDR", format!("127.0.0.1:{}", ports.billing_grpc)),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.billing_http)),
+            ]),
+            ready_port: ports.billing_http,
+        },
+        ServiceSpec {
+            name: "patient-service",
+            env: env(&[
+                ("DATABASE_URL", (infra.database_url)("patient_service")),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.patient)),
+                ("BILLING_GRPC_URL", format!("http://127.0.0.1:{}", ports.billing_grpc)),
+                ("SEED_DEMO_DATA", "true".into()),
+            ]),
+            ready_port: ports.patient,
+        },
+        ServiceSpec {
+            name: "analytics-service",
+            env: env(&[
+                ("DATABASE_URL", (infra.database_url)("analytics_service")),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.analytics)),
+            ]),
+            ready_port: ports.analytics,
+        },
+        ServiceSpec {
+            name: "gateway",
+            env: env(&[
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.gateway)),
+                // Clients reach Keycloak as localhost or 127.0.0.1; dev mode issues tokens for
+                // whichever host was used, so both issuers are accepted.
+                ("OIDC_ISSUER_URL", format!("http://localhost:{kc}/realms/{realm}")),
+                ("OIDC_EXTRA_ISSUERS", format!("http://127.0.0.1:{kc}/realms/{realm}")),
+                ("OIDC_DISCOVERY_URL", format!("http://127.0.0.1:{kc}/realms/{realm}")),
+                ("PATIENT_SERVICE_URL", format!("http://127.0.0.1:{}", ports.patient)),
+                ("ANALYTICS_SERVICE_URL", format!("http://127.0.0.1:{}", ports.analytics)),
+            ]),
+            ready_port: ports.gateway,
+        },
+    ]
 }
 
 /// Starts the service unless it already runs; returns its pid.
@@ -69,11 +147,8 @@ pub fn start(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
     fs::create_dir_all(&dirs.run)?;
     fs::create_dir_all(&dirs.logs)?;
     let log = fs::File::create(dirs.log_file(spec.name))?;
-    let mut cmd = Command::new(binary_dir().join(spec.name));
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    let mut cmd = Command::new(dirs.bin.join(spec.name));
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     let pid = process::spawn_detached(cmd).with_context(|| format!("failed to start {} (was it built?)", spec.name))?;
     fs::write(dirs.pid_file(spec.name), pid.to_string())?;
     Ok(pid)

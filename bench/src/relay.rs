@@ -1,0 +1,75 @@
+//! Outbox relay throughput: a patient-service database whose outbox is pre-filled, then a
+//! patient-service process publishing it to its own topic (so no consumer takes part).
+
+use std::time::{Duration, Instant};
+
+use dev_stack::{net::free_port, services::ServiceSpec};
+use prost::Message;
+use proto::events::PatientEvent;
+
+use crate::stack::Stack;
+
+pub struct RelayResult {
+    pub events: i64,
+    pub events_per_sec: f64,
+    pub wall_secs: f64,
+}
+
+pub async fn measure(stack: &mut Stack, rows: i64) -> anyhow::Result<RelayResult> {
+    let url = stack.pg.url("relay_bench");
+    let db = sqlx::PgPool::connect(&url).await?;
+    patient_service::MIGRATOR.run(&db).await?;
+    let payload = PatientEvent {
+        patient_id: "00000000-0000-4000-8000-000000000001".into(),
+        name: "Relay Patient".into(),
+        email: "relay@example.com".into(),
+        event_type: "PATIENT_CREATED".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, patient_id, event_type, payload)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'PATIENT_CREATED', $1 FROM generate_series(1, $2)",
+    )
+    .bind(payload)
+    .bind(rows)
+    .execute(&db)
+    .await?;
+
+    let port = free_port()?;
+    let spec = ServiceSpec {
+        name: "patient-service",
+        env: vec![
+            ("DATABASE_URL".into(), url),
+            ("HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
+            ("BILLING_GRPC_URL".into(), format!("http://127.0.0.1:{}", stack.ports.billing_grpc)),
+            ("KAFKA_BOOTSTRAP_SERVERS".into(), stack.kafka.bootstrap_servers()),
+            ("KAFKA_TOPIC".into(), "bench-relay".into()),
+        ],
+        ready_port: port,
+    };
+    // The platform's own patient-service keeps running; this one gets its own pid and log.
+    let relay_dirs = stack.dirs.clone();
+    let relay_dirs =
+        dev_stack::services::ServiceDirs { run: relay_dirs.run.join("relay"), logs: relay_dirs.logs.join("relay"), ..relay_dirs };
+    let started = Instant::now();
+    dev_stack::services::start(&spec, &relay_dirs)?;
+    let result = wait_until_published(&db, rows, started).await;
+    dev_stack::services::stop(spec.name, &relay_dirs, Duration::from_secs(10));
+    result
+}
+
+async fn wait_until_published(db: &sqlx::PgPool, rows: i64, started: Instant) -> anyhow::Result<RelayResult> {
+    loop {
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(db).await?;
+        if unsent == 0 {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "{unsent} events still unpublished after 600 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wall_secs = started.elapsed().as_secs_f64();
+    let span: f64 =
+        sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM max(sent_at) - min(sent_at))::float8 FROM outbox").fetch_one(db).await?;
+    Ok(RelayResult { events: rows, events_per_sec: rows as f64 / span.max(1e-3), wall_secs })
+}

@@ -1,0 +1,119 @@
+//! The platform as release processes on free ports, on infrastructure the dev-stack launchers
+//! start for this run only.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use dev_stack::{
+    kafka::Kafka,
+    keycloak::Keycloak,
+    net::free_port,
+    services::{self, Infrastructure, ServiceDirs, ServicePorts, ServiceSpec},
+    PgCluster,
+};
+
+pub const REALM: &str = "patient-management";
+
+pub struct Stack {
+    pub pg: PgCluster,
+    pub kafka: Kafka,
+    pub keycloak: Keycloak,
+    pub ports: ServicePorts,
+    pub dirs: ServiceDirs,
+    /// Pid of each running service, by name.
+    pub pids: BTreeMap<String, u32>,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Self> {
+        println!("==> infrastructure: PostgreSQL, Kafka, Keycloak (free ports, private dirs)");
+        let pg = PgCluster::start_ephemeral()?;
+        for db in ["patient_service", "billing_service", "analytics_service", "relay_bench"] {
+            pg.ensure_database(db).await?;
+        }
+        let kafka = Kafka::start_ephemeral()?;
+        let keycloak = Keycloak::start_ephemeral()?;
+        let ports = ServicePorts {
+            patient: free_port()?,
+            billing_grpc: free_port()?,
+            billing_http: free_port()?,
+            analytics: free_port()?,
+            gateway: free_port()?,
+        };
+        let state: PathBuf = std::env::temp_dir().join(format!("patient-platform-bench-{}", std::process::id()));
+        let dirs = ServiceDirs::under(&state).with_profile("release");
+        let mut stack = Self { pg, kafka, keycloak, ports, dirs, pids: BTreeMap::new() };
+        for spec in stack.specs() {
+            stack.launch(&spec)?;
+        }
+        Ok(stack)
+    }
+
+    fn specs(&self) -> Vec<ServiceSpec> {
+        let database_url = |db: &str| self.pg.url(db);
+        let infra = Infrastructure {
+            database_url: &database_url,
+            kafka_bootstrap: self.kafka.bootstrap_servers(),
+            keycloak_port: self.keycloak.base_url().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_default(),
+            realm: REALM,
+        };
+        services::platform(self.ports, &infra)
+    }
+
+    /// Starts one service process and waits until it is ready.
+    pub fn launch(&mut self, spec: &ServiceSpec) -> anyhow::Result<u32> {
+        let pid = services::start(spec, &self.dirs)?;
+        services::wait_ready(spec, &self.dirs, Duration::from_secs(60))?;
+        self.pids.insert(spec.name.to_owned(), pid);
+        Ok(pid)
+    }
+
+    /// A second gateway, in front of another backend (the static one).
+    pub fn launch_gateway_for(&mut self, name: &'static str, backend: &str) -> anyhow::Result<u16> {
+        let mut spec = self.specs().into_iter().find(|s| s.name == "gateway").context("gateway spec")?;
+        let port = free_port()?;
+        for (key, value) in spec.env.iter_mut() {
+            match key.as_str() {
+                "HTTP_ADDR" => *value = format!("127.0.0.1:{port}"),
+                "PATIENT_SERVICE_URL" => *value = backend.to_owned(),
+                _ => {}
+            }
+        }
+        spec.ready_port = port;
+        // Same binary, its own pid and log file.
+        let link = self.dirs.bin.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(self.dirs.bin.join("gateway"), &link)?;
+        }
+        spec.name = name;
+        self.launch(&spec)?;
+        Ok(port)
+    }
+
+    pub async fn token(&self) -> anyhow::Result<String> {
+        self.keycloak.client_token(REALM, "ms-api", "ms-api-dev-secret").await
+    }
+
+    pub fn url(&self, port: u16, path: &str) -> String {
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    pub fn stop(&self) {
+        for name in self.pids.keys() {
+            services::stop(name, &self.dirs, Duration::from_secs(10));
+        }
+    }
+}
+
+/// `(VmRSS, VmHWM)` of a process in MiB: resident now, and the peak since it started.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
