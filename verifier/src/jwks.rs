@@ -15,6 +15,8 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use serde_json::Value;
@@ -27,8 +29,12 @@ use crate::{
     metrics::{JWKS_FETCH_FAILURE, JWKS_FETCH_SUCCESS},
 };
 
-/// A verification key and the one algorithm it may be used with.
+/// A verification key and the one algorithm it may be used with, parsed once when fetched.
 pub struct VerifyKey {
+    /// The key in aws-lc's parsed form: signatures are checked with it directly, so no request
+    /// rebuilds the RSA key from its components.
+    pub parsed: ParsedPublicKey,
+    /// The same key for jsonwebtoken's claim checks.
     pub key: DecodingKey,
     pub algorithm: Algorithm,
     /// The published key material (`n`, `e`), to tell an unchanged key from a replaced one.
@@ -263,7 +269,29 @@ fn parse_jwk(jwk: &Value, algorithms: &[Algorithm]) -> Option<(String, VerifyKey
     }
     let (n, e) = (field("n")?, field("e")?);
     let key = DecodingKey::from_rsa_components(n, e).ok()?;
-    Some((field("kid")?.to_owned(), VerifyKey { key, algorithm, material: (n.to_owned(), e.to_owned()) }))
+    let components = RsaPublicKeyComponents { n: URL_SAFE_NO_PAD.decode(n).ok()?, e: URL_SAFE_NO_PAD.decode(e).ok()? };
+    // Keys under 2048 bits could never verify (aws-lc refuses them at verification): skip them now.
+    if components.n.iter().skip_while(|b| **b == 0).count() < MIN_RSA_MODULUS_BYTES {
+        return None;
+    }
+    let parsed = components.to_parsed_public_key(rsa_parameters(algorithm)?).ok()?;
+    Some((field("kid")?.to_owned(), VerifyKey { parsed, key, algorithm, material: (n.to_owned(), e.to_owned()) }))
+}
+
+/// 2048 bits, the smallest RSA key accepted.
+const MIN_RSA_MODULUS_BYTES: usize = 256;
+
+/// aws-lc's verification parameters for an RSA JWS algorithm (keys of 2048 bits and more).
+fn rsa_parameters(algorithm: Algorithm) -> Option<&'static RsaParameters> {
+    Some(match algorithm {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -271,9 +299,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    // A real 2048-bit modulus is not needed for parsing: DecodingKey accepts any base64url n/e.
     fn rsa(kid: &str, alg: &str, use_: &str) -> Value {
-        json!({"kid": kid, "kty": "RSA", "alg": alg, "use": use_, "n": "sXch", "e": "AQAB"})
+        static KEY: std::sync::OnceLock<dev_stack::tokens::TestKey> = std::sync::OnceLock::new();
+        let n = &KEY.get_or_init(dev_stack::tokens::TestKey::generate).n;
+        json!({"kid": kid, "kty": "RSA", "alg": alg, "use": use_, "n": n, "e": "AQAB"})
     }
 
     #[test]
@@ -284,6 +313,7 @@ mod tests {
             rsa("hs", "HS256", "sig"),
             {"kid": "ec", "kty": "EC", "alg": "ES256", "crv": "P-256", "x": "a", "y": "b"},
             {"kid": "broken", "kty": "RSA"},
+            {"kid": "tiny", "kty": "RSA", "alg": "RS256", "n": "sXch", "e": "AQAB"},
             "not even an object",
             rsa("sig-2", "RS256", "sig"),
         ]});
