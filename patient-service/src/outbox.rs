@@ -41,6 +41,23 @@ pub fn event_for(kind: EventType, patient: &Patient, event_id: Uuid) -> PatientE
     }
 }
 
+/// An event about to be written: built before the statement that writes it, so a create can
+/// insert the patient and its event in ONE statement (see [`crate::repo::insert_with_event`]).
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    pub event_id: Uuid,
+    pub kind: EventType,
+    pub payload: Vec<u8>,
+    pub traceparent: Option<&'a str>,
+}
+
+impl<'a> NewEvent<'a> {
+    pub fn new(kind: EventType, patient: &Patient, traceparent: Option<&'a str>) -> Self {
+        let event_id = Uuid::new_v4();
+        Self { event_id, kind, payload: event_for(kind, patient, event_id).encode_to_vec(), traceparent }
+    }
+}
+
 /// Appends one event row; returns its event id.
 #[tracing::instrument(skip_all, fields(patient_id = %patient.id, event_type = kind.as_str(), event_id))]
 pub async fn record(

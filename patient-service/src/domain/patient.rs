@@ -86,6 +86,22 @@ pub struct Patient {
     pub updated_at: DateTime<Utc>,
 }
 
+impl ValidPatient {
+    /// The patient a create of `id` stores (`None` without a registered date, which only an
+    /// update may omit).
+    pub fn new_patient(&self, id: Uuid) -> Option<Patient> {
+        Some(Patient {
+            id,
+            name: self.name.as_str().to_owned(),
+            email: self.email.as_str().to_owned(),
+            address: self.address.as_str().to_owned(),
+            date_of_birth: self.date_of_birth.date(),
+            registered_date: self.registered_date?,
+            updated_at: Utc::now(),
+        })
+    }
+}
+
 /// The JSON representation of a patient.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
