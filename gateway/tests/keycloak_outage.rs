@@ -1,4 +1,5 @@
-//! Keycloak down: tokens already issued keep working on cached keys; back up: all fine again.
+//! Keycloak down: tokens already issued keep working on cached keys; back up: all fine again. A
+//! gateway started while Keycloak is down becomes ready within seconds of Keycloak returning.
 //! A suite of its own because it stops its own Keycloak.
 
 mod support;
@@ -28,4 +29,20 @@ async fn cached_keys_keep_verifying_while_keycloak_is_down_and_after_it_returns(
     assert_eq!(call(fresh).await, 200);
     assert_eq!(call(token).await, 200);
     assert_eq!(backend.count(), 4);
+
+    // A gateway whose warm-up fails (started before Keycloak) retries quickly, not after the
+    // 300 s refresh period.
+    kc.stop().expect("Keycloak stops");
+    let late = spawn_gateway(&kc, &backend.url, |s| s.jwks_fetch_timeout_ms = 1_000).await;
+    let ready = || {
+        let url = format!("{late}/health/ready");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready().await, 503, "no keys yet");
+    kc.start().expect("Keycloak restarts");
+    let back = std::time::Instant::now();
+    while ready().await != 200 {
+        assert!(back.elapsed() < std::time::Duration::from_secs(30), "still not ready 30 s after Keycloak returned");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
