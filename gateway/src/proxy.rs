@@ -79,15 +79,12 @@ impl Proxy {
     }
 }
 
-/// `base` + the request's path without `/api` + its query.
+/// `base` + the request's path without `/api` + its query (one copy of the path, no formatting).
 fn upstream_uri(base: &Uri, original: &Uri) -> anyhow::Result<Uri> {
-    let path = original.path().strip_prefix(API_PREFIX).unwrap_or(original.path());
-    let path_and_query = match original.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
+    let full = original.path_and_query().map_or("/", PathAndQuery::as_str);
+    let rest = full.strip_prefix(API_PREFIX).filter(|r| r.starts_with('/')).unwrap_or(full);
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).context("invalid upstream path")?);
+    parts.path_and_query = Some(PathAndQuery::try_from(rest).context("invalid upstream path")?);
     Uri::from_parts(parts).context("invalid upstream URI")
 }
 

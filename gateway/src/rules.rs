@@ -30,22 +30,45 @@ const DELETE: &[&str] = &["patients.delete"];
 const BILL: &[&str] = &["patients.read", "billing.read"];
 const ANALYTICS: &[&str] = &["analytics.read"];
 
+/// Longest route, in path segments after `/api/`.
+const MAX_SEGMENTS: usize = 4;
+
+/// Empty, `.`/`..` or encoded separators: never part of a route.
+fn suspicious(segment: &str) -> bool {
+    let encoded = |needle: &[u8]| segment.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    segment.is_empty()
+        || segment == "."
+        || segment == ".."
+        || segment.contains('\\')
+        || encoded(b"%2f")
+        || encoded(b"%5c")
+        || encoded(b"%2e")
+}
+
 /// Matches `/api/...` paths. Paths with empty, `.` or `..` segments or encoded separators never
 /// match, so no spelling of a path can reach a route it does not name.
 pub fn match_route(method: &Method, path: &str) -> Match {
     let Some(rest) = path.strip_prefix("/api/") else { return Match::NotFound };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let suspicious = |s: &&str| {
-        s.is_empty() || *s == "." || *s == ".." || {
-            let l = s.to_ascii_lowercase();
-            l.contains("%2f") || l.contains("%5c") || l.contains("%2e") || l.contains('\\')
+    // Every route has at most MAX_SEGMENTS segments (analytics takes any depth: the rest are
+    // only checked, not matched). No allocation on this path.
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        if suspicious(segment) {
+            return Match::NotFound;
         }
-    };
-    if segments.iter().any(suspicious) {
-        return Match::NotFound;
+        if count < MAX_SEGMENTS {
+            segments[count] = segment;
+        }
+        count += 1;
     }
+    let segments = &segments[..count.min(MAX_SEGMENTS)];
+    let deeper = count > MAX_SEGMENTS;
     let patients = |roles| Match::Route(Route { backend: Backend::Patients, roles });
-    match (segments.as_slice(), method) {
+    match (segments, method) {
+        (["analytics", _, ..], &Method::GET) if deeper => Match::Route(Route { backend: Backend::Analytics, roles: ANALYTICS }),
+        (["analytics", _, ..], _) if deeper => Match::MethodNotAllowed,
+        _ if deeper => Match::NotFound,
         (["patients"], &Method::GET) => patients(READ),
         (["patients"], &Method::POST) => patients(WRITE),
         (["patients"], _) => Match::MethodNotAllowed,
@@ -82,6 +105,7 @@ mod tests {
         assert_eq!(roles(match_route(&Method::DELETE, "/api/patients/42")), DELETE);
         assert_eq!(roles(match_route(&Method::GET, "/api/analytics/summary")), ANALYTICS);
         assert_eq!(roles(match_route(&Method::GET, "/api/analytics/a/b")), ANALYTICS);
+        assert_eq!(roles(match_route(&Method::GET, "/api/analytics/a/b/c/d/e")), ANALYTICS);
     }
 
     #[test]
@@ -102,6 +126,8 @@ mod tests {
             "/api/patients/a%2Fb",
             "/api//patients",
             "/api/./patients",
+            "/api/analytics/a/b/c/%2E%2E",
+            "/api/patients/1/bill/x/y",
         ] {
             assert_eq!(match_route(&Method::GET, p), Match::NotFound, "{p}");
         }
