@@ -175,17 +175,7 @@ impl KeyStore {
                 uri
             }
         };
-        let set: Value = self
-            .http
-            .get(&jwks_uri)
-            .send()
-            .await
-            .context("JWKS request failed")?
-            .error_for_status()
-            .context("JWKS request refused")?
-            .json()
-            .await
-            .context("JWKS is not JSON")?;
+        let set: Value = self.get_json(&jwks_uri, "JWKS").await?;
         let usable = parse_jwks(&set, &self.settings.algorithms);
         if usable.is_empty() {
             bail!("JWKS holds no usable signing key");
@@ -221,21 +211,18 @@ impl KeyStore {
             jwks_uri: String,
         }
         let url = format!("{}/.well-known/openid-configuration", self.settings.discovery_url.trim_end_matches('/'));
-        let doc: Discovery = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .context("discovery request failed")?
-            .error_for_status()
-            .context("discovery request refused")?
-            .json()
-            .await
-            .context("discovery document is malformed")?;
+        let doc: Discovery = self.get_json(&url, "discovery document").await?;
         if !self.settings.expected_issuers.iter().any(|i| i == doc.issuer.trim_end_matches('/')) {
             bail!("discovery announced an issuer that is not accepted");
         }
         Ok(doc.jwks_uri)
+    }
+
+    /// GET `url` as JSON; `what` names it in errors.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str, what: &str) -> anyhow::Result<T> {
+        let response = self.http.get(url).send().await.with_context(|| format!("{what} request failed"))?;
+        let response = response.error_for_status().with_context(|| format!("{what} request refused"))?;
+        response.json().await.with_context(|| format!("{what} is malformed"))
     }
 }
 
