@@ -54,7 +54,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.command {
         Some(Cmd::StaticBackend { port }) => rt.block_on(static_backend::serve(port)),
         None => rt.block_on(run(&args)),
@@ -90,7 +90,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     wrk::ensure()?;
     let mut stack = Stack::start().await?;
     let result = measure(args, &mut stack).await;
-    stack.stop();
+    drop(stack);
     let report = result?;
     println!("\n{report}");
     if args.record {
@@ -136,8 +136,16 @@ async fn measure(args: &Args, stack: &mut Stack) -> anyhow::Result<String> {
         for round in 0..args.rounds {
             let token = stack.token().await?;
             println!("==> {name}, round {}/{}", round + 1, args.rounds);
-            pair.a.push(wrk::run(&stack.url(a.0, &a.1), &token, args.connections, args.seconds, None)?);
-            pair.b.push(wrk::run(&stack.url(b.0, &b.1), &token, args.connections, args.seconds, None)?);
+            let run =
+                |(port, path): &(u16, String)| wrk::run(&stack.url(*port, path), &token, args.connections, args.seconds, None);
+            // ABBA: neither side always runs first.
+            if round % 2 == 0 {
+                pair.a.push(run(a)?);
+                pair.b.push(run(b)?);
+            } else {
+                pair.b.push(run(b)?);
+                pair.a.push(run(a)?);
+            }
         }
         pairs.push(pair);
     }

@@ -54,16 +54,26 @@ pub async fn measure(stack: &mut Stack, rows: i64) -> anyhow::Result<RelayResult
         dev_stack::services::ServiceDirs { run: relay_dirs.run.join("relay"), logs: relay_dirs.logs.join("relay"), ..relay_dirs };
     let started = Instant::now();
     dev_stack::services::start(&spec, &relay_dirs)?;
-    let result = wait_until_published(&db, rows, started).await;
+    let result = wait_until_published(&db, rows, started, &relay_dirs).await;
     dev_stack::services::stop(spec.name, &relay_dirs, Duration::from_secs(10));
     result
 }
 
-async fn wait_until_published(db: &sqlx::PgPool, rows: i64, started: Instant) -> anyhow::Result<RelayResult> {
+async fn wait_until_published(
+    db: &sqlx::PgPool,
+    rows: i64,
+    started: Instant,
+    dirs: &dev_stack::services::ServiceDirs,
+) -> anyhow::Result<RelayResult> {
+    anyhow::ensure!(rows > 0, "the relay measurement needs at least one event");
     loop {
         let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(db).await?;
         if unsent == 0 {
             break;
+        }
+        if dirs.running_pid("patient-service").is_none() {
+            let log = dev_stack::services::tail(&dirs.log_file("patient-service"), 20);
+            anyhow::bail!("the relay's patient-service exited with {unsent} events unpublished:\n{log}");
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "{unsent} events still unpublished after 600 s");
         tokio::time::sleep(Duration::from_millis(50)).await;

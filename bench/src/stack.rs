@@ -98,10 +98,17 @@ impl Stack {
         format!("http://127.0.0.1:{port}{path}")
     }
 
-    pub fn stop(&self) {
-        for name in self.pids.keys() {
+    pub fn stop(&mut self) {
+        for name in std::mem::take(&mut self.pids).keys() {
             services::stop(name, &self.dirs, Duration::from_secs(10));
         }
+    }
+}
+
+/// The services run detached: an error or panic anywhere in the run must still stop them.
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

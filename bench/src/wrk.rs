@@ -85,10 +85,17 @@ function setup(thread)
 end
 local n = 0
 local run = tostring(os.time()) .. tostring(math.random(1000000))
+local headers = nil
 function request()
+  if headers == nil then
+    -- wrk.format replaces wrk.headers (the -H Authorization) when given a table: carry them over.
+    headers = {}
+    for k, v in pairs(wrk.headers) do headers[k] = v end
+    headers["Content-Type"] = "application/json"
+  end
   n = n + 1
   local body = string.format('{"name":"Bench Patient","email":"bench-%s-%d-%d@example.com","address":"1 Bench Road","dateOfBirth":"1980-01-01","registeredDate":"2024-01-01"}', run, tid, n)
-  return wrk.format("POST", "/patients", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/patients", headers, body)
 end
 "#;
 

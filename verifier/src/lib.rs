@@ -1,6 +1,6 @@
-//! verifier: how every part of the platform decides who is calling. One crate, used by the
-//! gateway first and by each service behind it, so that a token is judged by the same rules
-//! wherever it arrives.
+//! verifier: how the platform decides who is calling. One crate, so that a token is judged by
+//! the same rules wherever it arrives: the gateway uses it today, the services behind it are
+//! meant to re-verify with it (SPEC §10).
 //!
 //! - [`jwks::KeyStore`]: the realm's signing keys, discovered and cached by `kid`.
 //! - [`Verifier`]: RS256 pinned (aws-lc), `exp`/`nbf`/`iss`/`aud`, roles; a bounded cache of

@@ -63,10 +63,11 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
 ///
 /// No database connection is held while billing is called: a slow billing must not drain the
 /// pool under every other endpoint. If billing fails, nothing was written here; if the insert
-/// fails after billing answered (email taken by a concurrent create, database down), the account
-/// billing holds belongs to a patient id that never exists — billing's idempotency on the
-/// patient id means a retry of the same id cannot make a second one. Emails are checked before
-/// billing is called, so the common conflict never reaches billing at all.
+/// fails after billing answered (email taken by a concurrent create, database down, client gone),
+/// billing holds an account for a patient id that never exists; a client retry uses a new id.
+/// Reconciling those accounts is the open orphan-account work (PENDING accounts activated by the
+/// PATIENT_CREATED event, `Idempotency-Key` for retries). Emails are checked before billing is
+/// called, so the common conflict never reaches billing at all.
 #[tracing::instrument(skip_all, fields(patient_id))]
 async fn create(
     State(state): State<AppState>,

@@ -22,6 +22,8 @@ use verifier::{
 };
 
 pub const AUDIENCE: &str = "patient-api";
+/// The gateway's default clock-skew leeway: the cache must not stretch a token by it.
+pub const LEEWAY_SECS: u64 = 30;
 
 #[derive(Clone, Default)]
 struct Published {
@@ -92,7 +94,7 @@ impl Provider {
                 algorithms: vec![Algorithm::RS256],
                 issuers: vec![self.issuer.clone()],
                 audience: AUDIENCE.into(),
-                leeway_secs: 0,
+                leeway_secs: LEEWAY_SECS,
                 role_clients: vec![AUDIENCE.into()],
                 max_token_bytes: 8 * 1024,
             },
