@@ -62,7 +62,7 @@ impl Application {
                 negative_ttl: Duration::from_secs(settings.jwks_negative_ttl_secs),
                 fetch_timeout: Settings::ms(settings.jwks_fetch_timeout_ms),
             },
-            tokens.clone(),
+            tokens,
             metrics.clone(),
         )?);
         // Warm the cache; Keycloak being down is not fatal (the first token retries, the
@@ -70,7 +70,6 @@ impl Application {
         let warm = keys.refresh().await.is_ok();
         let verifier = Arc::new(Verifier::new(
             keys.clone(),
-            tokens,
             VerifierSettings {
                 algorithms,
                 issuers,

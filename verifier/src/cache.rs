@@ -24,6 +24,7 @@ pub type TokenHash = [u8; 32];
 /// What a verified token proved.
 #[derive(Debug)]
 pub struct CachedToken {
+    /// Who the token proved.
     pub principal: Arc<Principal>,
     /// The key id and key that verified the signature.
     pub kid: String,

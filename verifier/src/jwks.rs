@@ -54,9 +54,13 @@ pub struct JwksSettings {
     pub discovery_url: String,
     /// The `issuer` the discovery document must announce.
     pub expected_issuers: Vec<String>,
+    /// Algorithms a key may be published for; entries for others are skipped.
     pub algorithms: Vec<Algorithm>,
+    /// Cooldown between two fetches triggered by unknown key ids.
     pub min_refetch: Duration,
+    /// How long a key id stays "unknown" after a successful fetch did not have it.
     pub negative_ttl: Duration,
+    /// Bound of one discovery or JWKS request, and of waiting for a fetch in flight.
     pub fetch_timeout: Duration,
 }
 
@@ -72,7 +76,8 @@ pub struct KeyStore {
     keys: moka::sync::Cache<String, Arc<VerifyKey>>,
     unknown: moka::sync::Cache<String, ()>,
     fetch: Mutex<FetchState>,
-    /// Tokens verified with our keys; cleared per key when the realm stops publishing it.
+    /// Tokens verified with our keys; cleared per key when the realm stops publishing it. The
+    /// verifier reads the same cache ([`KeyStore::tokens`]), so the two can never diverge.
     tokens: Arc<TokenCache>,
     metrics: Arc<Registry>,
 }
@@ -95,6 +100,11 @@ impl KeyStore {
             tokens,
             metrics,
         })
+    }
+
+    /// The cache of tokens verified with this store's keys.
+    pub fn tokens(&self) -> &Arc<TokenCache> {
+        &self.tokens
     }
 
     /// The key currently trusted under `kid`, without any I/O.

@@ -27,6 +27,7 @@ pub struct Principal {
     pub subject: String,
     /// `azp`: the client the token was issued to.
     pub client: Option<String>,
+    /// Realm roles and the roles of the configured clients.
     pub roles: HashSet<String>,
 }
 
@@ -84,7 +85,9 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    pub fn new(keys: Arc<KeyStore>, cache: Arc<TokenCache>, settings: VerifierSettings, metrics: Arc<Registry>) -> Self {
+    /// A verifier over `keys`, caching verified tokens in the key store's cache.
+    pub fn new(keys: Arc<KeyStore>, settings: VerifierSettings, metrics: Arc<Registry>) -> Self {
+        let cache = keys.tokens().clone();
         let mut validation = Validation::new(settings.algorithms[0]);
         validation.algorithms = settings.algorithms;
         validation.leeway = settings.leeway_secs;
@@ -136,7 +139,9 @@ impl Verifier {
     }
 
     /// The principal `token` proves with `key`, and its `exp`: signature by the parsed key, then
-    /// the claims. No cache, no key lookup (also the micro-benchmark's cold path).
+    /// the claims. No cache, no key lookup, and no check that the header's `alg` and `kid` match
+    /// `key`: [`Verifier::verify`] does those; this is its last step (and the micro-benchmark's
+    /// cold path).
     pub fn check(&self, token: &str, key: &VerifyKey) -> Result<(Principal, u64), AuthError> {
         let (signed, signature) = token.rsplit_once('.').ok_or(AuthError::InvalidToken("malformed token"))?;
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| AuthError::InvalidToken("malformed token"))?;

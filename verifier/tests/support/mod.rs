@@ -86,10 +86,8 @@ impl Provider {
             fetch_timeout: Duration::from_secs(3),
         };
         let keys = Arc::new(KeyStore::new(settings, tokens.clone(), metrics.clone()).unwrap());
-        let verifier_tokens = tokens.clone();
         let verifier = Verifier::new(
             keys.clone(),
-            tokens,
             VerifierSettings {
                 algorithms: vec![Algorithm::RS256],
                 issuers: vec![self.issuer.clone()],
@@ -100,7 +98,7 @@ impl Provider {
             },
             metrics.clone(),
         );
-        Fixture { keys, verifier, tokens: verifier_tokens, metrics }
+        Fixture { keys, verifier, tokens, metrics }
     }
 }
 
