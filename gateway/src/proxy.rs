@@ -1,6 +1,7 @@
 //! Forwarding to a backend: `/api` stripped, bodies streamed both ways, hop-by-hop headers
 //! dropped, `X-Forwarded-*`, `x-request-id` and `traceparent` set, the bearer token forwarded;
-//! bounded connect and response times.
+//! bounded connect and response times, and a response body that stalls longer than the response
+//! timeout between two chunks is cut (the client sees the connection end, never a hang).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -11,10 +12,13 @@ use axum::{
     http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Uri},
     response::Response,
 };
+use http_body_util::BodyDataStream;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+
+use tokio_stream::StreamExt;
 
 use crate::Error;
 
@@ -75,7 +79,17 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        Ok(Response::from_parts(parts, Body::new(body)))
+        // Each chunk must come within the response timeout; a stalled backend ends the body with
+        // an error, which closes the client's connection mid-body. (HTTP/1 trailers are dropped.)
+        let chunks = BodyDataStream::new(body).timeout(self.response_timeout).map(|chunk| match chunk {
+            Ok(Ok(data)) => Ok(data),
+            Ok(Err(err)) => Err(axum::Error::new(err)),
+            Err(elapsed) => {
+                tracing::warn!("backend stalled mid-body; response cut");
+                Err(axum::Error::new(elapsed))
+            }
+        });
+        Ok(Response::from_parts(parts, Body::from_stream(chunks)))
     }
 }
 

@@ -279,6 +279,44 @@ async fn key_rotation_is_picked_up_with_one_fetch_and_no_restart() {
     assert_eq!(get(&format!("{gw}/api/patients"), Some(&old)).await.status(), 200, "the old key is still published");
 }
 
+#[tokio::test]
+async fn a_backend_that_stalls_mid_body_is_cut_instead_of_hanging_the_client() {
+    let kc = Keycloak::shared_for_tests();
+    let token = service_token(kc).await;
+    // Headers and the first 10 of 100 announced bytes, then silence.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalling_url = format!("http://{}", stalling.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = stalling.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let _ =
+                socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncontent-type: text/plain\r\n\r\n0123456789").await;
+            held.push(socket);
+        }
+    });
+    let gw = spawn_gateway(kc, &stalling_url, |s| s.upstream_timeout_ms = 500).await;
+
+    let started = std::time::Instant::now();
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap()
+        .get(format!("{gw}/api/patients"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the headers arrived in time");
+    let body = resp.bytes().await;
+
+    let err = body.expect_err("a body cut short is an error, not 100 bytes");
+    assert!(!err.is_timeout(), "cut by the gateway, not by the client's own timeout: {err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "never a hang");
+}
+
 async fn get_owned(url: String, token: String) -> u16 {
     get(&url, Some(&token)).await.status().as_u16()
 }
