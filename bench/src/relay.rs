@@ -49,9 +49,11 @@ pub async fn measure(stack: &mut Stack, rows: i64) -> anyhow::Result<RelayResult
         ready_port: port,
     };
     // The platform's own patient-service keeps running; this one gets its own pid and log.
-    let relay_dirs = stack.dirs.clone();
-    let relay_dirs =
-        dev_stack::services::ServiceDirs { run: relay_dirs.run.join("relay"), logs: relay_dirs.logs.join("relay"), ..relay_dirs };
+    let relay_dirs = dev_stack::services::ServiceDirs {
+        run: stack.dirs.run.join("relay"),
+        logs: stack.dirs.logs.join("relay"),
+        bin: stack.dirs.bin.clone(),
+    };
     let started = Instant::now();
     dev_stack::services::start(&spec, &relay_dirs)?;
     let result = wait_until_published(&db, rows, started, &relay_dirs).await;
