@@ -10,8 +10,9 @@ use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 /// Database settings, flattened into each service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Connection URL of this service's own database (it holds a password: never printed).
-    #[arg(long, env = "DATABASE_URL")]
+    /// Connection URL of this service's own database (it holds a password: never printed, not
+    /// even by `--help`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Secret,
     /// Upper bound of pooled connections.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]

@@ -1,12 +1,12 @@
 //! gateway: the platform's single entry point. Verifies Keycloak-issued RS256 access tokens
-//! against a cached JWKS, enforces the per-route role table, strips `/api` and proxies to the
-//! services. A rejected request never reaches a backend.
+//! against a cached JWKS, enforces the per-route role table (the `verifier` crate's, which the
+//! services apply again), strips `/api` and proxies to the services. A rejected request never
+//! reaches a backend.
 
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
-pub mod rules;
 pub mod startup;
 
 pub use error::{Error, Result};

@@ -1,6 +1,6 @@
 //! Builds the gateway from its settings; `main` and the tests share this path.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use axum::{
@@ -14,16 +14,17 @@ use common::{metrics::Registry, tasks::Task};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verifier::{
-    cache::TokenCache,
-    jwks::{JwksSettings, KeyStore},
-    Algorithm, Verifier, VerifierSettings,
+    access::Service,
+    jwks::KeyStore,
+    settings::Auth,
+    web::{self, Denied},
+    Verifier,
 };
 
 use crate::{
     config::Settings,
     metrics::{self as gw_metrics, ALLOWED, FORBIDDEN, UNAUTHENTICATED, UPSTREAM_FAILURES},
-    proxy::{Proxy, X_REQUEST_ID},
-    rules::{self, Backend, Match},
+    proxy::{Proxy, API_PREFIX, X_REQUEST_ID},
     Error,
 };
 
@@ -42,48 +43,18 @@ struct Gateway {
 pub struct Application {
     listener: TcpListener,
     gateway: Gateway,
-    refresh_every: Duration,
-    /// Whether the start-up JWKS fetch succeeded (if not, the refresh retries within a second).
-    warm: bool,
+    /// The verifier's key store, kept fresh beside the server.
+    auth: Auth,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = gw_metrics::registry();
-        let algorithms = vec![Algorithm::RS256];
-        let issuers = settings.accepted_issuers();
-        let tokens = Arc::new(TokenCache::new(settings.token_cache_capacity));
-        let keys = Arc::new(KeyStore::new(
-            JwksSettings {
-                discovery_url: settings.discovery_url.clone().unwrap_or_else(|| settings.issuer_url.clone()),
-                expected_issuers: issuers.clone(),
-                algorithms: algorithms.clone(),
-                min_refetch: Settings::ms(settings.jwks_min_refetch_ms),
-                negative_ttl: Duration::from_secs(settings.jwks_negative_ttl_secs),
-                fetch_timeout: Settings::ms(settings.jwks_fetch_timeout_ms),
-            },
-            tokens,
-            metrics.clone(),
-        )?);
-        // Warm the cache; Keycloak being down is not fatal (the first token retries, the
-        // background refresh keeps trying, quickly at first).
-        let warm = keys.refresh().await.is_ok();
-        let verifier = Arc::new(Verifier::new(
-            keys.clone(),
-            VerifierSettings {
-                algorithms,
-                issuers,
-                audience: settings.audience.clone(),
-                leeway_secs: settings.leeway_secs,
-                role_clients: settings.role_clients.clone(),
-                max_token_bytes: settings.max_token_bytes,
-            },
-            metrics.clone(),
-        ));
+        let auth = settings.oidc.start(metrics.clone()).await?;
         let parse = |u: &str| u.parse::<Uri>().with_context(|| format!("invalid backend URL {u}"));
         let gateway = Gateway {
-            verifier,
-            keys,
+            verifier: auth.verifier.clone(),
+            keys: auth.keys.clone(),
             proxy: Proxy::new(Settings::ms(settings.upstream_connect_timeout_ms), Settings::ms(settings.upstream_timeout_ms)),
             patients: parse(&settings.patient_service_url)?,
             analytics: parse(&settings.analytics_service_url)?,
@@ -92,7 +63,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, gateway, refresh_every: Duration::from_secs(settings.jwks_refresh_secs.max(1)), warm })
+        Ok(Self { listener, gateway, auth })
     }
 
     pub fn port(&self) -> u16 {
@@ -111,34 +82,12 @@ impl Application {
             .merge(common::metrics::routes(self.gateway.metrics.clone()));
         let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let keys = self.gateway.keys.clone();
-        let refresh = refresh_loop(keys, self.refresh_every, self.warm, stop.clone());
+        let refresh = self.auth.keep_fresh(stop.clone());
         let tasks: Vec<(&str, Task)> = vec![
             ("http-server", Box::pin(async move { server.await.context("HTTP server failed") })),
             ("jwks-refresh", Box::pin(refresh)),
         ];
         common::tasks::run_siblings(tasks, stop, shutdown).await
-    }
-}
-
-/// First retry after a failed fetch; doubled per failure up to [`MAX_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(15);
-
-/// Refreshes keys periodically. After a failure (the warm-up included: a gateway started before
-/// Keycloak) it retries from one second on, backing off, never dropping cached keys.
-async fn refresh_loop(keys: Arc<KeyStore>, every: Duration, warm: bool, stop: CancellationToken) -> anyhow::Result<()> {
-    let mut wait = if warm { every } else { FIRST_RETRY };
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            () = tokio::time::sleep(wait) => {}
-        }
-        wait = match keys.refresh().await {
-            Ok(_) => every,
-            Err(_) if wait >= every => FIRST_RETRY.min(every),
-            Err(_) => (wait * 2).min(MAX_RETRY).min(every),
-        };
     }
 }
 
@@ -165,8 +114,8 @@ async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<Socke
         Ok(response) => response,
         Err(err) => {
             match &err {
-                Error::Unauthenticated(_) => g.metrics.inc(UNAUTHENTICATED),
-                Error::InsufficientScope(_) => g.metrics.inc(FORBIDDEN),
+                Error::Denied(Denied::Unauthenticated(_)) => g.metrics.inc(UNAUTHENTICATED),
+                Error::Denied(Denied::Forbidden(_)) => g.metrics.inc(FORBIDDEN),
                 Error::UpstreamUnavailable | Error::UpstreamTimeout | Error::UpstreamFailed(_) => {
                     g.metrics.inc(UPSTREAM_FAILURES)
                 }
@@ -181,22 +130,17 @@ async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<Socke
 }
 
 async fn route_and_forward(g: &Gateway, client: SocketAddr, req: Request, request_id: &HeaderValue) -> Result<Response, Error> {
-    let route = match rules::match_route(req.method(), req.uri().path()) {
-        Match::Route(route) => route,
-        Match::MethodNotAllowed => return Err(Error::MethodNotAllowed),
-        Match::NotFound => return Err(Error::NotFound),
-    };
-    let principal = g.verifier.verify_headers(req.headers()).await?;
+    // `/api/x` is the services' `/x`: the same access table decides both.
+    let path = req.uri().path().strip_prefix(API_PREFIX).filter(|p| p.starts_with('/')).ok_or(Denied::NotFound)?;
+    let rule = web::rule(req.method(), path)?;
+    let principal = web::authenticate(&g.verifier, req.headers()).await?;
     // Keycloak's subject is an opaque user id, not personal data: it makes requests auditable.
     tracing::Span::current().record("subject", principal.subject.as_str());
-    let missing: Vec<&str> = route.roles.iter().copied().filter(|r| !principal.roles.contains(*r)).collect();
-    if !missing.is_empty() {
-        return Err(Error::InsufficientScope(missing.join(" ")));
-    }
+    web::permit(&rule, &principal)?;
     g.metrics.inc(ALLOWED);
-    let base = match route.backend {
-        Backend::Patients => &g.patients,
-        Backend::Analytics => &g.analytics,
+    let base = match rule.service {
+        Service::Patients => &g.patients,
+        Service::Analytics => &g.analytics,
     };
     g.proxy.forward(base, req, client, request_id).await
 }

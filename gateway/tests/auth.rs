@@ -138,7 +138,7 @@ async fn attack_corpus_is_rejected_with_401_and_nothing_reaches_the_backend() {
     let gw = spawn_gateway(kc, &backend.url, |_| {}).await;
     let issuer = kc.issuer(REALM);
     let claims = |extra: Value| {
-        let mut c = json!({"iss": issuer, "aud": "patient-api", "sub": "attacker", "iat": now(), "exp": now() + 300,
+        let mut c = json!({"iss": issuer, "aud": "patient-api", "typ": "Bearer", "sub": "attacker", "iat": now(), "exp": now() + 300,
                            "realm_access": {"roles": ["patients.read"]}});
         for (k, v) in extra.as_object().unwrap() {
             c[k] = v.clone();
@@ -184,6 +184,9 @@ async fn attack_corpus_is_rejected_with_401_and_nothing_reaches_the_backend() {
         ("unknown kid", Some(format!("Bearer {}", tokens::TestKey::generate().sign("no-such-kid", &claims(json!({})))))),
         ("token from another realm", Some(format!("Bearer {other_realm}"))),
         ("oversized", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"pad": "x".repeat(20_000)})))))),
+        ("an ID token (typ ID)", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"typ": "ID"})))))),
+        ("a refresh token (typ Refresh)", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"typ": "Refresh"})))))),
+        ("no typ", Some(format!("Bearer {}", key.sign(&kid, &claims(json!({"typ": null})))))),
     ];
 
     for (name, authorization) in &corpus {
@@ -206,6 +209,31 @@ async fn attack_corpus_is_rejected_with_401_and_nothing_reaches_the_backend() {
     let valid = key.sign(&kid, &claims(json!({})));
     assert_eq!(get(&format!("{gw}/api/patients"), Some(&valid)).await.status(), 200);
     assert_eq!(backend.count(), 1);
+}
+
+#[tokio::test]
+async fn two_authorization_headers_get_400_and_never_reach_the_backend() {
+    let kc = Keycloak::shared_for_tests();
+    let backend = Backend::spawn().await;
+    let gw = spawn_gateway(kc, &backend.url, |_| {}).await;
+    let valid = service_token(kc).await;
+
+    // A valid token first, something else second: a backend reading the other header would
+    // act on a credential nobody verified.
+    for second in ["Bearer forged.token.value", &format!("Bearer {valid}"), "Basic bXMtYXBpOnNlY3JldA=="] {
+        let resp = reqwest::Client::new()
+            .get(format!("{gw}/api/patients"))
+            .header("authorization", format!("Bearer {valid}"))
+            .header("authorization", second)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "second header {second:.20}");
+        assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_request\""));
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+    assert_eq!(backend.count(), 0, "nothing was forwarded");
+    assert_eq!(get(&format!("{gw}/api/patients"), Some(&valid)).await.status(), 200, "control: one header passes");
 }
 
 /// A client_credentials token from a second realm on the same Keycloak.
@@ -234,10 +262,10 @@ async fn other_realm_token(kc: &Keycloak) -> String {
 async fn a_flood_of_unknown_key_ids_costs_at_most_one_jwks_fetch() {
     let kc = Keycloak::shared_for_tests();
     let backend = Backend::spawn().await;
-    let gw = spawn_gateway(kc, &backend.url, |s| s.jwks_min_refetch_ms = 60_000).await;
+    let gw = spawn_gateway(kc, &backend.url, |s| s.oidc.jwks_min_refetch_ms = 60_000).await;
     let before = metric(&gw, SUCCESS_FETCHES).await;
     let forger = tokens::TestKey::generate();
-    let claims = json!({"iss": kc.issuer(REALM), "aud": "patient-api", "exp": now() + 300});
+    let claims = json!({"iss": kc.issuer(REALM), "aud": "patient-api", "typ": "Bearer", "exp": now() + 300});
 
     let calls = (0..40).map(|i| {
         let token = forger.sign(&format!("forged-{}", i % 4), &claims);

@@ -11,7 +11,7 @@ use support::{backend::Backend, *};
 async fn cached_keys_keep_verifying_while_keycloak_is_down_and_after_it_returns() {
     let mut kc = Keycloak::start_ephemeral().expect("Keycloak starts");
     let backend = Backend::spawn().await;
-    let gw = spawn_gateway(&kc, &backend.url, |s| s.jwks_fetch_timeout_ms = 1_000).await;
+    let gw = spawn_gateway(&kc, &backend.url, |s| s.oidc.jwks_fetch_timeout_ms = 1_000).await;
     let token = service_token(&kc).await;
     let call = |t: String| {
         let url = format!("{gw}/api/patients");
@@ -33,7 +33,7 @@ async fn cached_keys_keep_verifying_while_keycloak_is_down_and_after_it_returns(
     // A gateway whose warm-up fails (started before Keycloak) retries quickly, not after the
     // 300 s refresh period.
     kc.stop().expect("Keycloak stops");
-    let late = spawn_gateway(&kc, &backend.url, |s| s.jwks_fetch_timeout_ms = 1_000).await;
+    let late = spawn_gateway(&kc, &backend.url, |s| s.oidc.jwks_fetch_timeout_ms = 1_000).await;
     let ready = || {
         let url = format!("{late}/health/ready");
         async move { reqwest::get(url).await.unwrap().status().as_u16() }

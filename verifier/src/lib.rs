@@ -1,15 +1,20 @@
 //! verifier: how the platform decides who is calling. One crate, so that a token is judged by
-//! the same rules wherever it arrives: the gateway uses it today, the services behind it are
-//! meant to re-verify with it (SPEC §10).
+//! the same rules wherever it arrives: the gateway checks first, and every service behind it
+//! checks again with the same verifier and the same access table (SPEC §10).
 //!
 //! - [`jwks::KeyStore`]: the realm's signing keys, discovered and cached by `kid`.
-//! - [`Verifier`]: RS256 pinned (aws-lc), `exp`/`nbf`/`iss`/`aud`, roles; a bounded cache of
-//!   already verified tokens so a repeated token costs a hash and a lookup.
+//! - [`Verifier`]: RS256 pinned (aws-lc), `typ` = `Bearer`, `exp`/`nbf`/`iss`/`aud`, roles; a
+//!   bounded cache of already verified tokens so a repeated token costs a hash and a lookup.
+//! - [`access`]: which roles each route needs; [`web`]: challenges and the axum middleware.
+//! - [`settings::OidcArgs`]: the shared settings and start-up of all of the above.
 
+pub mod access;
 pub mod cache;
 pub mod jwks;
 pub mod metrics;
+pub mod settings;
 mod token;
+pub mod web;
 
 pub use jsonwebtoken::Algorithm;
 pub use token::{bearer_token, Principal, Verifier, VerifierSettings};
@@ -24,4 +29,8 @@ pub enum AuthError {
     /// Credentials present but unacceptable.
     #[error("the access token is invalid: {0}")]
     InvalidToken(&'static str),
+    /// The request's credentials are ambiguous (RFC 6750 `invalid_request`: 400), e.g. two
+    /// `Authorization` headers: which one would a later hop read?
+    #[error("malformed credentials: {0}")]
+    InvalidRequest(&'static str),
 }

@@ -40,6 +40,9 @@ struct Access {
 #[derive(Debug, Deserialize)]
 struct Claims {
     exp: u64,
+    /// Keycloak marks access tokens `Bearer` (ID tokens `ID`, refresh tokens `Refresh`).
+    #[serde(default)]
+    typ: Option<String>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -147,6 +150,9 @@ impl Verifier {
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| AuthError::InvalidToken("malformed token"))?;
         key.parsed.verify_sig(signed.as_bytes(), &signature).map_err(|_| AuthError::InvalidToken("signature invalid"))?;
         let claims = decode::<Claims>(token, &key.key, &self.validation).map_err(|e| AuthError::InvalidToken(reason(&e)))?.claims;
+        if claims.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(AuthError::InvalidToken("not an access token"));
+        }
         let exp = claims.exp;
         Ok((self.principal(claims), exp))
     }
@@ -163,9 +169,18 @@ impl Verifier {
     }
 }
 
+/// The `typ` claim of an access token.
+const ACCESS_TOKEN_TYP: &str = "Bearer";
+
 /// `Authorization: Bearer <token>` (scheme case-insensitive); anything else is no credentials.
+/// More than one `Authorization` header is refused: the token verified must be the only one a
+/// later hop can read.
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
-    let value = headers.get(header::AUTHORIZATION).ok_or(AuthError::MissingToken)?;
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let value = all.next().ok_or(AuthError::MissingToken)?;
+    if all.next().is_some() {
+        return Err(AuthError::InvalidRequest("more than one Authorization header"));
+    }
     let value = value.to_str().map_err(|_| AuthError::InvalidToken("malformed authorization header"))?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::MissingToken)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -211,5 +226,12 @@ mod tests {
         assert_eq!(bearer_token(&with_auth("Basic dXNlcjpwdw==")), Err(AuthError::MissingToken));
         assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::MissingToken));
         assert!(matches!(bearer_token(&with_auth("Bearer ")), Err(AuthError::MissingToken | AuthError::InvalidToken(_))));
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let mut h = with_auth("Bearer first");
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer second"));
+        assert!(matches!(bearer_token(&h), Err(AuthError::InvalidRequest(_))));
     }
 }

@@ -62,6 +62,24 @@ async fn an_expired_token_is_rejected_once_past_the_leeway() {
 }
 
 #[tokio::test]
+async fn only_access_tokens_are_accepted_not_id_or_refresh_tokens() {
+    let provider = Provider::start().await;
+    let key = TestKey::generate();
+    provider.publish(&[(&key, "k1")]);
+    let f = provider.verifier(COOLDOWN, 1_000);
+    for typ in [serde_json::json!("ID"), serde_json::json!("Refresh"), serde_json::json!("bearer"), serde_json::Value::Null] {
+        let mut claims = provider.claims(300);
+        claims["typ"] = typ.clone();
+        let verdict = f.verifier.verify(&key.sign("k1", &claims)).await;
+        assert_eq!(verdict, Err(AuthError::InvalidToken("not an access token")), "typ {typ}");
+    }
+    let mut untyped = provider.claims(300);
+    untyped.as_object_mut().unwrap().remove("typ");
+    assert_eq!(f.verifier.verify(&key.sign("k1", &untyped)).await, Err(AuthError::InvalidToken("not an access token")));
+    assert!(f.verifier.verify(&key.sign("k1", &provider.claims(300))).await.is_ok(), "control: typ Bearer passes");
+}
+
+#[tokio::test]
 async fn a_key_leaving_the_jwks_takes_the_tokens_it_verified_with_it() {
     let provider = Provider::start().await;
     let (old, new) = (TestKey::generate(), TestKey::generate());

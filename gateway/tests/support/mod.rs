@@ -15,7 +15,7 @@ pub const REALM: &str = "patient-management";
 /// A gateway on a free port in front of `backend_url`, trusting the realm of `kc`.
 pub async fn spawn_gateway(kc: &Keycloak, backend_url: &str, tweak: impl FnOnce(&mut Settings)) -> String {
     let mut settings = Settings::for_issuer(kc.issuer(REALM), backend_url);
-    settings.jwks_min_refetch_ms = 200;
+    settings.oidc.jwks_min_refetch_ms = 200;
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("gateway builds");
     let url = format!("http://127.0.0.1:{}", app.port());

@@ -44,6 +44,9 @@ impl Address {
         if s.chars().count() > MAX_ADDRESS_CHARS {
             return Err("must be at most 500 characters");
         }
+        if s.chars().any(char::is_control) {
+            return Err("must not contain control characters");
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -52,13 +55,16 @@ impl Address {
     }
 }
 
-/// A real calendar date written `YYYY-MM-DD`.
+/// A real calendar date written `YYYY-MM-DD`: exactly four, two and two ASCII digits (no sign,
+/// no one-digit month or day; chrono alone would accept `-999-01-01` or `2024-1-015`).
 pub fn parse_date(raw: &str) -> Result<NaiveDate, &'static str> {
     let s = raw.trim();
     if s.is_empty() {
         return Err("is required");
     }
-    if s.len() != 10 {
+    let shape_ok =
+        s.len() == 10 && s.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    if !shape_ok {
         return Err("must be a date written YYYY-MM-DD");
     }
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| "must be a real date written YYYY-MM-DD")
@@ -100,8 +106,10 @@ mod tests {
     }
 
     #[test]
-    fn addresses_are_required() {
+    fn addresses_are_required_and_plain_text() {
         assert!(Address::parse("").is_err());
+        assert!(Address::parse("1 Main\u{0} St").is_err());
+        assert!(Address::parse("1 Main\u{1b}[31m St").is_err());
         assert_eq!(Address::parse(" 1 Main St ").unwrap().as_str(), "1 Main St");
     }
 
@@ -112,6 +120,9 @@ mod tests {
         assert!(BirthDate::parse("2023-02-29", today()).is_err(), "not a leap year");
         assert!(BirthDate::parse("2024-02-29", today()).is_ok());
         assert!(BirthDate::parse("1990-1-2", today()).is_err());
+        for signed_or_short in ["-999-01-01", "+999-01-01", "2024-1-015", "2024-01-+1", "0202-1-01 ", " 199-01-011"] {
+            assert!(parse_date(signed_or_short).is_err(), "{signed_or_short}");
+        }
         assert!(BirthDate::parse("02/01/1990", today()).is_err());
         assert!(BirthDate::parse("", today()).is_err());
     }

@@ -39,6 +39,12 @@ impl TryFrom<ListQuery> for PageRequest {
         if !(1..=MAX_SIZE).contains(&size) {
             errors.insert("size".to_owned(), format!("must be between 1 and {MAX_SIZE}"));
         }
+        // PostgreSQL rejects NUL in text; no filter needs any control character.
+        for (field, value) in [("name", &q.name), ("email", &q.email)] {
+            if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+                errors.insert(field.to_owned(), "must not contain control characters".to_owned());
+            }
+        }
         if !errors.is_empty() {
             return Err(Error::Validation(errors));
         }

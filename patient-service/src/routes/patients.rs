@@ -153,13 +153,25 @@ fn today() -> chrono::NaiveDate {
 }
 
 /// The path prefix a reverse proxy stripped (the gateway strips `/api`), so `Location` and
-/// `Link` point where the client can follow them. Only a plain path is accepted.
+/// `Link` point where the client can follow them. Only a plain absolute path is accepted: every
+/// segment non-empty and not `.`/`..`, so `//host` (a network-path reference to another site)
+/// can never become a `Location`.
 fn forwarded_prefix(headers: &HeaderMap) -> &str {
+    let plain = |p: &str| {
+        p.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            })
+        })
+    };
     headers
         .get("x-forwarded-prefix")
         .and_then(|v| v.to_str().ok())
         .map(|p| p.trim_end_matches('/'))
-        .filter(|p| p.starts_with('/') && p.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c)))
+        .filter(|p| plain(p))
         .unwrap_or("")
 }
 

@@ -49,6 +49,18 @@ async fn location_and_links_honour_the_proxy_prefix() {
 }
 
 #[tokio::test]
+async fn a_forwarded_prefix_that_is_not_a_plain_path_is_ignored() {
+    let app = TestApp::spawn().await;
+    for (n, prefix) in ["//evil.example", "//evil.example/api", "/api//x", "/../api", "/a b"].into_iter().enumerate() {
+        let resp = app.client.post(app.url("/patients")).header("x-forwarded-prefix", prefix).json(&patient_body(n)).send().await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 201);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with("/patients/"), "{prefix:?} gave Location {location}");
+    }
+}
+
+#[tokio::test]
 async fn create_with_invalid_fields_returns_400_with_errors_and_stores_nothing() {
     let app = TestApp::spawn().await;
     let cases: Vec<(Value, Vec<&str>)> = vec![
@@ -61,6 +73,10 @@ async fn create_with_invalid_fields_returns_400_with_errors_and_stores_nothing()
         (json!({"dateOfBirth": "2023-02-30"}), vec!["dateOfBirth"]),
         (json!({"dateOfBirth": "15/06/1985"}), vec!["dateOfBirth"]),
         (json!({"registeredDate": null}), vec!["registeredDate"]),
+        (json!({"address": "1 Main\u{0} St"}), vec!["address"]),
+        (json!({"dateOfBirth": "-999-01-01"}), vec!["dateOfBirth"]),
+        (json!({"dateOfBirth": "+999-01-01"}), vec!["dateOfBirth"]),
+        (json!({"registeredDate": "2024-1-015"}), vec!["registeredDate"]),
     ];
     for (overrides, fields) in cases {
         let mut body = patient_body(1);

@@ -66,9 +66,9 @@ async fn list_filters_by_name_substring_and_email_case_insensitively() {
 }
 
 #[tokio::test]
-async fn list_rejects_bad_paging_parameters() {
+async fn list_rejects_bad_paging_parameters_and_control_characters_in_filters() {
     let app = TestApp::spawn().await;
-    for query in ["size=501", "size=0", "page=-1"] {
+    for query in ["size=501", "size=0", "page=-1", "name=a%00b", "email=x%01%40example.com", "name=%1b%5b31m"] {
         let problem = assert_problem(app.client.get(app.url(&format!("/patients?{query}"))).send().await.unwrap(), 400).await;
         assert!(problem["errors"].is_object(), "{query}");
     }

@@ -5,3 +5,4 @@ mod create;
 mod crud;
 mod helpers;
 mod list;
+mod settings;

@@ -68,7 +68,7 @@ impl Provider {
 
     /// Claims a valid access token of this provider carries, expiring in `ttl_secs`.
     pub fn claims(&self, ttl_secs: u64) -> Value {
-        json!({"iss": self.issuer, "aud": AUDIENCE, "sub": "user-1", "azp": "ms-api", "exp": now() + ttl_secs,
+        json!({"iss": self.issuer, "aud": AUDIENCE, "typ": "Bearer", "sub": "user-1", "azp": "ms-api", "exp": now() + ttl_secs,
                "realm_access": {"roles": ["patients.read"]}})
     }
 

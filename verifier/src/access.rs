@@ -1,0 +1,151 @@
+//! The platform's access table (SPEC §4): which service answers a path and which roles a caller
+//! needs. One table, read by the gateway (after it strips `/api`) and by every service that
+//! re-checks its caller (SPEC §10), so a request that bypasses the gateway meets the same rules.
+
+use http::Method;
+
+/// The services behind the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Patients,
+    Analytics,
+}
+
+/// What a matched path requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub service: Service,
+    /// Every one of these roles is required.
+    pub roles: &'static [&'static str],
+}
+
+impl Rule {
+    /// The required roles the caller's `roles` lack (empty: allowed).
+    pub fn missing<'a>(&self, has: impl Fn(&str) -> bool + 'a) -> Vec<&'static str> {
+        self.roles.iter().copied().filter(|r| !has(r)).collect()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    Rule(Rule),
+    MethodNotAllowed,
+    NotFound,
+}
+
+pub const READ: &[&str] = &["patients.read"];
+pub const WRITE: &[&str] = &["patients.write"];
+pub const DELETE: &[&str] = &["patients.delete"];
+pub const BILL: &[&str] = &["patients.read", "billing.read"];
+pub const ANALYTICS: &[&str] = &["analytics.read"];
+pub const AUDIT: &[&str] = &["audit.read"];
+
+/// Longest route, in path segments.
+const MAX_SEGMENTS: usize = 4;
+
+/// Empty, `.`/`..` or encoded separators: never part of a route.
+fn suspicious(segment: &str) -> bool {
+    let encoded = |needle: &[u8]| segment.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    segment.is_empty()
+        || segment == "."
+        || segment == ".."
+        || segment.contains('\\')
+        || encoded(b"%2f")
+        || encoded(b"%5c")
+        || encoded(b"%2e")
+}
+
+/// The rule for a service path such as `/patients/42` (the gateway's `/api` already stripped).
+/// Paths with empty, `.` or `..` segments or encoded separators never match, so no spelling of a
+/// path can reach a route it does not name. No allocation.
+pub fn rule_for(method: &Method, path: &str) -> Access {
+    let Some(rest) = path.strip_prefix('/') else { return Access::NotFound };
+    // Every route has at most MAX_SEGMENTS segments (analytics takes any depth: the rest are
+    // only checked, not matched).
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        if suspicious(segment) {
+            return Access::NotFound;
+        }
+        if count < MAX_SEGMENTS {
+            segments[count] = segment;
+        }
+        count += 1;
+    }
+    let segments = &segments[..count.min(MAX_SEGMENTS)];
+    let deeper = count > MAX_SEGMENTS;
+    let patients = |roles| Access::Rule(Rule { service: Service::Patients, roles });
+    let analytics = Access::Rule(Rule { service: Service::Analytics, roles: ANALYTICS });
+    match (segments, method) {
+        (["analytics", _, ..], &Method::GET) if deeper => analytics,
+        (["analytics", _, ..], _) if deeper => Access::MethodNotAllowed,
+        _ if deeper => Access::NotFound,
+        (["patients"], &Method::GET) => patients(READ),
+        (["patients"], &Method::POST) => patients(WRITE),
+        (["patients"], _) => Access::MethodNotAllowed,
+        (["patients", _], &Method::GET) => patients(READ),
+        (["patients", _], &Method::PUT) => patients(WRITE),
+        (["patients", _], &Method::DELETE) => patients(DELETE),
+        (["patients", _], _) => Access::MethodNotAllowed,
+        (["patients", _, "bill"], &Method::GET) => patients(BILL),
+        (["patients", _, "bill"], _) => Access::MethodNotAllowed,
+        (["audit"], &Method::GET) => patients(AUDIT),
+        (["audit"], _) => Access::MethodNotAllowed,
+        (["analytics", _, ..], &Method::GET) => analytics,
+        (["analytics", _, ..], _) => Access::MethodNotAllowed,
+        _ => Access::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(m: Access) -> &'static [&'static str] {
+        match m {
+            Access::Rule(r) => r.roles,
+            other => panic!("expected a route, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_spec_table() {
+        assert_eq!(roles(rule_for(&Method::GET, "/patients")), READ);
+        assert_eq!(roles(rule_for(&Method::GET, "/patients/42")), READ);
+        assert_eq!(roles(rule_for(&Method::GET, "/patients/42/bill")), BILL);
+        assert_eq!(roles(rule_for(&Method::POST, "/patients")), WRITE);
+        assert_eq!(roles(rule_for(&Method::PUT, "/patients/42")), WRITE);
+        assert_eq!(roles(rule_for(&Method::DELETE, "/patients/42")), DELETE);
+        assert_eq!(roles(rule_for(&Method::GET, "/analytics/summary")), ANALYTICS);
+        assert_eq!(roles(rule_for(&Method::GET, "/analytics/a/b")), ANALYTICS);
+        assert_eq!(roles(rule_for(&Method::GET, "/analytics/a/b/c/d/e")), ANALYTICS);
+        assert_eq!(roles(rule_for(&Method::GET, "/audit")), AUDIT);
+        assert_eq!(rule_for(&Method::POST, "/audit"), Access::MethodNotAllowed);
+    }
+
+    #[test]
+    fn unknown_paths_and_methods() {
+        for p in ["", "patients", "/api", "/", "/billing", "/patients/1/2", "/analytics", "/patients/", "/audit/1"] {
+            assert_eq!(rule_for(&Method::GET, p), Access::NotFound, "{p}");
+        }
+        assert_eq!(rule_for(&Method::DELETE, "/patients"), Access::MethodNotAllowed);
+        assert_eq!(rule_for(&Method::POST, "/analytics/summary"), Access::MethodNotAllowed);
+    }
+
+    #[test]
+    fn traversal_and_encoded_separators_never_match() {
+        for p in [
+            "/patients/../analytics/summary",
+            "/analytics/../patients",
+            "/patients/%2e%2e",
+            "/patients/a%2Fb",
+            "//patients",
+            "/./patients",
+            "/analytics/a/b/c/%2E%2E",
+            "/patients/1/bill/x/y",
+        ] {
+            assert_eq!(rule_for(&Method::GET, p), Access::NotFound, "{p}");
+        }
+    }
+}
