@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "analytics-service", about = "Aggregates over patient events")]
@@ -14,6 +15,9 @@ pub struct Settings {
     /// Consumer group of this service.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "analytics-service")]
     pub group_id: String,
+    /// The realm whose tokens callers present.
+    #[command(flatten)]
+    pub oidc: OidcArgs,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -23,11 +27,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for tests: loopback, an OS-chosen port, the given database, broker and topic.
-    pub fn for_test(database_url: impl Into<String>, kafka: KafkaArgs) -> Self {
+    /// Settings for tests: loopback, an OS-chosen port, the given database, broker, topic and realm.
+    pub fn for_test(database_url: impl Into<String>, kafka: KafkaArgs, oidc: OidcArgs) -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             group_id: "analytics-service".into(),
+            oidc,
             db: DbArgs::from_url(database_url),
             kafka,
             log: LogArgs { log_filter: "info".into(), log_json: false },

@@ -9,6 +9,8 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use verifier::settings::Auth;
+
 use crate::{config::Settings, consumer::AnalyticsHandler, routes, MIGRATOR};
 
 /// A bound, migrated, subscribed, not yet running analytics-service.
@@ -17,12 +19,15 @@ pub struct Application {
     pool: PgPool,
     consumer: Option<(StreamConsumer, AnalyticsHandler)>,
     metrics: Arc<Registry>,
+    auth: Auth,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = settings.db.connect_and_migrate(&MIGRATOR).await?;
         let metrics = Registry::new();
+        verifier::metrics::register(&metrics);
+        let auth = settings.oidc.start(metrics.clone()).await?;
         let consumer = if settings.kafka.kafka_disabled {
             tracing::warn!("Kafka disabled: no events are consumed");
             None
@@ -41,7 +46,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, pool, consumer, metrics })
+        Ok(Self { listener, pool, consumer, metrics, auth })
     }
 
     pub fn port(&self) -> u16 {
@@ -52,10 +57,12 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "analytics-service listening");
         let stop = CancellationToken::new();
-        let router = common::metrics::with_operations(routes::router(self.pool.clone()), self.pool.clone(), self.metrics.clone());
+        let api = routes::router(self.pool.clone(), self.auth.verifier.clone());
+        let router = common::metrics::with_operations(api, self.pool.clone(), self.metrics.clone());
         let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
+        tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));
         if let Some((consumer, handler)) = self.consumer {
             let stop = stop.clone();
             tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, stop).await })));

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "billing-service", about = "Billing accounts over gRPC")]
@@ -17,6 +18,9 @@ pub struct Settings {
     /// Consumer group of this service on the patient topic.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "billing-service")]
     pub group_id: String,
+    /// The realm whose tokens callers present (every RPC but health and reflection).
+    #[command(flatten)]
+    pub oidc: OidcArgs,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -26,12 +30,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for tests and tools: loopback, OS-chosen ports, the given database.
-    pub fn for_database(database_url: impl Into<String>) -> Self {
+    /// Settings for tests and tools: loopback, OS-chosen ports, the given database and realm.
+    pub fn for_database(database_url: impl Into<String>, oidc: OidcArgs) -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             group_id: "billing-service".into(),
+            oidc,
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
             log: LogArgs { log_filter: "info".into(), log_json: false },

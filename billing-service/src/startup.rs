@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use tower::Layer;
+use verifier::{access, grpc::RequireCallerLayer, settings::Auth};
+
 use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, MIGRATOR};
 
 /// A bound, migrated, not yet serving billing-service.
@@ -20,6 +23,7 @@ pub struct Application {
     pool: PgPool,
     consumer: Option<StreamConsumer>,
     metrics: Arc<Registry>,
+    auth: Auth,
 }
 
 impl Application {
@@ -35,7 +39,10 @@ impl Application {
             true => None,
             false => Some(settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?),
         };
-        Ok(Self { grpc, http, pool, consumer, metrics: Registry::new() })
+        let metrics = Registry::new();
+        verifier::metrics::register(&metrics);
+        let auth = settings.oidc.start(metrics.clone()).await?;
+        Ok(Self { grpc, http, pool, consumer, metrics, auth })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -60,7 +67,10 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(BillingServiceServer::new(BillingGrpc::new(self.pool.clone(), self.metrics.clone())))
+            .add_service(
+                RequireCallerLayer::new(self.auth.verifier.clone(), access::billing_rpc_roles)
+                    .layer(BillingServiceServer::new(BillingGrpc::new(self.pool.clone(), self.metrics.clone()))),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
         let metrics = self.metrics.clone();
         let http_routes = common::metrics::with_operations(axum::Router::new(), self.pool.clone(), metrics.clone());
@@ -69,6 +79,7 @@ impl Application {
         let mut tasks: Vec<(&str, Task)> = vec![
             ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),
             ("http-server", Box::pin(async move { http.await.context("HTTP server failed") })),
+            ("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))),
         ];
         if let Some(consumer) = self.consumer {
             let (handler, stop) = (BillingEventHandler { db: self.pool.clone(), metrics: metrics.clone() }, stop.clone());

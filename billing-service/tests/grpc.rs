@@ -1,11 +1,35 @@
 //! billing-service through its public gRPC interface, on a real PostgreSQL.
 
 use billing_service::{config::Settings, startup::Application};
-use dev_stack::PgCluster;
+use dev_stack::{
+    keycloak::{Keycloak, ANALYST, CLINICIAN, REALM},
+    PgCluster,
+};
 use proto::billing::{billing_service_client::BillingServiceClient, BillingRequest, GetBillingAccountRequest};
 use sqlx::PgPool;
-use tonic::{transport::Channel, Code};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::Channel,
+    Code,
+};
 use uuid::Uuid;
+use verifier::settings::OidcArgs;
+
+/// Puts one bearer token on every call.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = BillingServiceClient<InterceptedService<Channel, Bearer>>;
 
 struct TestApp {
     grpc_port: u16,
@@ -16,7 +40,8 @@ struct TestApp {
 impl TestApp {
     async fn spawn() -> Self {
         let url = PgCluster::shared_for_tests().fresh_database("billing").await.unwrap();
-        let app = Application::build(Settings::for_database(&url)).await.unwrap();
+        let oidc = OidcArgs::for_issuer(Keycloak::shared_for_tests().issuer(REALM));
+        let app = Application::build(Settings::for_database(&url, oidc)).await.unwrap();
         let (grpc_port, http_port) = (app.grpc_port(), app.http_port());
         tokio::spawn(app.run_until_stopped(std::future::pending()));
         Self { grpc_port, http_port, db: PgPool::connect(&url).await.unwrap() }
@@ -26,8 +51,14 @@ impl TestApp {
         Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc_port)).unwrap().connect().await.unwrap()
     }
 
-    async fn client(&self) -> BillingServiceClient<Channel> {
-        BillingServiceClient::new(self.channel().await)
+    /// A client calling as the service account (every billing role), as patient-service does.
+    async fn client(&self) -> Client {
+        self.client_as(Some(&Keycloak::shared_for_tests().service_token().await.unwrap())).await
+    }
+
+    async fn client_as(&self, token: Option<&str>) -> Client {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+        BillingServiceClient::with_interceptor(self.channel().await, bearer)
     }
 
     async fn account_rows(&self) -> i64 {
@@ -37,6 +68,36 @@ impl TestApp {
 
 fn request(patient_id: &str) -> BillingRequest {
     BillingRequest { patient_id: patient_id.into(), name: "Ann Example".into(), email: "ann@example.com".into() }
+}
+
+#[tokio::test]
+async fn every_billing_call_needs_a_valid_token_with_the_billing_role() {
+    let app = TestApp::spawn().await;
+    let kc = Keycloak::shared_for_tests();
+    let patient = Uuid::new_v4().to_string();
+
+    let anonymous = app.client_as(None).await.create_billing_account(request(&patient)).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    let forged = app.client_as(Some("not.a.token")).await.get_billing_account(get(&patient)).await.unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated);
+    // An analyst holds no billing role; a clinician reads bills but opens no accounts.
+    let analyst = kc.user_token(ANALYST).await.unwrap();
+    let denied = app.client_as(Some(&analyst)).await.get_billing_account(get(&patient)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let clinician = kc.user_token(CLINICIAN).await.unwrap();
+    let denied = app.client_as(Some(&clinician)).await.create_billing_account(request(&patient)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains("billing.write"), "{}", denied.message());
+    assert_eq!(app.account_rows().await, 0, "no refused call stored anything");
+
+    let read = app.client_as(Some(&clinician)).await.get_billing_account(get(&patient)).await.unwrap_err();
+    assert_eq!(read.code(), Code::NotFound, "billing.read passes the check");
+    app.client().await.create_billing_account(request(&patient)).await.unwrap();
+    assert_eq!(app.account_rows().await, 1);
+}
+
+fn get(patient_id: &str) -> GetBillingAccountRequest {
+    GetBillingAccountRequest { patient_id: patient_id.into() }
 }
 
 #[tokio::test]

@@ -23,6 +23,15 @@ pub const VERSION: &str = "26.7.3";
 const JAVA_MAJORS: [u32; 3] = [21, 17, 25];
 /// The realm file imported at start (relative to the workspace root).
 pub const REALM_FILE: &str = "keycloak/realm-export.json";
+/// The platform's realm.
+pub const REALM: &str = "patient-management";
+/// The confidential client whose service account the services (and scripted callers) use, with
+/// its dev-realm secret.
+pub const SERVICE_CLIENT: (&str, &str) = ("ms-api", "ms-api-dev-secret");
+/// Dev users of the realm, one per composite role, with their dev passwords.
+pub const CLINICIAN: (&str, &str) = ("clinician", "clinician-dev");
+pub const ANALYST: (&str, &str) = ("analyst", "analyst-dev");
+pub const ADMIN_USER: (&str, &str) = ("admin", "admin-dev");
 /// Master-realm admin of dev and test instances (local only).
 const ADMIN: (&str, &str) = ("admin", "admin");
 const TEST_DIR_PREFIX: &str = "patient-platform-test-kc-";
@@ -185,6 +194,18 @@ impl Keycloak {
     /// A client_credentials token of a confidential client.
     pub async fn client_token(&self, realm: &str, client: &str, secret: &str) -> anyhow::Result<String> {
         self.token(realm, &[("grant_type", "client_credentials"), ("client_id", client), ("client_secret", secret)]).await
+    }
+
+    /// A token of the platform realm's service account (all roles).
+    pub async fn service_token(&self) -> anyhow::Result<String> {
+        self.client_token(REALM, SERVICE_CLIENT.0, SERVICE_CLIENT.1).await
+    }
+
+    /// A token of a dev user of the platform realm through the public client (direct grant is
+    /// on in the dev realm only).
+    pub async fn user_token(&self, (user, password): (&str, &str)) -> anyhow::Result<String> {
+        let form = [("grant_type", "password"), ("client_id", "patient-web"), ("username", user), ("password", password)];
+        self.token(REALM, &form).await
     }
 
     pub fn log_file(&self) -> PathBuf {

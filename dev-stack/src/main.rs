@@ -20,7 +20,7 @@ const DATABASES: [&str; 3] = ["patient_service", "billing_service", "analytics_s
 /// Services in start order (billing first: patient-service calls it; the gateway last).
 const SERVICES: [&str; 4] = ["billing-service", "patient-service", "analytics-service", "gateway"];
 /// The realm the platform trusts.
-const REALM: &str = "patient-management";
+use dev_stack::keycloak::REALM;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Dev command of the patient platform")]
@@ -201,10 +201,11 @@ The patient platform is up.
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/patients/<id>/bill
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/analytics/summary
 
-  3. Billing over gRPC (reflection, no .proto needed):
+  3. Billing over gRPC (reflection and health need no token; every BillingService call does):
     {grpcurl} -plaintext localhost:{g} list
     {grpcurl} -plaintext localhost:{g} describe BillingService
-    {grpcurl} -plaintext -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
+    {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" \
+      -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
       localhost:{g} BillingService/CreateBillingAccount
 
   4. Users and roles: Keycloak admin console http://localhost:{kc}/admin  (admin / admin)

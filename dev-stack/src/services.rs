@@ -85,12 +85,17 @@ pub struct Infrastructure<'a> {
 /// The four services wired to each other and to `infra` (billing first: patient-service calls
 /// it; the gateway last). Used by `cargo xtask up` and by the benchmark.
 pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceSpec> {
+    let (realm, kc) = (infra.realm, infra.keycloak_port);
+    // Every service trusts the same realm (SPEC §10). Clients reach Keycloak as localhost or
+    // 127.0.0.1; dev mode issues tokens for whichever host was used, so both issuers are accepted.
     let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
         let mut all: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         all.push(("KAFKA_BOOTSTRAP_SERVERS".into(), infra.kafka_bootstrap.clone()));
+        all.push(("OIDC_ISSUER_URL".into(), format!("http://localhost:{kc}/realms/{realm}")));
+        all.push(("OIDC_EXTRA_ISSUERS".into(), format!("http://127.0.0.1:{kc}/realms/{realm}")));
+        all.push(("OIDC_DISCOVERY_URL".into(), format!("http://127.0.0.1:{kc}/realms/{realm}")));
         all
     };
-    let (realm, kc) = (infra.realm, infra.keycloak_port);
     vec![
         ServiceSpec {
             name: "billing-service",
@@ -108,6 +113,9 @@ pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceS
                 ("HTTP_ADDR", format!("127.0.0.1:{}", ports.patient)),
                 ("BILLING_GRPC_URL", format!("http://127.0.0.1:{}", ports.billing_grpc)),
                 ("SEED_DEMO_DATA", "true".into()),
+                // Its own identity towards billing: the dev realm's service client.
+                ("OIDC_CLIENT_ID", crate::keycloak::SERVICE_CLIENT.0.into()),
+                ("OIDC_CLIENT_SECRET", crate::keycloak::SERVICE_CLIENT.1.into()),
             ]),
             ready_port: ports.patient,
         },
@@ -123,11 +131,6 @@ pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceS
             name: "gateway",
             env: env(&[
                 ("HTTP_ADDR", format!("127.0.0.1:{}", ports.gateway)),
-                // Clients reach Keycloak as localhost or 127.0.0.1; dev mode issues tokens for
-                // whichever host was used, so both issuers are accepted.
-                ("OIDC_ISSUER_URL", format!("http://localhost:{kc}/realms/{realm}")),
-                ("OIDC_EXTRA_ISSUERS", format!("http://127.0.0.1:{kc}/realms/{realm}")),
-                ("OIDC_DISCOVERY_URL", format!("http://127.0.0.1:{kc}/realms/{realm}")),
                 ("PATIENT_SERVICE_URL", format!("http://127.0.0.1:{}", ports.patient)),
                 ("ANALYTICS_SERVICE_URL", format!("http://127.0.0.1:{}", ports.analytics)),
             ]),

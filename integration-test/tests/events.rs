@@ -23,7 +23,7 @@ async fn rest_changes_are_published_in_order_with_key_and_fields() {
     let topic = unique_topic();
     let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
     let patients = spawn_patients(&grpc, kafka_args(&broker(), &topic)).await;
-    let client = reqwest::Client::new();
+    let client = client().await;
 
     let id = create_patient(patients.port, &patient_body(1)).await;
     let mut changed = patient_body(1);
@@ -67,7 +67,7 @@ async fn analytics_counts_each_event_once_across_a_kill_a_restart_and_redeliveri
         ids.push(create_patient(patients.port, &patient_body(n)).await);
     }
     let url = format!("http://127.0.0.1:{}/patients/{}", patients.port, ids[0]);
-    assert_eq!(reqwest::Client::new().delete(url).send().await.unwrap().status(), 204);
+    assert_eq!(client().await.delete(url).send().await.unwrap().status(), 204);
     eventually(WAIT, "six events counted", || async {
         let s = summary(&analytics).await;
         (s["patientsDeleted"] == 1 && s["patientsCreated"] == 5).then_some(())
@@ -148,7 +148,7 @@ async fn deleting_a_patient_closes_its_billing_account() {
     let other = create_patient(patients.port, &patient_body(8)).await;
 
     let url = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
-    assert_eq!(reqwest::Client::new().delete(url).send().await.unwrap().status(), 204);
+    assert_eq!(client().await.delete(url).send().await.unwrap().status(), 204);
 
     let status_of = |patient: String| {
         let db = billing.db.clone();

@@ -39,9 +39,20 @@ async fn grpcurl_lists_describes_and_calls_billing_through_reflection() {
 
     let patient = uuid::Uuid::new_v4().to_string();
     let body = format!(r#"{{"patientId":"{patient}","name":"Grpc Caller","email":"grpc@example.com"}}"#);
-    let (ok, called) = tokio::task::spawn_blocking({
-        let target = target.clone();
+    let (ok, anonymous) = tokio::task::spawn_blocking({
+        let (target, body) = (target.clone(), body.clone());
         move || grpcurl(&["-plaintext", "-d", &body, &target, "BillingService/CreateBillingAccount"])
+    })
+    .await
+    .unwrap();
+    assert!(!ok && anonymous.contains("Unauthenticated"), "no token, no account: {anonymous}");
+    let none: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_accounts").fetch_one(&billing.db).await.unwrap();
+    assert_eq!(none, 0);
+
+    let authorization = format!("authorization: Bearer {}", service_token().await);
+    let (ok, called) = tokio::task::spawn_blocking({
+        let (target, authorization) = (target.clone(), authorization.clone());
+        move || grpcurl(&["-plaintext", "-H", &authorization, "-d", &body, &target, "BillingService/CreateBillingAccount"])
     })
     .await
     .unwrap();
@@ -58,6 +69,8 @@ async fn grpcurl_lists_describes_and_calls_billing_through_reflection() {
     let (ok, refused) = tokio::task::spawn_blocking(move || {
         grpcurl(&[
             "-plaintext",
+            "-H",
+            &authorization,
             "-d",
             r#"{"patientId":"nope","name":"x","email":"x@example.com"}"#,
             &target,

@@ -19,7 +19,7 @@ async fn events_created_while_kafka_is_down_all_arrive_in_order_once_it_is_back(
     let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
     let patients = spawn_patients(&grpc, args.clone()).await;
     let analytics = spawn_analytics(None, args).await;
-    let client = reqwest::Client::new();
+    let client = client().await;
 
     kafka.stop();
     let mut ids = Vec::new();

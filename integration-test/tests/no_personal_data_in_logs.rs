@@ -42,7 +42,7 @@ async fn logs_never_contain_names_emails_or_addresses() {
     let (_billing, grpc) = spawn_billing(args.clone()).await;
     let patients = spawn_patients(&grpc, args.clone()).await;
     let analytics = spawn_analytics(None, args.clone()).await;
-    let client = reqwest::Client::new();
+    let client = client().await;
     let base = format!("http://127.0.0.1:{}", patients.port);
 
     let id = create_patient(patients.port, &patient_body(1)).await;

@@ -1,12 +1,13 @@
-//! The gRPC client of billing-service, with a deadline on every call and one mapping of its
-//! failures to our error type.
+//! The gRPC client of billing-service, with a deadline on every call, this service's own access
+//! token on every call (SPEC §10), and one mapping of its failures to our error type.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use proto::billing::{billing_service_client::BillingServiceClient, BillingAccount, BillingRequest, GetBillingAccountRequest};
-use tonic::{transport::Channel, Code, Request};
+use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 use uuid::Uuid;
+use verifier::client::ServiceToken;
 
 use crate::{domain::ValidPatient, Error};
 
@@ -15,30 +16,34 @@ use crate::{domain::ValidPatient, Error};
 pub struct BillingClient {
     inner: BillingServiceClient<Channel>,
     deadline: Duration,
+    token: Arc<ServiceToken>,
 }
 
 impl BillingClient {
     /// Does not connect yet: the service starts while billing is still down, and each call
     /// reconnects as needed.
-    pub fn new(url: &str, connect_timeout: Duration, deadline: Duration) -> anyhow::Result<Self> {
+    pub fn new(url: &str, connect_timeout: Duration, deadline: Duration, token: Arc<ServiceToken>) -> anyhow::Result<Self> {
         let channel = Channel::from_shared(url.to_owned())
             .with_context(|| "invalid BILLING_GRPC_URL".to_string())?
             .connect_timeout(connect_timeout)
             .timeout(deadline)
             .connect_lazy();
-        Ok(Self { inner: BillingServiceClient::new(channel), deadline })
+        Ok(Self { inner: BillingServiceClient::new(channel), deadline, token })
     }
 
     /// Opens (or returns the existing) billing account of the patient; idempotent on billing's side.
     #[tracing::instrument(skip_all, fields(patient_id = %patient_id))]
     pub async fn create_account(&self, patient_id: Uuid, patient: &ValidPatient) -> Result<String, Error> {
-        let request = self.with_deadline(BillingRequest {
+        let message = BillingRequest {
             patient_id: patient_id.to_string(),
             name: patient.name.as_str().to_owned(),
             email: patient.email.as_str().to_owned(),
-        });
-        let mut client = self.inner.clone();
-        let account = self.within_deadline(client.create_billing_account(request)).await?.map_err(map_status)?.into_inner();
+        };
+        let account = self
+            .call(|mut client, request| async move { client.create_billing_account(request).await }, message)
+            .await?
+            .map_err(map_status)?
+            .into_inner();
         tracing::info!(account_id = %account.account_id, "billing account ready");
         Ok(account.account_id)
     }
@@ -46,12 +51,30 @@ impl BillingClient {
     /// The patient's account, [`Error::NotFoundDetail`] when billing has none.
     #[tracing::instrument(skip(self))]
     pub async fn account(&self, patient_id: Uuid) -> Result<BillingAccount, Error> {
-        let request = self.with_deadline(GetBillingAccountRequest { patient_id: patient_id.to_string() });
-        let mut client = self.inner.clone();
-        match self.within_deadline(client.get_billing_account(request)).await? {
+        let message = GetBillingAccountRequest { patient_id: patient_id.to_string() };
+        match self.call(|mut client, request| async move { client.get_billing_account(request).await }, message).await? {
             Ok(response) => Ok(response.into_inner()),
             Err(status) if status.code() == Code::NotFound => Err(Error::NotFoundDetail("this patient has no billing account")),
             Err(status) => Err(map_status(status)),
+        }
+    }
+
+    /// One RPC with our token and the deadline. A token billing no longer accepts (expired
+    /// early, signing key rotated) is dropped and the call made once more with a fresh one;
+    /// both RPCs are idempotent.
+    async fn call<M: Clone, T, F, Fut>(&self, rpc: F, message: M) -> Result<Result<T, tonic::Status>, Error>
+    where
+        F: Fn(BillingServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let first = self.within_deadline(rpc(self.inner.clone(), self.request(message.clone()).await?)).await?;
+        match first {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                tracing::warn!("billing refused our service token; fetching a new one");
+                self.token.forget().await;
+                self.within_deadline(rpc(self.inner.clone(), self.request(message).await?)).await
+            }
+            other => Ok(other),
         }
     }
 
@@ -64,10 +87,17 @@ impl BillingClient {
         })
     }
 
-    fn with_deadline<T>(&self, message: T) -> Request<T> {
+    /// The message with the deadline and `authorization: Bearer <our token>`.
+    async fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
+        let token = self.token.bearer().await.map_err(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "no service token for the billing call");
+            Error::BillingUnavailable
+        })?;
+        let value = MetadataValue::try_from(format!("Bearer {}", token.expose())).context("token is not a header value")?;
         let mut request = Request::new(message);
         request.set_timeout(self.deadline);
-        request
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
     }
 }
 

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use verifier::{client::ClientArgs, settings::OidcArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "patient-service", about = "Patient CRUD over REST")]
@@ -32,6 +33,12 @@ pub struct Settings {
     /// How often the relay looks for new outbox rows when idle.
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 200)]
     pub outbox_poll_ms: u64,
+    /// The realm whose tokens callers present.
+    #[command(flatten)]
+    pub oidc: OidcArgs,
+    /// This service's own client, for its calls to billing.
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -41,8 +48,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for tests and tools: loopback, an OS-chosen port, the given database and billing.
-    pub fn for_database(database_url: impl Into<String>, billing_grpc_url: impl Into<String>) -> Self {
+    /// Settings for tests and tools: loopback, an OS-chosen port, the given database, billing and
+    /// realm.
+    pub fn for_database(
+        database_url: impl Into<String>,
+        billing_grpc_url: impl Into<String>,
+        oidc: OidcArgs,
+        client: ClientArgs,
+    ) -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             billing_grpc_url: billing_grpc_url.into(),
@@ -52,6 +65,8 @@ impl Settings {
             seed_demo_data: false,
             outbox_batch_size: 100,
             outbox_poll_ms: 50,
+            oidc,
+            client,
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
             log: LogArgs { log_filter: "info".into(), log_json: false },

@@ -1,6 +1,6 @@
 //! Builds patient-service from its settings; `main` and the tests share this path.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{extract::MatchedPath, http::Request, Router};
@@ -12,6 +12,7 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
+use verifier::{client::ServiceToken, settings::Auth};
 
 use crate::{
     billing::BillingClient,
@@ -28,6 +29,7 @@ pub struct Application {
     router: Router,
     pool: sqlx::PgPool,
     relay: Option<Relay>,
+    auth: Auth,
 }
 
 impl Application {
@@ -36,10 +38,13 @@ impl Application {
         if settings.seed_demo_data {
             demo::seed(&pool).await?;
         }
-        let billing =
-            BillingClient::new(&settings.billing_grpc_url, settings.billing_connect_timeout(), settings.billing_timeout())?;
-        let state = AppState { db: pool.clone(), billing };
         let metrics = Registry::new();
+        verifier::metrics::register(&metrics);
+        let auth = settings.oidc.start(metrics.clone()).await?;
+        let token = Arc::new(ServiceToken::new(settings.oidc.clone(), settings.client.clone())?);
+        let billing =
+            BillingClient::new(&settings.billing_grpc_url, settings.billing_connect_timeout(), settings.billing_timeout(), token)?;
+        let state = AppState { db: pool.clone(), billing, verifier: auth.verifier.clone() };
         let api = routes::router(state, settings.max_body_bytes);
         let router = with_http_layers(common::metrics::with_operations(api, pool.clone(), metrics.clone()));
         if !settings.kafka.kafka_disabled {
@@ -62,7 +67,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, router, pool, relay })
+        Ok(Self { listener, router, pool, relay, auth })
     }
 
     pub fn port(&self) -> u16 {
@@ -76,6 +81,7 @@ impl Application {
         let http = axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
+        tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));
         if let Some(relay) = self.relay {
             tasks.push(("outbox-relay", Box::pin(relay.run(stop.clone()))));
         }

@@ -40,6 +40,18 @@ pub const BILL: &[&str] = &["patients.read", "billing.read"];
 pub const ANALYTICS: &[&str] = &["analytics.read"];
 pub const AUDIT: &[&str] = &["audit.read"];
 
+pub const BILLING_READ: &[&str] = &["billing.read"];
+pub const BILLING_WRITE: &[&str] = &["billing.write"];
+
+/// The roles each billing RPC requires (gRPC health and reflection are not behind the check).
+pub fn billing_rpc_roles(path: &str) -> Option<&'static [&'static str]> {
+    match path {
+        "/BillingService/CreateBillingAccount" => Some(BILLING_WRITE),
+        "/BillingService/GetBillingAccount" => Some(BILLING_READ),
+        _ => None,
+    }
+}
+
 /// Longest route, in path segments.
 const MAX_SEGMENTS: usize = 4;
 

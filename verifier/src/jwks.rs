@@ -18,7 +18,6 @@ use anyhow::{bail, Context};
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::{sync::Mutex, time::Instant};
 
@@ -26,6 +25,7 @@ use common::metrics::Registry;
 
 use crate::{
     cache::TokenCache,
+    discovery,
     metrics::{JWKS_FETCH_FAILURE, JWKS_FETCH_SUCCESS},
 };
 
@@ -215,17 +215,9 @@ impl KeyStore {
 
     /// OIDC discovery: the document must name one of our accepted issuers.
     async fn discover(&self) -> anyhow::Result<String> {
-        #[derive(Deserialize)]
-        struct Discovery {
-            issuer: String,
-            jwks_uri: String,
-        }
-        let url = format!("{}/.well-known/openid-configuration", self.settings.discovery_url.trim_end_matches('/'));
-        let doc: Discovery = self.get_json(&url, "discovery document").await?;
-        if !self.settings.expected_issuers.iter().any(|i| i == doc.issuer.trim_end_matches('/')) {
-            bail!("discovery announced an issuer that is not accepted");
-        }
-        Ok(doc.jwks_uri)
+        let metadata =
+            discovery::provider_metadata(&self.http, &self.settings.discovery_url, &self.settings.expected_issuers).await?;
+        Ok(metadata.jwks_uri().url().to_string())
     }
 
     /// GET `url` as JSON; `what` names it in errors.

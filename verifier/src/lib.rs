@@ -7,9 +7,13 @@
 //!   bounded cache of already verified tokens so a repeated token costs a hash and a lookup.
 //! - [`access`]: which roles each route needs; [`web`]: challenges and the axum middleware.
 //! - [`settings::OidcArgs`]: the shared settings and start-up of all of the above.
+//! - [`client::ServiceToken`]: this service's own token for calling other services.
 
 pub mod access;
 pub mod cache;
+pub mod client;
+mod discovery;
+pub mod grpc;
 pub mod jwks;
 pub mod metrics;
 pub mod settings;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::{Request, State},
-    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -105,21 +105,25 @@ pub struct Caller(pub Arc<Principal>);
 /// axum middleware (`middleware::from_fn_with_state(verifier, require_caller)`): route rule,
 /// token, roles, exactly as the gateway decides them; the handler then finds [`Caller`] in the
 /// request's extensions.
-pub async fn require_caller(State(verifier): State<Arc<Verifier>>, mut req: Request, next: Next) -> Response {
-    let checked = async {
-        let rule = rule(req.method(), req.uri().path())?;
-        let principal = authenticate(&verifier, req.headers()).await?;
-        permit(&rule, &principal)?;
-        Ok::<_, Denied>(principal)
-    };
-    match checked.await {
+pub async fn require_caller(State(verifier): State<Arc<Verifier>>, req: Request, next: Next) -> Response {
+    // Only the head is looked at (the body is not `Sync` and need not be).
+    let (mut head, body) = req.into_parts();
+    match check(&verifier, &head).await {
         Ok(principal) => {
-            req.extensions_mut().insert(Caller(principal));
-            next.run(req).await
+            head.extensions.insert(Caller(principal));
+            next.run(Request::from_parts(head, body)).await
         }
         Err(denied) => {
             tracing::info!(outcome = %denied, "request refused");
             denied.into_response()
         }
     }
+}
+
+/// Route rule, token, roles: the caller of a request head, or why it is refused.
+pub async fn check(verifier: &Verifier, head: &Parts) -> Result<Arc<Principal>, Denied> {
+    let rule = rule(&head.method, head.uri.path())?;
+    let principal = authenticate(verifier, &head.headers).await?;
+    permit(&rule, &principal)?;
+    Ok(principal)
 }

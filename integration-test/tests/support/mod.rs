@@ -5,8 +5,11 @@
 
 use std::{future::Future, time::Duration};
 
-use common::kafka::KafkaArgs;
-use dev_stack::PgCluster;
+use common::{kafka::KafkaArgs, secret::Secret};
+use dev_stack::{
+    keycloak::{Keycloak, REALM, SERVICE_CLIENT},
+    PgCluster,
+};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     message::OwnedMessage,
@@ -17,6 +20,25 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use verifier::{client::ClientArgs, settings::OidcArgs};
+
+/// The test Keycloak's realm, trusted by every service under test (SPEC §10).
+pub fn oidc() -> OidcArgs {
+    OidcArgs::for_issuer(Keycloak::shared_for_tests().issuer(REALM))
+}
+
+/// A token of the realm's service account (every role).
+pub async fn service_token() -> String {
+    Keycloak::shared_for_tests().service_token().await.unwrap()
+}
+
+/// A client that sends the service account's token on every request, for calling the services
+/// directly.
+pub async fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {}", service_token().await).parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
 
 /// A service running in this process: stop it gracefully or kill it outright.
 pub struct Running {
@@ -69,7 +91,7 @@ pub fn kafka_args(bootstrap: &str, topic: &str) -> KafkaArgs {
 
 pub async fn spawn_billing(kafka: KafkaArgs) -> (Running, String) {
     let (url, db) = fresh_db("billing").await;
-    let mut settings = billing_service::config::Settings::for_database(&url);
+    let mut settings = billing_service::config::Settings::for_database(&url, oidc());
     settings.kafka = kafka;
     let app = billing_service::startup::Application::build(settings).await.unwrap();
     let grpc = format!("http://127.0.0.1:{}", app.grpc_port());
@@ -79,7 +101,8 @@ pub async fn spawn_billing(kafka: KafkaArgs) -> (Running, String) {
 
 pub async fn spawn_patients(billing_grpc: &str, kafka: KafkaArgs) -> Running {
     let (url, db) = fresh_db("patients").await;
-    let mut settings = patient_service::config::Settings::for_database(&url, billing_grpc);
+    let client = ClientArgs { client_id: SERVICE_CLIENT.0.into(), client_secret: Secret::new(SERVICE_CLIENT.1) };
+    let mut settings = patient_service::config::Settings::for_database(&url, billing_grpc, oidc(), client);
     settings.kafka = kafka;
     let app = patient_service::startup::Application::build(settings).await.unwrap();
     let port = app.port();
@@ -92,7 +115,7 @@ pub async fn spawn_analytics(db_url: Option<String>, kafka: KafkaArgs) -> Runnin
         Some(url) => (url.clone(), PgPool::connect(&url).await.unwrap()),
         None => fresh_db("analytics").await,
     };
-    let settings = analytics_service::config::Settings::for_test(&url, kafka);
+    let settings = analytics_service::config::Settings::for_test(&url, kafka, oidc());
     let app = analytics_service::startup::Application::build(settings).await.unwrap();
     let port = app.port();
     spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
@@ -109,13 +132,14 @@ pub fn patient_body(n: usize) -> Value {
 }
 
 pub async fn create_patient(port: u16, body: &Value) -> String {
-    let resp = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/patients")).json(body).send().await.unwrap();
+    let resp = client().await.post(format!("http://127.0.0.1:{port}/patients")).json(body).send().await.unwrap();
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
 }
 
 pub async fn summary(analytics: &Running) -> Value {
-    reqwest::get(format!("http://127.0.0.1:{}/analytics/summary", analytics.port)).await.unwrap().json().await.unwrap()
+    let url = format!("http://127.0.0.1:{}/analytics/summary", analytics.port);
+    client().await.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Polls `check` until it yields `Some`, failing after `limit`.

@@ -5,8 +5,11 @@ mod extract;
 mod page;
 mod patients;
 
-use axum::{extract::DefaultBodyLimit, Router};
+use std::sync::Arc;
+
+use axum::{extract::DefaultBodyLimit, middleware, Router};
 use sqlx::PgPool;
+use verifier::{web::require_caller, Verifier};
 
 use crate::billing::BillingClient;
 
@@ -15,9 +18,15 @@ use crate::billing::BillingClient;
 pub struct AppState {
     pub db: PgPool,
     pub billing: BillingClient,
+    /// Checks every caller (SPEC §10), with the gateway's rules.
+    pub verifier: Arc<Verifier>,
 }
 
-/// The API routes (health and middleware are added by `startup`).
+/// The API routes (health and middleware are added by `startup`). Every route checks its caller.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new().merge(patients::routes()).layer(DefaultBodyLimit::max(max_body_bytes)).with_state(state)
+    Router::new()
+        .merge(patients::routes())
+        .route_layer(middleware::from_fn_with_state(state.verifier.clone(), require_caller))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
 }

@@ -1,18 +1,42 @@
-//! `TestApp`: patient-service and billing-service spawned on port 0 against fresh databases.
+//! `TestApp`: patient-service and billing-service spawned on port 0 against fresh databases,
+//! trusting the test Keycloak's realm; its client calls with the service account's token.
 
 use billing_service::startup::Application as Billing;
-use dev_stack::PgCluster;
+use common::secret::Secret;
+use dev_stack::{
+    keycloak::{Keycloak, REALM, SERVICE_CLIENT},
+    PgCluster,
+};
 use patient_service::{config::Settings, startup::Application};
 use prost::Message;
 use proto::events::PatientEvent;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
+use verifier::{client::ClientArgs, settings::OidcArgs};
+
+/// The test Keycloak's realm, as every service is told to trust it.
+pub fn oidc() -> OidcArgs {
+    OidcArgs::for_issuer(Keycloak::shared_for_tests().issuer(REALM))
+}
+
+/// The dev realm's service client, as patient-service calls billing.
+pub fn service_client() -> ClientArgs {
+    ClientArgs { client_id: SERVICE_CLIENT.0.into(), client_secret: Secret::new(SERVICE_CLIENT.1) }
+}
+
+/// A client sending `token` on every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
 
 pub struct TestApp {
     pub address: String,
     pub db: PgPool,
     pub billing_db: PgPool,
+    /// Sends the service account's token (every role).
     pub client: reqwest::Client,
     billing: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -20,7 +44,7 @@ pub struct TestApp {
 /// A running billing-service on its own fresh database.
 pub async fn spawn_billing() -> (String, PgPool, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
     let url = PgCluster::shared_for_tests().fresh_database("billing").await.unwrap();
-    let app = Billing::build(billing_service::config::Settings::for_database(&url)).await.unwrap();
+    let app = Billing::build(billing_service::config::Settings::for_database(&url, oidc())).await.unwrap();
     let grpc = format!("http://127.0.0.1:{}", app.grpc_port());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
@@ -38,7 +62,7 @@ impl TestApp {
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let (grpc, billing_db, stop, task) = spawn_billing().await;
         let url = PgCluster::shared_for_tests().fresh_database("patients").await.unwrap();
-        let mut settings = Settings::for_database(&url, grpc);
+        let mut settings = Settings::for_database(&url, grpc, oidc(), service_client());
         tweak(&mut settings);
         let app = Application::build(settings).await.unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
@@ -47,7 +71,7 @@ impl TestApp {
             address,
             db: PgPool::connect(&url).await.unwrap(),
             billing_db,
-            client: reqwest::Client::new(),
+            client: client_with(&Keycloak::shared_for_tests().service_token().await.unwrap()),
             billing: Some((stop, task)),
         }
     }

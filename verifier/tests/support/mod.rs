@@ -43,7 +43,11 @@ impl Provider {
         let published = Published::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}", listener.local_addr().unwrap());
-        let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+        // The fields OpenID Connect Discovery 1.0 §3 requires.
+        let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks"),
+                               "authorization_endpoint": format!("{issuer}/auth"), "token_endpoint": format!("{issuer}/token"),
+                               "response_types_supported": ["code"], "subject_types_supported": ["public"],
+                               "id_token_signing_alg_values_supported": ["RS256"]});
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(move || async move { Json(discovery) }))
             .route("/jwks", get(jwks))

@@ -1,0 +1,107 @@
+//! The service's own identity towards other services (SPEC §10): an access token from the
+//! realm by `client_credentials` (through `openidconnect`'s client), cached and fetched again
+//! shortly before it expires. The token and the secret never reach a log.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use common::secret::Secret;
+use openidconnect::{core::CoreClient, ClientId, ClientSecret, OAuth2TokenResponse};
+use tokio::{sync::Mutex, time::Instant};
+
+use crate::{discovery, settings::OidcArgs};
+
+/// The client a service authenticates as.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Client id this service calls other services as (client_credentials).
+    #[arg(long, env = "OIDC_CLIENT_ID", default_value = "ms-api")]
+    pub client_id: String,
+    /// Secret of that client.
+    #[arg(long, env = "OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Secret,
+}
+
+/// Fetched again when less than this is left (or a quarter of the lifetime, if that is less).
+const RENEW_BEFORE: Duration = Duration::from_secs(30);
+
+struct Held {
+    token: Secret,
+    renew_at: Instant,
+}
+
+/// A cached client_credentials token; one fetch at a time.
+pub struct ServiceToken {
+    http: reqwest::Client,
+    oidc: OidcArgs,
+    client: ClientArgs,
+    held: Mutex<Option<Held>>,
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceToken").field("client_id", &self.client.client_id).finish_non_exhaustive()
+    }
+}
+
+impl ServiceToken {
+    pub fn new(oidc: OidcArgs, client: ClientArgs) -> anyhow::Result<Self> {
+        // No redirects: a token request must not be bounced elsewhere with the secret.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(oidc.jwks_fetch_timeout_ms))
+            .build()?;
+        Ok(Self { http, oidc, client, held: Mutex::new(None) })
+    }
+
+    /// A valid access token, from the cache unless it is about to expire.
+    pub async fn bearer(&self) -> anyhow::Result<Secret> {
+        let mut held = self.held.lock().await;
+        if let Some(h) = held.as_ref().filter(|h| Instant::now() < h.renew_at) {
+            return Ok(h.token.clone());
+        }
+        let fresh = self.fetch().await?;
+        let token = fresh.token.clone();
+        *held = Some(fresh);
+        Ok(token)
+    }
+
+    /// Drops the cached token (e.g. after the callee rejected it).
+    pub async fn forget(&self) {
+        *self.held.lock().await = None;
+    }
+
+    async fn fetch(&self) -> anyhow::Result<Held> {
+        let metadata =
+            discovery::provider_metadata(&self.http, self.oidc.discovery_base(), &self.oidc.accepted_issuers()).await?;
+        let client = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.client.client_id.clone()),
+            Some(ClientSecret::new(self.client.client_secret.expose().to_owned())),
+        );
+        let response = client
+            .exchange_client_credentials()
+            .context("the realm announces no token endpoint")?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| anyhow::anyhow!("client_credentials request failed: {}", describe(&e)))?;
+        let lifetime = response.expires_in().unwrap_or(Duration::from_secs(60));
+        let renew_in = lifetime.saturating_sub(RENEW_BEFORE.min(lifetime / 4));
+        tracing::debug!(client_id = %self.client.client_id, lifetime_secs = lifetime.as_secs(), "service token fetched");
+        Ok(Held { token: Secret::new(response.access_token().secret().clone()), renew_at: Instant::now() + renew_in })
+    }
+}
+
+/// The failure without the request or response body (which could echo credentials).
+fn describe<RE: std::error::Error + 'static, T: openidconnect::ErrorResponse>(
+    err: &openidconnect::RequestTokenError<RE, T>,
+) -> String {
+    use openidconnect::RequestTokenError::*;
+    match err {
+        ServerResponse(response) => format!("refused by the realm ({response})"),
+        Request(_) => "the realm could not be reached".into(),
+        Parse(..) => "the realm's answer could not be read".into(),
+        Other(_) => "unexpected answer".into(),
+    }
+}
