@@ -54,7 +54,7 @@ pub async fn find_by_patient(pool: &PgPool, patient_id: Uuid) -> anyhow::Result<
 #[tracing::instrument(skip(pool))]
 pub async fn close_for_patient(pool: &PgPool, patient_id: Uuid) -> anyhow::Result<bool> {
     let done = sqlx::query(
-        "UPDATE billing_accounts SET status = 'CLOSED', closed_at = now() WHERE patient_id = $1 AND status = 'ACTIVE'",
+        "UPDATE billing_accounts SET status = 'CLOSED', closed_at = now(), name = '', email = '' WHERE patient_id = $1 AND status = 'ACTIVE'",
     )
     .bind(patient_id)
     .execute(pool)

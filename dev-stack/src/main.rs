@@ -83,11 +83,29 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The audit trail of patient data (SPEC §11).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
     /// Run every test of the workspace (each suite starts its own infrastructure on free ports).
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain of patient-service's audit log; names the first broken row and exits
+    /// non-zero if there is one.
+    Verify {
+        #[command(flatten)]
+        ports: Ports,
+        /// The patient-service database to check (default: the dev stack's).
+        #[arg(long, env = "AUDIT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -98,7 +116,29 @@ fn main() -> anyhow::Result<()> {
         Cmd::Down => down(),
         Cmd::Status(ports) => status(&ports),
         Cmd::Logs { service, lines } => logs(service.as_deref(), lines),
+        Cmd::Audit { command: AuditCmd::Verify { ports, database_url } } => audit_verify(&ports, database_url),
         Cmd::Test { args } => test(&args),
+    }
+}
+
+fn audit_verify(ports: &Ports, database_url: Option<String>) -> anyhow::Result<()> {
+    let url = match database_url {
+        Some(url) => url,
+        None => PgCluster::start_persistent(&pg_dir(), ports.pg_port, DEV_PG_PASSWORD)?.url("patient_service"),
+    };
+    let report = tokio::runtime::Runtime::new()?.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await.context("cannot reach the patient-service database")?;
+        patient_service::audit::verify_chain(&pool).await
+    })?;
+    match report.first_broken {
+        None => {
+            println!("audit trail intact: {} rows, every link verified", report.rows);
+            Ok(())
+        }
+        Some(seq) => {
+            println!("audit trail BROKEN at row seq={seq} (content, link or order does not match; {} rows read)", report.rows);
+            std::process::exit(2);
+        }
     }
 }
 

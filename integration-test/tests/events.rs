@@ -51,6 +51,10 @@ async fn rest_changes_are_published_in_order_with_key_and_fields() {
     })
     .await;
     assert_eq!(unsent, 0);
+    // Published rows keep no personal data: their payload is gone once the broker acknowledged.
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE payload IS NOT NULL").fetch_one(&patients.db).await.unwrap();
+    assert_eq!(kept, 0, "published outbox rows still carry their payload");
 }
 
 #[tokio::test]
@@ -161,5 +165,17 @@ async fn deleting_a_patient_closes_its_billing_account() {
         }
     };
     eventually(WAIT, "the account closed", || async { (status_of(id.clone()).await == "CLOSED").then_some(()) }).await;
-    assert_eq!(status_of(other).await, "ACTIVE", "only the deleted patient's account closes");
+    assert_eq!(status_of(other.clone()).await, "ACTIVE", "only the deleted patient's account closes");
+    let contact = |patient: String| {
+        let db = billing.db.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>("SELECT name, email FROM billing_accounts WHERE patient_id = $1::uuid")
+                .bind(patient)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(contact(id).await, (String::new(), String::new()), "the closed account keeps no name or email");
+    assert_eq!(contact(other).await.1, "journey8@example.org", "an active account keeps its contact");
 }

@@ -1,6 +1,9 @@
-//! patient-service: patient CRUD over REST on PostgreSQL. A create opens a billing account over
-//! gRPC inside the same database transaction; every change writes a `PatientEvent` to the outbox.
+//! patient-service: patient CRUD over REST on PostgreSQL. Every caller is checked here too
+//! (SPEC §10) and every access to patient data is audited (SPEC §11, [`audit`]). A create opens
+//! a billing account over gRPC first, then stores the patient and its event in one transaction;
+//! every change writes a `PatientEvent` to the outbox.
 
+pub mod audit;
 pub mod billing;
 pub mod config;
 pub mod demo;

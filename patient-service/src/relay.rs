@@ -130,7 +130,7 @@ impl Relay {
             }
         }
         if !acked.is_empty() {
-            sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+            sqlx::query("UPDATE outbox SET sent_at = now(), payload = NULL WHERE id = ANY($1)")
                 .bind(&acked)
                 .execute(&mut *tx)
                 .await

@@ -78,7 +78,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "patient-service listening");
         let stop = CancellationToken::new();
-        let http = axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        // The peer address goes into audit records.
+        let service = self.router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let http = axum::serve(self.listener, service).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));

@@ -1,6 +1,7 @@
 //! The REST API: one module per resource, plus the extractors that turn malformed requests into
 //! problem responses.
 
+mod audit;
 mod extract;
 mod page;
 mod patients;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use axum::{extract::DefaultBodyLimit, middleware, Router};
 use sqlx::PgPool;
-use verifier::{web::require_caller, Verifier};
+use verifier::Verifier;
 
 use crate::billing::BillingClient;
 
@@ -22,11 +23,13 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
 }
 
-/// The API routes (health and middleware are added by `startup`). Every route checks its caller.
+/// The API routes (health and middleware are added by `startup`). Every route checks its caller
+/// and audits what it does with patient data ([`crate::audit::guard`]).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(patients::routes())
-        .route_layer(middleware::from_fn_with_state(state.verifier.clone(), require_caller))
+        .merge(audit::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::audit::guard))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use axum::{
-    extract::State,
+    extract::{Extension, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::IntoResponse,
     routing::get,
@@ -18,6 +18,7 @@ use super::{
     AppState,
 };
 use crate::{
+    audit::{AuditContext, AuditedInTransaction},
     domain::{PatientInput, PatientRequest, PatientResponse},
     outbox::{self, EventType},
     repo, Error, Result,
@@ -65,12 +66,14 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
 /// pool under every other endpoint. If billing fails, nothing was written here; if the insert
 /// fails after billing answered (email taken by a concurrent create, database down, client gone),
 /// billing holds an account for a patient id that never exists; a client retry uses a new id.
-/// Reconciling those accounts is the open orphan-account work (PENDING accounts activated by the
+/// The patient, its event and its audit record commit together. Reconciling those accounts is
+/// the open orphan-account work (PENDING accounts activated by the
 /// PATIENT_CREATED event, `Idempotency-Key` for retries). Emails are checked before billing is
 /// called, so the common conflict never reaches billing at all.
 #[tracing::instrument(skip_all, fields(patient_id))]
 async fn create(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditContext>,
     headers: HeaderMap,
     AppJson(body): AppJson<PatientRequest>,
 ) -> Result<impl IntoResponse> {
@@ -84,12 +87,16 @@ async fn create(
     let new = valid.new_patient(id).ok_or(Error::Validation(missing_registered_date()))?;
     state.billing.create_account(id, &valid).await?;
     let event = outbox::NewEvent::new(EventType::Created, &new, traceparent(&headers));
-    let patient = repo::insert_with_event(&state.db, &new, &event).await?;
+    let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+    let patient = repo::insert_with_event(&mut *tx, &new, &event).await?;
+    audit.record(&mut *tx, StatusCode::CREATED, Some(id)).await?;
+    tx.commit().await.context("failed to commit patient create")?;
 
     tracing::info!("patient created");
     let location = format!("{}/patients/{id}", forwarded_prefix(&headers));
     Ok((
         StatusCode::CREATED,
+        Extension(AuditedInTransaction),
         [(header::LOCATION, HeaderValue::from_str(&location).context("invalid Location header")?)],
         Json(PatientResponse::from(patient)),
     ))
@@ -98,27 +105,35 @@ async fn create(
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
 async fn update(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditContext>,
     headers: HeaderMap,
     PatientId(id): PatientId,
     AppJson(body): AppJson<PatientRequest>,
-) -> Result<Json<PatientResponse>> {
+) -> Result<impl IntoResponse> {
     let valid = body.validate(PatientInput::Update, today()).map_err(Error::Validation)?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::update(&mut tx, id, &valid).await?.ok_or(Error::NotFound)?;
     outbox::record(&mut tx, EventType::Updated, &patient, traceparent(&headers)).await?;
+    audit.record(&mut *tx, StatusCode::OK, Some(id)).await?;
     tx.commit().await.context("failed to commit patient update")?;
     tracing::info!("patient updated");
-    Ok(Json(patient.into()))
+    Ok((Extension(AuditedInTransaction), Json(PatientResponse::from(patient))))
 }
 
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
-async fn remove(State(state): State<AppState>, headers: HeaderMap, PatientId(id): PatientId) -> Result<StatusCode> {
+async fn remove(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditContext>,
+    headers: HeaderMap,
+    PatientId(id): PatientId,
+) -> Result<impl IntoResponse> {
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::delete(&mut tx, id).await?.ok_or(Error::NotFound)?;
     outbox::record(&mut tx, EventType::Deleted, &patient, traceparent(&headers)).await?;
+    audit.record(&mut *tx, StatusCode::NO_CONTENT, Some(id)).await?;
     tx.commit().await.context("failed to commit patient delete")?;
     tracing::info!("patient deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok((StatusCode::NO_CONTENT, Extension(AuditedInTransaction)))
 }
 
 /// The patient's billing account, read from billing-service over gRPC.

@@ -1,0 +1,139 @@
+//! The audit trail (SPEC §11) against the real Keycloak and PostgreSQL: two users work on one
+//! patient through the gateway, a third is refused by patient-service itself, and the trail
+//! tells exactly that story; it is append-only for the service and tampering is detected.
+
+mod support;
+
+use common::kafka::KafkaArgs;
+use dev_stack::{
+    keycloak::{Keycloak, ADMIN_USER, ANALYST, CLINICIAN, REALM},
+    tokens,
+};
+use serde_json::{json, Value};
+use support::*;
+
+fn subject(token: &str) -> String {
+    tokens::decode_parts(token).1["sub"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() {
+    let kc = Keycloak::shared_for_tests();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
+    let settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
+    let app = gateway::startup::Application::build(settings).await.unwrap();
+    let gw = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+
+    let (clinician, admin, analyst) =
+        (kc.user_token(CLINICIAN).await.unwrap(), kc.user_token(ADMIN_USER).await.unwrap(), kc.user_token(ANALYST).await.unwrap());
+    let http = reqwest::Client::new();
+    let call = |token: &str, method: reqwest::Method, url: String| http.request(method, url).bearer_auth(token);
+    use reqwest::Method;
+
+    // The clinician creates, reads, updates, lists and reads the bill, through the gateway.
+    let body = json!({"name": "Audrey Trailwood", "email": "audrey.trailwood@example.org", "address": "7 Ledger Lane",
+                      "dateOfBirth": "1970-01-02", "registeredDate": "2025-05-06"});
+    let created = call(&clinician, Method::POST, format!("{gw}/api/patients")).json(&body).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let create_request_id = created.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let one = format!("{gw}/api/patients/{id}");
+    assert_eq!(call(&clinician, Method::GET, one.clone()).send().await.unwrap().status(), 200);
+    let mut changed = body.clone();
+    changed["address"] = json!("8 Ledger Lane");
+    assert_eq!(call(&clinician, Method::PUT, one.clone()).json(&changed).send().await.unwrap().status(), 200);
+    let list = format!("{gw}/api/patients?name=Audrey&page=0&size=10");
+    assert_eq!(call(&clinician, Method::GET, list).send().await.unwrap().status(), 200);
+    assert_eq!(call(&clinician, Method::GET, format!("{one}/bill")).send().await.unwrap().status(), 200);
+    // The analyst bypasses the gateway: patient-service refuses and records it.
+    let direct = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
+    assert_eq!(call(&analyst, Method::GET, direct).send().await.unwrap().status(), 403);
+    // The admin deletes.
+    assert_eq!(call(&admin, Method::DELETE, one.clone()).send().await.unwrap().status(), 204);
+
+    // The admin reads the trail of that patient.
+    let audit = |token: &str, query: String| call(token, Method::GET, format!("{gw}/api/audit?{query}"));
+    let resp = audit(&admin, format!("patientId={id}")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let bundle: Value = resp.json().await.unwrap();
+    assert_eq!((bundle["resourceType"].as_str(), bundle["type"].as_str()), (Some("Bundle"), Some("searchset")));
+    let events: Vec<&Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    let story: Vec<(String, String, String, String)> = events
+        .iter()
+        .map(|e| {
+            let action = e["extension"].as_array().unwrap().iter().find(|x| x["url"].as_str().unwrap().ends_with("/action")).unwrap();
+            (
+                action["valueCode"].as_str().unwrap().to_owned(),
+                e["agent"][0]["who"]["identifier"]["value"].as_str().unwrap().to_owned(),
+                e["outcomeDesc"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let (c, a, n) = (subject(&clinician), subject(&admin), subject(&analyst));
+    let expected: Vec<(String, String, String, String)> = [
+        ("patient.create", &c, "201", "0"),
+        ("patient.read", &c, "200", "0"),
+        ("patient.update", &c, "200", "0"),
+        ("bill.read", &c, "200", "0"),
+        ("patient.read", &n, "403", "4"),
+        ("patient.delete", &a, "204", "0"),
+    ]
+    .iter()
+    .map(|(act, who, status, outcome)| (act.to_string(), who.to_string(), status.to_string(), outcome.to_string()))
+    .collect();
+    assert_eq!(story, expected);
+    assert_eq!(bundle["total"], 6);
+    let first = events[0];
+    assert_eq!(first["resourceType"], "AuditEvent");
+    assert_eq!(first["action"], "C");
+    assert_eq!(first["entity"][0]["what"]["reference"], format!("Patient/{id}"));
+    assert_eq!(first["agent"][0]["altId"], "patient-web", "azp: the client the user signed in with");
+    assert_eq!(first["agent"][0]["network"]["address"], "127.0.0.1");
+    let request_id = first["extension"].as_array().unwrap().iter().find(|x| x["url"].as_str().unwrap().ends_with("/request-id"));
+    assert_eq!(request_id.unwrap()["valueString"], create_request_id.as_str());
+
+    // The list is in the clinician's trail, by the shape of its filter only.
+    let mine: Value = audit(&admin, format!("subject={c}")).send().await.unwrap().json().await.unwrap();
+    let searches: Vec<&Value> =
+        mine["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).filter(|e| e["action"] == "E").collect();
+    assert_eq!(searches.len(), 1);
+    assert!(searches[0]["entity"][0]["query"].is_string());
+
+    // Bad filters are 400s; the analyst may not read the trail, even through the gateway.
+    assert_eq!(audit(&admin, "patientId=nope".into()).send().await.unwrap().status(), 400);
+    assert_eq!(audit(&admin, "from=yesterday".into()).send().await.unwrap().status(), 400);
+    assert_eq!(audit(&analyst, format!("patientId={id}")).send().await.unwrap().status(), 403);
+    assert_eq!(audit(&clinician, format!("patientId={id}")).send().await.unwrap().status(), 403);
+
+    // No name, email or address of the patient anywhere in the trail.
+    let dump: Vec<String> = sqlx::query_scalar("SELECT row_to_json(a)::text FROM audit_log a").fetch_all(&patients.db).await.unwrap();
+    for row in &dump {
+        for secret in ["Audrey", "Trailwood", "audrey.trailwood", "Ledger"] {
+            assert!(!row.contains(secret), "personal data in the audit trail: {row}");
+        }
+    }
+
+    // Append-only for the service's own database role.
+    let update = sqlx::query("UPDATE audit_log SET outcome = 200 WHERE outcome = 403").execute(&patients.db).await;
+    assert!(update.is_err(), "an audit row was updated");
+    let delete = sqlx::query("DELETE FROM audit_log").execute(&patients.db).await;
+    assert!(delete.is_err(), "audit rows were deleted");
+    let truncate = sqlx::query("TRUNCATE audit_log").execute(&patients.db).await;
+    assert!(truncate.is_err(), "the audit log was truncated");
+
+    // The chain holds; a change by hand (guard switched off, as only an owner could) is found.
+    let intact = patient_service::audit::verify_chain(&patients.db).await.unwrap();
+    assert_eq!(intact.first_broken, None);
+    assert_eq!(intact.rows, dump.len() as u64);
+    let refused_seq: i64 = sqlx::query_scalar("SELECT seq FROM audit_log WHERE outcome = 403").fetch_one(&patients.db).await.unwrap();
+    let mut tx = patients.db.begin().await.unwrap();
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_or_delete").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE audit_log SET outcome = 200 WHERE seq = $1").bind(refused_seq).execute(&mut *tx).await.unwrap();
+    sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update_or_delete").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let tampered = patient_service::audit::verify_chain(&patients.db).await.unwrap();
+    assert_eq!(tampered.first_broken, Some(refused_seq), "the altered row is named");
+}
