@@ -26,8 +26,11 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     let gw = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
 
-    let (clinician, admin, analyst) =
-        (kc.user_token(CLINICIAN).await.unwrap(), kc.user_token(ADMIN_USER).await.unwrap(), kc.user_token(ANALYST).await.unwrap());
+    let (clinician, admin, analyst) = (
+        kc.user_token(CLINICIAN).await.unwrap(),
+        kc.user_token(ADMIN_USER).await.unwrap(),
+        kc.user_token(ANALYST).await.unwrap(),
+    );
     let http = reqwest::Client::new();
     let call = |token: &str, method: reqwest::Method, url: String| http.request(method, url).bearer_auth(token);
     use reqwest::Method;
@@ -63,7 +66,8 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     let story: Vec<(String, String, String, String)> = events
         .iter()
         .map(|e| {
-            let action = e["extension"].as_array().unwrap().iter().find(|x| x["url"].as_str().unwrap().ends_with("/action")).unwrap();
+            let action =
+                e["extension"].as_array().unwrap().iter().find(|x| x["url"].as_str().unwrap().ends_with("/action")).unwrap();
             (
                 action["valueCode"].as_str().unwrap().to_owned(),
                 e["agent"][0]["who"]["identifier"]["value"].as_str().unwrap().to_owned(),
@@ -109,7 +113,8 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     assert_eq!(audit(&clinician, format!("patientId={id}")).send().await.unwrap().status(), 403);
 
     // No name, email or address of the patient anywhere in the trail.
-    let dump: Vec<String> = sqlx::query_scalar("SELECT row_to_json(a)::text FROM audit_log a").fetch_all(&patients.db).await.unwrap();
+    let dump: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(a)::text FROM audit_log a").fetch_all(&patients.db).await.unwrap();
     for row in &dump {
         for secret in ["Audrey", "Trailwood", "audrey.trailwood", "Ledger"] {
             assert!(!row.contains(secret), "personal data in the audit trail: {row}");
@@ -128,7 +133,8 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     let intact = patient_service::audit::verify_chain(&patients.db).await.unwrap();
     assert_eq!(intact.first_broken, None);
     assert_eq!(intact.rows, dump.len() as u64);
-    let refused_seq: i64 = sqlx::query_scalar("SELECT seq FROM audit_log WHERE outcome = 403").fetch_one(&patients.db).await.unwrap();
+    let refused_seq: i64 =
+        sqlx::query_scalar("SELECT seq FROM audit_log WHERE outcome = 403").fetch_one(&patients.db).await.unwrap();
     let mut tx = patients.db.begin().await.unwrap();
     sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_or_delete").execute(&mut *tx).await.unwrap();
     sqlx::query("UPDATE audit_log SET outcome = 200 WHERE seq = $1").bind(refused_seq).execute(&mut *tx).await.unwrap();

@@ -70,7 +70,7 @@ async fn logs_never_contain_names_emails_or_addresses() {
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("patient created") && logs.contains("billing account ready"), "the capture works");
     assert!(logs.contains("dead-letter"), "the garbage record was handled and logged");
-    for secret in [
+    let secrets = [
         "Journey Patient",
         "journey1@example.org",
         "journey2@example.org",
@@ -79,7 +79,32 @@ async fn logs_never_contain_names_emails_or_addresses() {
         "Journey Road",
         "Secret Lane",
         "Hiddenville",
-    ] {
+    ];
+    for secret in secrets {
         assert!(!logs.contains(secret), "{secret:?} leaked into the logs");
+    }
+    // Nor any token: patient-service's own one for billing included (a JWT starts with `eyJ`).
+    assert!(!logs.contains("eyJ"), "a bearer token reached the logs");
+    assert!(!logs.contains("ms-api-dev-secret"), "the client secret reached the logs");
+
+    // Nor in what the database keeps: the audit trail, and the outbox once it was published.
+    eventually(Duration::from_secs(30), "every outbox row published", || async {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&patients.db).await.unwrap();
+        (unsent == 0).then_some(())
+    })
+    .await;
+    let with_payload: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE payload IS NOT NULL").fetch_one(&patients.db).await.unwrap();
+    assert_eq!(with_payload, 0, "published outbox rows keep their payload");
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(a)::text FROM audit_log a").fetch_all(&patients.db).await.unwrap();
+    assert!(audit.len() >= 8, "every access was audited: {audit:?}");
+    let outbox: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(o)::text FROM outbox o").fetch_all(&patients.db).await.unwrap();
+    for row in audit.iter().chain(&outbox) {
+        for secret in secrets {
+            assert!(!row.contains(secret), "{secret:?} kept in {row}");
+        }
     }
 }

@@ -91,9 +91,8 @@ impl AuditContext {
     /// The context of an audited request, `None` for routes outside the trail.
     fn of(head: &Parts, principal: &Principal) -> Option<Self> {
         let (action, id) = Action::of(&head.method, head.uri.path())?;
-        let header = |name: &str| {
-            head.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(200).collect::<String>())
-        };
+        let header =
+            |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(200).collect::<String>());
         let trace_id = header("traceparent").and_then(|t| t.split('-').nth(1).map(str::to_owned)).filter(|t| t.len() == 32);
         Some(Self {
             subject: principal.subject.clone(),
@@ -136,7 +135,9 @@ fn filter_shape(query: &str) -> String {
     let mut shape = Vec::new();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
-            "page" | "size" => shape.push(format!("{key}={}", value.chars().filter(char::is_ascii_digit).take(9).collect::<String>())),
+            "page" | "size" => {
+                shape.push(format!("{key}={}", value.chars().filter(char::is_ascii_digit).take(9).collect::<String>()))
+            }
             "name" | "email" => shape.push(format!("{key}=(given)")),
             _ => {}
         }
@@ -208,12 +209,13 @@ pub async fn verify_chain(db: &PgPool) -> anyhow::Result<ChainReport> {
         .fetch_one(db)
         .await
         .context("genesis hash")?;
-    let mut rows = sqlx::query("SELECT seq, prev_hash, hash, audit_row_hash(a) AS recomputed FROM audit_log a ORDER BY seq")
-        .fetch(db);
+    let mut rows =
+        sqlx::query("SELECT seq, prev_hash, hash, audit_row_hash(a) AS recomputed FROM audit_log a ORDER BY seq").fetch(db);
     let (mut expected_seq, mut previous_hash, mut count) = (1i64, genesis, 0u64);
     while let Some(row) = rows.try_next().await.context("reading the audit trail")? {
         let seq: i64 = row.get("seq");
-        let (prev_hash, hash, recomputed): (Vec<u8>, Vec<u8>, Vec<u8>) = (row.get("prev_hash"), row.get("hash"), row.get("recomputed"));
+        let (prev_hash, hash, recomputed): (Vec<u8>, Vec<u8>, Vec<u8>) =
+            (row.get("prev_hash"), row.get("hash"), row.get("recomputed"));
         count += 1;
         if seq != expected_seq || prev_hash != previous_hash || hash != recomputed {
             return Ok(ChainReport { rows: count, first_broken: Some(seq) });
@@ -236,7 +238,10 @@ mod tests {
 
     #[test]
     fn list_filters_are_recorded_by_shape_never_by_value() {
-        assert_eq!(filter_shape("name=Ann%20Smith&email=ann%40example.com&page=2&size=10"), "email=(given) name=(given) page=2 size=10");
+        assert_eq!(
+            filter_shape("name=Ann%20Smith&email=ann%40example.com&page=2&size=10"),
+            "email=(given) name=(given) page=2 size=10"
+        );
         assert_eq!(filter_shape(""), "");
         assert_eq!(filter_shape("page=1;DROP&other=x"), "page=1");
     }

@@ -42,8 +42,12 @@ impl Application {
         verifier::metrics::register(&metrics);
         let auth = settings.oidc.start(metrics.clone()).await?;
         let token = Arc::new(ServiceToken::new(settings.oidc.clone(), settings.client.clone())?);
-        let billing =
-            BillingClient::new(&settings.billing_grpc_url, settings.billing_connect_timeout(), settings.billing_timeout(), token)?;
+        let billing = BillingClient::new(
+            &settings.billing_grpc_url,
+            settings.billing_connect_timeout(),
+            settings.billing_timeout(),
+            token,
+        )?;
         let state = AppState { db: pool.clone(), billing, verifier: auth.verifier.clone() };
         let api = routes::router(state, settings.max_body_bytes);
         let router = with_http_layers(common::metrics::with_operations(api, pool.clone(), metrics.clone()));

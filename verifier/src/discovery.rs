@@ -11,7 +11,8 @@ use openidconnect::core::CoreProviderMetadata;
 pub async fn provider_metadata(http: &reqwest::Client, base: &str, accepted: &[String]) -> anyhow::Result<CoreProviderMetadata> {
     let url = format!("{}/.well-known/openid-configuration", base.trim_end_matches('/'));
     let response = http.get(&url).send().await.context("discovery request failed")?;
-    let body = response.error_for_status().context("discovery request refused")?.bytes().await.context("discovery read failed")?;
+    let body =
+        response.error_for_status().context("discovery request refused")?.bytes().await.context("discovery read failed")?;
     let metadata: CoreProviderMetadata = serde_json::from_slice(&body).context("discovery document is malformed")?;
     let issuer = metadata.issuer().as_str().trim_end_matches('/');
     if !accepted.iter().any(|a| a == issuer) {

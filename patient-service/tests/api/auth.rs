@@ -10,7 +10,8 @@ async fn a_direct_call_without_a_token_gets_401_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let anonymous = reqwest::Client::new();
 
-    for (method, path) in [("GET", "/patients"), ("POST", "/patients"), ("GET", "/patients/00000000-0000-0000-0000-000000000001")] {
+    for (method, path) in [("GET", "/patients"), ("POST", "/patients"), ("GET", "/patients/00000000-0000-0000-0000-000000000001")]
+    {
         let req = anonymous.request(method.parse().unwrap(), app.url(path)).json(&patient_body(1));
         let resp = req.send().await.unwrap();
         assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"patient-platform\"", "{method} {path}");
