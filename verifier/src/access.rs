@@ -19,13 +19,6 @@ pub struct Rule {
     pub roles: &'static [&'static str],
 }
 
-impl Rule {
-    /// The required roles the caller's `roles` lack (empty: allowed).
-    pub fn missing<'a>(&self, has: impl Fn(&str) -> bool + 'a) -> Vec<&'static str> {
-        self.roles.iter().copied().filter(|r| !has(r)).collect()
-    }
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum Access {
     Rule(Rule),
