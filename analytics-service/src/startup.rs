@@ -27,6 +27,10 @@ impl Application {
         let pool = settings.db.connect_and_migrate(&MIGRATOR).await?;
         let metrics = Registry::new();
         verifier::metrics::register(&metrics);
+        // Every outcome present from the start (at 0), so dashboards and alerts see them.
+        for result in ["applied", "duplicate", "dead_lettered"] {
+            metrics.add(&format!("analytics_events_total{{result=\"{result}\"}}"), 0);
+        }
         let auth = settings.oidc.start(metrics.clone()).await?;
         let consumer = if settings.kafka.kafka_disabled {
             tracing::warn!("Kafka disabled: no events are consumed");
@@ -39,6 +43,7 @@ impl Application {
                 db: pool.clone(),
                 dead_letters: settings.kafka.producer().context("failed to create the dead-letter producer")?,
                 dead_letter_topic,
+                max_attempts: settings.poison_max_attempts.max(1),
                 metrics: metrics.clone(),
             };
             Some((consumer, handler))

@@ -138,6 +138,90 @@ async fn an_undecodable_record_goes_to_the_dead_letter_topic_and_the_next_event_
     assert!(metrics.contains("analytics_events_total{result=\"dead_lettered\"} 1"), "{metrics}");
 }
 
+/// A `PatientEvent` as the reference producer writes it: fields 1-4 only.
+fn reference_event(kind: &str) -> Vec<u8> {
+    proto::events::PatientEvent {
+        patient_id: uuid::Uuid::new_v4().to_string(),
+        name: "Reference Patient".into(),
+        email: "reference@example.org".into(),
+        event_type: kind.into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn events_with_only_fields_1_to_4_count_once_also_when_redelivered() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    let first = spawn_analytics(None, args.clone()).await;
+    for _ in 0..2 {
+        produce_unkeyed(&broker(), &topic, &reference_event("PATIENT_CREATED")).await;
+    }
+    eventually(WAIT, "both reference events counted", || async { (summary(&first).await["patientsCreated"] == 2).then_some(()) })
+        .await;
+    let db_url = first.db_url.clone();
+    first.stop().await;
+
+    // A consumer group that never committed anything: every record is delivered again.
+    let again = spawn_analytics_with(Some(db_url), args, |s| s.group_id = "analytics-replay".into()).await;
+    produce_unkeyed(&broker(), &topic, &reference_event("PATIENT_CREATED")).await;
+    let s = eventually(WAIT, "the third reference event counted", || async {
+        let s = summary(&again).await;
+        (s["patientsCreated"] == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(s["activePatients"], 3, "redelivered records counted once: {s}");
+    let metrics = metrics_text(again.port).await;
+    assert!(metrics.contains("analytics_events_total{result=\"duplicate\"} 2"), "{metrics}");
+    assert!(metrics.contains("analytics_events_total{result=\"dead_lettered\"} 0"), "{metrics}");
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_the_database_rejects_goes_to_the_dead_letter_topic_after_retries_and_the_next_counts() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    let analytics = spawn_analytics(None, args.clone()).await;
+
+    // Decodes fine, but PostgreSQL cannot store a date 5000 years before the common era.
+    let poison = proto::events::PatientEvent {
+        patient_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "PATIENT_CREATED".into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        date_of_birth: "-5000-01-01".into(),
+        registered_date: "2025-01-01".into(),
+        ..Default::default()
+    };
+    produce_raw(&broker(), &topic, &poison.patient_id, &poison.encode_to_vec()).await;
+    let next = proto::events::PatientEvent {
+        patient_id: uuid::Uuid::new_v4().to_string(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        date_of_birth: "2001-01-01".into(),
+        ..poison.clone()
+    };
+    produce_raw(&broker(), &topic, &next.patient_id, &next.encode_to_vec()).await;
+
+    let dead = read_records(&broker(), &args.dead_letter_topic(), 1, WAIT).await;
+    assert_eq!(key(&dead[0]), poison.patient_id);
+    let reason = common::kafka::header(&dead[0], "dlt-reason").unwrap();
+    assert!(reason.contains("SQLSTATE 22") && reason.contains("3 attempts"), "{reason}");
+    let s = eventually(WAIT, "the next event counted", || async {
+        let s = summary(&analytics).await;
+        (s["patientsCreated"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s["activePatients"], 1, "the poison record left nothing behind: {s}");
+    let poisoned: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id = $1::uuid")
+        .bind(&poison.event_id)
+        .fetch_one(&analytics.db)
+        .await
+        .unwrap();
+    assert_eq!(poisoned, 0, "its transaction rolled back");
+}
+
 async fn metrics_text(port: u16) -> String {
     reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
 }

@@ -111,11 +111,21 @@ pub async fn spawn_patients(billing_grpc: &str, kafka: KafkaArgs) -> Running {
 
 /// analytics-service on the given database (a restarted instance reuses its predecessor's).
 pub async fn spawn_analytics(db_url: Option<String>, kafka: KafkaArgs) -> Running {
+    spawn_analytics_with(db_url, kafka, |_| {}).await
+}
+
+/// The same, with its settings adjusted first (e.g. another consumer group).
+pub async fn spawn_analytics_with(
+    db_url: Option<String>,
+    kafka: KafkaArgs,
+    tweak: impl FnOnce(&mut analytics_service::config::Settings),
+) -> Running {
     let (url, db) = match db_url {
         Some(url) => (url.clone(), PgPool::connect(&url).await.unwrap()),
         None => fresh_db("analytics").await,
     };
-    let settings = analytics_service::config::Settings::for_test(&url, kafka, oidc());
+    let mut settings = analytics_service::config::Settings::for_test(&url, kafka, oidc());
+    tweak(&mut settings);
     let app = analytics_service::startup::Application::build(settings).await.unwrap();
     let port = app.port();
     spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
@@ -181,6 +191,13 @@ pub async fn read_records(bootstrap: &str, topic: &str, n: usize, limit: Duratio
 pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// Produces one record without a key (as the reference producer does).
+pub async fn produce_unkeyed(bootstrap: &str, topic: &str, payload: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(payload);
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
 }
 
 pub fn decode(record: &OwnedMessage) -> proto::events::PatientEvent {
