@@ -145,7 +145,14 @@ pub fn parse(payload: &[u8], origin: &Origin<'_>) -> Result<Event, &'static str>
     };
     let patient_id = Uuid::parse_str(&e.patient_id).map_err(|_| "patientId is missing or not a UUID")?;
     let date = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
-    Ok(Event { event_id, patient_id, kind, date_of_birth: date(&e.date_of_birth), registered_date: date(&e.registered_date) })
+    Ok(Event {
+        event_id,
+        patient_id,
+        kind,
+        date_of_birth: date(&e.date_of_birth),
+        registered_date: date(&e.registered_date),
+        sequence: e.sequence,
+    })
 }
 
 #[cfg(test)]

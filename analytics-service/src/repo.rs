@@ -45,6 +45,8 @@ pub struct Event {
     pub kind: Kind,
     pub date_of_birth: Option<NaiveDate>,
     pub registered_date: Option<NaiveDate>,
+    /// The patient's change number (0: not given, by producers that predate it).
+    pub sequence: u64,
 }
 
 /// Records the event id; false when it was applied before (a redelivery).
@@ -68,6 +70,20 @@ pub async fn apply(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<()> {
     .bind(e.kind.as_str())
     .execute(&mut **tx)
     .await?;
+    if let (Kind::Created, Some(registered)) = (e.kind, e.registered_date) {
+        sqlx::query(
+            "INSERT INTO registrations_per_month (month, count) VALUES ($1, 1)
+             ON CONFLICT (month) DO UPDATE SET count = registrations_per_month.count + 1",
+        )
+        .bind(registered.format("%Y-%m").to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    // Counted above in any order; the patient's state only moves forward.
+    if e.sequence > 0 && !newest_for_patient(tx, e).await? {
+        tracing::info!(sequence = e.sequence, "older than what was applied for this patient: state kept");
+        return Ok(());
+    }
     match e.kind {
         Kind::Created => {
             sqlx::query(
@@ -79,15 +95,19 @@ pub async fn apply(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<()> {
             .bind(e.registered_date)
             .execute(&mut **tx)
             .await?;
-            if let Some(registered) = e.registered_date {
-                sqlx::query(
-                    "INSERT INTO registrations_per_month (month, count) VALUES ($1, 1)
-                     ON CONFLICT (month) DO UPDATE SET count = registrations_per_month.count + 1",
-                )
-                .bind(registered.format("%Y-%m").to_string())
-                .execute(&mut **tx)
-                .await?;
-            }
+        }
+        // With a sequence an update carries the whole state: it may arrive before its create.
+        Kind::Updated if e.sequence > 0 => {
+            sqlx::query(
+                "INSERT INTO active_patients (patient_id, date_of_birth, registered_date) VALUES ($1, $2, $3)
+                 ON CONFLICT (patient_id) DO UPDATE SET date_of_birth = COALESCE($2, active_patients.date_of_birth),
+                 registered_date = COALESCE($3, active_patients.registered_date)",
+            )
+            .bind(e.patient_id)
+            .bind(e.date_of_birth)
+            .bind(e.registered_date)
+            .execute(&mut **tx)
+            .await?;
         }
         Kind::Updated => {
             sqlx::query(
@@ -108,6 +128,21 @@ pub async fn apply(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<()> {
 }
 
 /// The aggregates as served by `GET /analytics/summary`.
+/// Records `e.sequence` as the patient's newest change; false (nothing recorded) when a newer or
+/// the same one was applied already.
+async fn newest_for_patient(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
+        "INSERT INTO patient_sequence (patient_id, sequence) VALUES ($1, $2)
+         ON CONFLICT (patient_id) DO UPDATE SET sequence = EXCLUDED.sequence
+         WHERE patient_sequence.sequence < EXCLUDED.sequence",
+    )
+    .bind(e.patient_id)
+    .bind(i64::try_from(e.sequence).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {

@@ -222,6 +222,42 @@ async fn an_event_the_database_rejects_goes_to_the_dead_letter_topic_after_retri
     assert_eq!(poisoned, 0, "its transaction rolled back");
 }
 
+#[tokio::test]
+async fn a_patients_events_out_of_order_on_the_topic_still_end_in_the_right_state() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    let analytics = spawn_analytics(None, args.clone()).await;
+    let event = |patient: &str, kind: &str, sequence: u64, born: &str| proto::events::PatientEvent {
+        patient_id: patient.into(),
+        event_type: kind.into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        date_of_birth: born.into(),
+        registered_date: "2025-02-03".into(),
+        sequence,
+        ..Default::default()
+    };
+    let (gone, moved) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    // X: its delete overtook its create. Y: its update (born 1999, not 1980) overtook its create.
+    for e in [
+        event(&gone, "PATIENT_DELETED", 2, "1980-01-01"),
+        event(&gone, "PATIENT_CREATED", 1, "1980-01-01"),
+        event(&moved, "PATIENT_UPDATED", 2, "1999-01-01"),
+        event(&moved, "PATIENT_CREATED", 1, "1980-01-01"),
+    ] {
+        produce_raw(&broker(), &topic, &e.patient_id, &e.encode_to_vec()).await;
+    }
+    let s = eventually(WAIT, "all four events counted", || async {
+        let s = summary(&analytics).await;
+        (s["patientsCreated"] == 2 && s["patientsDeleted"] == 1 && s["patientsUpdated"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s["activePatients"], 1, "no ghost of the deleted patient: {s}");
+    assert_eq!(s["ageBands"]["18-34"], 1, "the update's state survived the late create: {s}");
+    assert_eq!(s["ageBands"]["35-49"], 0, "{s}");
+    assert_eq!(s["registrationsPerMonth"], json!({"2025-02": 2}));
+}
+
 async fn metrics_text(port: u16) -> String {
     reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
 }

@@ -27,8 +27,10 @@ impl EventType {
     }
 }
 
-/// The event describing `patient` after (or, for a delete, just before) the change.
+/// The event describing `patient` after (or, for a delete, just before) the change. Its
+/// `sequence` is the patient's version after the change (a delete is one more change).
 pub fn event_for(kind: EventType, patient: &Patient, event_id: Uuid) -> PatientEvent {
+    let version = u64::try_from(patient.version).unwrap_or_default();
     PatientEvent {
         patient_id: patient.id.to_string(),
         name: patient.name.clone(),
@@ -38,6 +40,7 @@ pub fn event_for(kind: EventType, patient: &Patient, event_id: Uuid) -> PatientE
         occurred_at: Utc::now().to_rfc3339(),
         date_of_birth: patient.date_of_birth.to_string(),
         registered_date: patient.registered_date.to_string(),
+        sequence: if kind == EventType::Deleted { version + 1 } else { version },
     }
 }
 

@@ -26,13 +26,35 @@ use uuid::Uuid;
 /// Arbitrary, fixed key of the advisory lock that serialises publishing across replicas.
 const RELAY_LOCK_KEY: i64 = 0x0070_6174_6965_6e74; // "patient"
 
+/// An unsent outbox row, claimed for publishing.
 #[derive(Debug, sqlx::FromRow)]
-struct OutboxRow {
-    id: i64,
-    event_id: Uuid,
-    patient_id: Uuid,
-    payload: Vec<u8>,
-    traceparent: Option<String>,
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub patient_id: Uuid,
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// Locks up to `limit` unsent rows, oldest first, at most ONE per patient: a patient's event is
+/// never claimed while an earlier one of that patient is unsent, so however the broker fails,
+/// a later event can never be acknowledged before an earlier one of the same patient.
+pub async fn claim(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as(
+        r#"
+        SELECT id, event_id, patient_id, payload, traceparent
+        FROM outbox o
+        WHERE sent_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM outbox earlier
+                          WHERE earlier.patient_id = o.patient_id AND earlier.sent_at IS NULL AND earlier.id < o.id)
+        ORDER BY id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        "#,
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
 }
 
 pub struct Relay {
@@ -90,20 +112,7 @@ impl Relay {
         if !leader {
             return Ok(0);
         }
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            r#"
-            SELECT id, event_id, patient_id, payload, traceparent
-            FROM outbox
-            WHERE sent_at IS NULL
-            ORDER BY id
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
-            "#,
-        )
-        .bind(self.batch_size)
-        .fetch_all(&mut *tx)
-        .await
-        .context("failed to claim outbox rows")?;
+        let rows = claim(&mut tx, self.batch_size).await.context("failed to claim outbox rows")?;
         tracing::Span::current().record("rows", rows.len());
         if rows.is_empty() {
             return Ok(0);

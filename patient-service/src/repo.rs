@@ -11,7 +11,7 @@ use crate::{
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
-const COLUMNS: &str = "id, name, email, address, date_of_birth, registered_date, updated_at";
+const COLUMNS: &str = "id, name, email, address, date_of_birth, registered_date, updated_at, version";
 
 /// Filters of the list endpoint.
 #[derive(Debug, Default, Clone)]
@@ -72,7 +72,7 @@ pub async fn update(tx: &mut Tx<'_>, id: Uuid, p: &ValidPatient) -> sqlx::Result
         r#"
         UPDATE patients
         SET name = $2, email = $3, address = $4, date_of_birth = $5,
-            registered_date = COALESCE($6, registered_date), updated_at = now()
+            registered_date = COALESCE($6, registered_date), updated_at = now(), version = version + 1
         WHERE id = $1
         RETURNING {COLUMNS}
         "#

@@ -84,6 +84,8 @@ pub struct Patient {
     pub date_of_birth: NaiveDate,
     pub registered_date: NaiveDate,
     pub updated_at: DateTime<Utc>,
+    /// 1 when created, +1 per update: the order of this patient's events.
+    pub version: i64,
 }
 
 impl ValidPatient {
@@ -98,6 +100,7 @@ impl ValidPatient {
             date_of_birth: self.date_of_birth.date(),
             registered_date: self.registered_date?,
             updated_at: Utc::now(),
+            version: 1,
         })
     }
 }

@@ -114,3 +114,36 @@ async fn health_ready_checks_the_database() {
     assert_eq!(ready.status(), 200);
     assert_eq!(ready.json::<Value>().await.unwrap()["database"], "UP");
 }
+
+#[tokio::test]
+async fn events_carry_the_patients_sequence_and_the_relay_claims_one_per_patient() {
+    let app = TestApp::spawn().await;
+    let a = app.create_patient(&patient_body(1)).await;
+    let url = app.url(&format!("/patients/{a}"));
+    for street in ["2 Second Street", "3 Third Street"] {
+        let mut changed = patient_body(1);
+        changed["address"] = serde_json::json!(street);
+        assert_eq!(app.client.put(&url).json(&changed).send().await.unwrap().status(), 200);
+    }
+    let b = app.create_patient(&patient_body(2)).await;
+    assert_eq!(app.client.delete(&url).send().await.unwrap().status(), 204);
+
+    let events: Vec<(String, String, u64)> =
+        app.outbox_events().await.into_iter().map(|e| (e.patient_id, e.event_type, e.sequence)).collect();
+    let expected = [
+        (&a, "PATIENT_CREATED", 1),
+        (&a, "PATIENT_UPDATED", 2),
+        (&a, "PATIENT_UPDATED", 3),
+        (&b, "PATIENT_CREATED", 1),
+        (&a, "PATIENT_DELETED", 4),
+    ];
+    let expected: Vec<(String, String, u64)> = expected.iter().map(|(p, k, s)| (p.to_string(), k.to_string(), *s)).collect();
+    assert_eq!(events, expected);
+
+    // Nothing sent yet: the relay may take A's first event and B's, never A's later ones.
+    let mut tx = app.db.begin().await.unwrap();
+    let claimed: Vec<String> =
+        patient_service::relay::claim(&mut tx, 100).await.unwrap().iter().map(|r| r.patient_id.to_string()).collect();
+    assert_eq!(claimed, [a.clone(), b]);
+    tx.rollback().await.unwrap();
+}
