@@ -16,6 +16,7 @@ pub fn router(db: PgPool, verifier: Arc<Verifier>) -> Router {
         .with_state(db)
 }
 
+#[tracing::instrument(skip_all)]
 async fn summary(State(db): State<PgPool>) -> Result<Json<repo::Summary>> {
     Ok(Json(repo::summary(&db).await?))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::secret::Secret;
 use anyhow::Context;
 use clap::Args;
-use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
+use sqlx::{migrate::Migrator, postgres::PgPoolOptions, Connection, Executor, PgConnection, PgPool};
 
 /// Database settings, flattened into each service's settings.
 #[derive(Debug, Clone, Args)]
@@ -30,14 +30,31 @@ impl DbArgs {
 
     /// Opens the pool and applies the service's migrations.
     pub async fn connect_and_migrate(&self, migrator: &Migrator) -> anyhow::Result<PgPool> {
-        let pool = PgPoolOptions::new()
+        self.connect_and_migrate_as(migrator, None).await
+    }
+
+    /// Applies the migrations as the URL's user (the schema's owner), then opens the pool whose
+    /// connections act as `runtime_role` (`SET ROLE`): a role the migrations created with only the
+    /// privileges the service needs, so the running service cannot, say, change its audit trail.
+    pub async fn connect_and_migrate_as(
+        &self,
+        migrator: &Migrator,
+        runtime_role: Option<&'static str>,
+    ) -> anyhow::Result<PgPool> {
+        let url = self.database_url.expose();
+        let mut owner = PgConnection::connect(url).await.context("failed to connect to PostgreSQL")?;
+        migrator.run(&mut owner).await.context("failed to apply database migrations")?;
+        owner.close().await.context("failed to close the migration connection")?;
+        let mut options = PgPoolOptions::new()
             .max_connections(self.database_max_connections)
-            .acquire_timeout(Duration::from_millis(self.database_acquire_timeout_ms))
-            .connect(self.database_url.expose())
-            .await
-            .context("failed to connect to PostgreSQL")?;
-        migrator.run(&pool).await.context("failed to apply database migrations")?;
-        Ok(pool)
+            .acquire_timeout(Duration::from_millis(self.database_acquire_timeout_ms));
+        if let Some(role) = runtime_role {
+            // A constant of the service, never input: safe to splice as an identifier.
+            options = options.after_connect(move |conn, _| {
+                Box::pin(async move { conn.execute(format!("SET ROLE {role}").as_str()).await.map(|_| ()) })
+            });
+        }
+        options.connect(url).await.context("failed to connect to PostgreSQL")
     }
 }
 

@@ -121,15 +121,29 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
         }
     }
 
-    // Append-only for the service's own database role.
-    let update = sqlx::query("UPDATE audit_log SET outcome = 200 WHERE outcome = 403").execute(&patients.db).await;
-    assert!(update.is_err(), "an audit row was updated");
-    let delete = sqlx::query("DELETE FROM audit_log").execute(&patients.db).await;
-    assert!(delete.is_err(), "audit rows were deleted");
-    let truncate = sqlx::query("TRUNCATE audit_log").execute(&patients.db).await;
-    assert!(truncate.is_err(), "the audit log was truncated");
+    // Append-only for the service's own database role (what its pool acts as).
+    for (what, statement) in [
+        ("update", "UPDATE audit_log SET outcome = 200 WHERE outcome = 403"),
+        ("delete", "DELETE FROM audit_log"),
+        ("truncate", "TRUNCATE audit_log"),
+        ("move the head", "UPDATE audit_head SET seq = 0"),
+        ("switch the guard off", "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_or_delete"),
+        (
+            "redefine the hash",
+            "CREATE OR REPLACE FUNCTION audit_row_hash(r audit_log) RETURNS bytea LANGUAGE sql AS 'SELECT r.hash'",
+        ),
+    ] {
+        let mut tx = patients.db.begin().await.unwrap();
+        sqlx::query(&format!("SET LOCAL ROLE {}", patient_service::RUNTIME_ROLE)).execute(&mut *tx).await.unwrap();
+        let refused = sqlx::query(statement).execute(&mut *tx).await;
+        assert!(refused.is_err(), "the service's role could {what}");
+        tx.rollback().await.unwrap();
+    }
+    // Even the owner's plain UPDATE and DELETE are refused by the trigger.
+    assert!(sqlx::query("UPDATE audit_log SET outcome = 200").execute(&patients.db).await.is_err());
+    assert!(sqlx::query("DELETE FROM audit_log").execute(&patients.db).await.is_err());
 
-    // The chain holds; a change by hand (guard switched off, as only an owner could) is found.
+    // The chain holds; a change by hand (guard switched off, as only the owner can) is found.
     let intact = patient_service::audit::verify_chain(&patients.db).await.unwrap();
     assert_eq!(intact.first_broken, None);
     assert_eq!(intact.rows, dump.len() as u64);

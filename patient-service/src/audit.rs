@@ -108,6 +108,7 @@ impl AuditContext {
     }
 
     /// Appends the record with `outcome` (inside the caller's transaction, when given one).
+    #[tracing::instrument(skip_all, fields(action = self.action.as_str(), outcome = outcome.as_u16()))]
     pub async fn record(&self, db: impl PgExecutor<'_>, outcome: StatusCode, patient_id: Option<Uuid>) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO audit_log (subject, client_id, action, patient_id, query, outcome, request_id, trace_id,
@@ -204,27 +205,32 @@ pub struct ChainReport {
 /// Walks the whole chain: every row's `seq` follows the previous one, its `prev_hash` is the
 /// previous row's `hash` (the genesis value for the first), its `hash` matches its content, and
 /// the head names the last row.
+#[tracing::instrument(skip_all)]
 pub async fn verify_chain(db: &PgPool) -> anyhow::Result<ChainReport> {
+    // One snapshot for the rows and the head: appends committed meanwhile are simply not seen.
+    let mut tx = db.begin().await.context("failed to begin the check")?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.context("snapshot")?;
     let genesis: Vec<u8> = sqlx::query_scalar("SELECT sha256(convert_to('patient-service audit genesis', 'UTF8'))")
-        .fetch_one(db)
+        .fetch_one(&mut *tx)
         .await
         .context("genesis hash")?;
-    let mut rows =
-        sqlx::query("SELECT seq, prev_hash, hash, audit_row_hash(a) AS recomputed FROM audit_log a ORDER BY seq").fetch(db);
-    let (mut expected_seq, mut previous_hash, mut count) = (1i64, genesis, 0u64);
-    while let Some(row) = rows.try_next().await.context("reading the audit trail")? {
-        let seq: i64 = row.get("seq");
-        let (prev_hash, hash, recomputed): (Vec<u8>, Vec<u8>, Vec<u8>) =
-            (row.get("prev_hash"), row.get("hash"), row.get("recomputed"));
-        count += 1;
-        if seq != expected_seq || prev_hash != previous_hash || hash != recomputed {
-            return Ok(ChainReport { rows: count, first_broken: Some(seq) });
-        }
-        (expected_seq, previous_hash) = (seq + 1, hash);
-    }
-    drop(rows);
     let (head_seq, head_hash): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head").fetch_one(db).await.context("reading the chain head")?;
+        sqlx::query_as("SELECT seq, hash FROM audit_head").fetch_one(&mut *tx).await.context("reading the chain head")?;
+    let (mut expected_seq, mut previous_hash, mut count) = (1i64, genesis, 0u64);
+    {
+        let mut rows = sqlx::query("SELECT seq, prev_hash, hash, audit_row_hash(a) AS recomputed FROM audit_log a ORDER BY seq")
+            .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await.context("reading the audit trail")? {
+            let seq: i64 = row.get("seq");
+            let (prev_hash, hash, recomputed): (Vec<u8>, Vec<u8>, Vec<u8>) =
+                (row.get("prev_hash"), row.get("hash"), row.get("recomputed"));
+            count += 1;
+            if seq != expected_seq || prev_hash != previous_hash || hash != recomputed {
+                return Ok(ChainReport { rows: count, first_broken: Some(seq) });
+            }
+            (expected_seq, previous_hash) = (seq + 1, hash);
+        }
+    }
     if head_seq != expected_seq - 1 || head_hash != previous_hash {
         // Rows after the last one present were removed (or the head was moved).
         return Ok(ChainReport { rows: count, first_broken: Some(expected_seq) });

@@ -89,10 +89,15 @@ impl BillingClient {
 
     /// The message with the deadline and `authorization: Bearer <our token>`.
     async fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
-        let token = self.token.bearer().await.map_err(|e| {
-            tracing::warn!(error = %format!("{e:#}"), "no service token for the billing call");
-            Error::BillingUnavailable
-        })?;
+        // Getting the token counts against the call's deadline (Keycloak slow: 503, not a hang).
+        let token = tokio::time::timeout(self.deadline, self.token.bearer())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|fetched| fetched)
+            .map_err(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "no service token for the billing call");
+                Error::BillingUnavailable
+            })?;
         let value = MetadataValue::try_from(format!("Bearer {}", token.expose())).context("token is not a header value")?;
         let mut request = Request::new(message);
         request.set_timeout(self.deadline);

@@ -36,7 +36,7 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<usize> {
             INSERT INTO patients (id, name, email, address, date_of_birth, registered_date)
             VALUES ($1, $2, $3, $4, $5, $6)
             ON CONFLICT DO NOTHING
-            RETURNING id, name, email, address, date_of_birth, registered_date, updated_at
+            RETURNING id, name, email, address, date_of_birth, registered_date, updated_at, version
             "#,
         )
         .bind(p.id)

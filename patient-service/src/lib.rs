@@ -17,5 +17,9 @@ pub mod startup;
 
 pub use error::{Error, Result};
 
+/// The database role the running service acts as (created with its privileges by the
+/// migrations; it cannot change or remove audit rows).
+pub const RUNTIME_ROLE: &str = "patient_service_app";
+
 /// The embedded migrations of this service's database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

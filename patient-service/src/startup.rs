@@ -34,7 +34,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = settings.db.connect_and_migrate(&MIGRATOR).await?;
+        let pool = settings.db.connect_and_migrate_as(&MIGRATOR, Some(crate::RUNTIME_ROLE)).await?;
         if settings.seed_demo_data {
             demo::seed(&pool).await?;
         }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use common::secret::Secret;
-use openidconnect::{core::CoreClient, ClientId, ClientSecret, OAuth2TokenResponse};
+use openidconnect::{
+    core::{CoreClient, CoreProviderMetadata},
+    ClientId, ClientSecret, OAuth2TokenResponse,
+};
 use tokio::{sync::Mutex, time::Instant};
 
 use crate::{discovery, settings::OidcArgs};
@@ -31,12 +34,20 @@ struct Held {
     renew_at: Instant,
 }
 
+/// What the single fetcher keeps: the realm's metadata (discovered once) and the token.
+#[derive(Default)]
+struct State {
+    metadata: Option<CoreProviderMetadata>,
+    held: Option<Held>,
+}
+
 /// A cached client_credentials token; one fetch at a time.
 pub struct ServiceToken {
     http: reqwest::Client,
     oidc: OidcArgs,
     client: ClientArgs,
-    held: Mutex<Option<Held>>,
+    /// One fetch at a time; callers that arrive meanwhile wait for it and share its token.
+    state: Mutex<State>,
 }
 
 impl std::fmt::Debug for ServiceToken {
@@ -52,29 +63,44 @@ impl ServiceToken {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(oidc.jwks_fetch_timeout_ms))
             .build()?;
-        Ok(Self { http, oidc, client, held: Mutex::new(None) })
+        Ok(Self { http, oidc, client, state: Mutex::new(State::default()) })
     }
 
     /// A valid access token, from the cache unless it is about to expire.
     pub async fn bearer(&self) -> anyhow::Result<Secret> {
-        let mut held = self.held.lock().await;
-        if let Some(h) = held.as_ref().filter(|h| Instant::now() < h.renew_at) {
+        let mut state = self.state.lock().await;
+        if let Some(h) = state.held.as_ref().filter(|h| Instant::now() < h.renew_at) {
             return Ok(h.token.clone());
         }
-        let fresh = self.fetch().await?;
-        let token = fresh.token.clone();
-        *held = Some(fresh);
-        Ok(token)
+        let metadata = match state.metadata.clone() {
+            Some(metadata) => metadata,
+            None => {
+                let found =
+                    discovery::provider_metadata(&self.http, self.oidc.discovery_base(), &self.oidc.accepted_issuers()).await?;
+                state.metadata = Some(found.clone());
+                found
+            }
+        };
+        match self.fetch(metadata).await {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                state.held = Some(fresh);
+                Ok(token)
+            }
+            Err(err) => {
+                // The realm may have moved: discover again next time.
+                state.metadata = None;
+                Err(err)
+            }
+        }
     }
 
     /// Drops the cached token (e.g. after the callee rejected it).
     pub async fn forget(&self) {
-        *self.held.lock().await = None;
+        self.state.lock().await.held = None;
     }
 
-    async fn fetch(&self) -> anyhow::Result<Held> {
-        let metadata =
-            discovery::provider_metadata(&self.http, self.oidc.discovery_base(), &self.oidc.accepted_issuers()).await?;
+    async fn fetch(&self, metadata: CoreProviderMetadata) -> anyhow::Result<Held> {
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.client.client_id.clone()),

@@ -57,22 +57,18 @@ pub struct OidcArgs {
 }
 
 impl OidcArgs {
-    /// The defaults, trusting `issuer_url` (tests, tools).
+    /// The defaults (clap's, declared once above), trusting `issuer_url` only (tests, tools).
     pub fn for_issuer(issuer_url: impl Into<String>) -> Self {
-        Self {
-            issuer_url: issuer_url.into(),
-            discovery_url: None,
-            extra_issuers: Vec::new(),
-            audience: "patient-api".into(),
-            role_clients: vec!["patient-api".into()],
-            leeway_secs: 30,
-            max_token_bytes: 8 * 1024,
-            token_cache_capacity: 50_000,
-            jwks_refresh_secs: 300,
-            jwks_min_refetch_ms: 2_000,
-            jwks_negative_ttl_secs: 30,
-            jwks_fetch_timeout_ms: 3_000,
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            oidc: OidcArgs,
         }
+        let mut oidc = <Defaults as clap::Parser>::parse_from(["defaults"]).oidc;
+        oidc.issuer_url = issuer_url.into();
+        oidc.discovery_url = None;
+        oidc.extra_issuers = Vec::new();
+        oidc
     }
 
     /// Every accepted `iss` value.

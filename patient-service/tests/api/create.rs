@@ -76,7 +76,8 @@ async fn create_with_invalid_fields_returns_400_with_errors_and_stores_nothing()
         (json!({"address": "1 Main\u{0} St"}), vec!["address"]),
         (json!({"dateOfBirth": "-999-01-01"}), vec!["dateOfBirth"]),
         (json!({"dateOfBirth": "+999-01-01"}), vec!["dateOfBirth"]),
-        (json!({"registeredDate": "2024-1-015"}), vec!["registeredDate"]),
+        (json!({"registeredDate": "2024- 1-05"}), vec!["registeredDate"]),
+        (json!({"dateOfBirth": "1990-01- 5"}), vec!["dateOfBirth"]),
     ];
     for (overrides, fields) in cases {
         let mut body = patient_body(1);

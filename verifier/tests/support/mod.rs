@@ -30,6 +30,9 @@ struct Published {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
+    /// client_credentials grants served, and the lifetime (s) of the tokens handed out.
+    grants: Arc<AtomicUsize>,
+    token_lifetime: Arc<AtomicUsize>,
 }
 
 /// The provider: its issuer URL, the keys it publishes, and how often its JWKS was fetched.
@@ -51,6 +54,7 @@ impl Provider {
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(move || async move { Json(discovery) }))
             .route("/jwks", get(jwks))
+            .route("/token", axum::routing::post(token))
             .with_state(published.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { issuer, published }
@@ -64,6 +68,16 @@ impl Provider {
     /// While set, the JWKS endpoint answers 500.
     pub fn fail(&self, failing: bool) {
         self.published.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// client_credentials grants served so far.
+    pub fn grants(&self) -> usize {
+        self.published.grants.load(Ordering::SeqCst)
+    }
+
+    /// Lifetime (`expires_in`) of the tokens the token endpoint hands out.
+    pub fn token_lifetime(&self, secs: usize) {
+        self.published.token_lifetime.store(secs, Ordering::SeqCst);
     }
 
     pub fn fetches(&self) -> usize {
@@ -127,6 +141,19 @@ async fn jwks(State(p): State<Published>) -> impl IntoResponse {
     }
     let keys = p.keys.lock().unwrap().clone();
     Json(json!({ "keys": keys })).into_response()
+}
+
+/// The token endpoint: client_credentials for `svc` / `svc-secret` only (client_secret_basic).
+async fn token(State(p): State<Published>, headers: axum::http::HeaderMap, body: String) -> impl IntoResponse {
+    use base64::Engine as _;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:svc-secret"));
+    let authorised = headers.get("authorization").is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    if !authorised || !body.contains("grant_type=client_credentials") {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"}))).into_response();
+    }
+    let n = p.grants.fetch_add(1, Ordering::SeqCst) + 1;
+    let lifetime = p.token_lifetime.load(Ordering::SeqCst).max(1);
+    Json(json!({"access_token": format!("token-{n}"), "token_type": "Bearer", "expires_in": lifetime})).into_response()
 }
 
 pub fn now() -> u64 {
