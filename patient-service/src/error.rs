@@ -28,6 +28,12 @@ pub enum Error {
     NotFoundDetail(&'static str),
     #[error("email address is already used by another patient")]
     EmailTaken,
+    /// The `Idempotency-Key` was used before with a different request body.
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` is still being processed.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyKeyInUse,
     #[error("request body is too large")]
     PayloadTooLarge,
     #[error("request body must be JSON (Content-Type: application/json)")]
@@ -61,7 +67,8 @@ impl IntoResponse for Error {
             Error::Validation(errors) => Problem::new(StatusCode::BAD_REQUEST, self.to_string()).with_errors(errors.clone()),
             Error::BadRequest(_) => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
             Error::NotFound | Error::NotFoundDetail(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
-            Error::EmailTaken => Problem::new(StatusCode::CONFLICT, self.to_string()),
+            Error::EmailTaken | Error::IdempotencyKeyInUse => Problem::new(StatusCode::CONFLICT, self.to_string()),
+            Error::IdempotencyKeyReused => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             Error::PayloadTooLarge => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
             Error::UnsupportedMediaType => Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, self.to_string()),
             Error::BillingUnavailable => {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod idempotency;
 pub mod outbox;
 pub mod relay;
 pub mod repo;

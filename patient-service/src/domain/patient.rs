@@ -11,7 +11,7 @@ use super::fields::{parse_date, Address, BirthDate, PatientName};
 
 /// The JSON body of a create or update. Every field is optional here so that a missing field is
 /// reported as a validation error naming it, not as a deserialisation failure.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PatientRequest {
     pub name: Option<String>,

@@ -4,7 +4,7 @@ use anyhow::Context;
 use axum::{
     extract::{Extension, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
@@ -19,7 +19,8 @@ use super::{
 };
 use crate::{
     audit::{AuditContext, AuditedInTransaction},
-    domain::{PatientInput, PatientRequest, PatientResponse},
+    domain::{PatientInput, PatientRequest, PatientResponse, ValidPatient},
+    idempotency::{self, Claim},
     outbox::{self, EventType},
     repo, Error, Result,
 };
@@ -60,15 +61,14 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
     Ok(Json(patient.into()))
 }
 
-/// Open the billing account, then insert the patient and its event in one statement.
+/// Open the billing account, then insert the patient, its event and its audit record in one
+/// transaction.
 ///
 /// No database connection is held while billing is called: a slow billing must not drain the
-/// pool under every other endpoint. If billing fails, nothing was written here; if the insert
-/// fails after billing answered (email taken by a concurrent create, database down, client gone),
-/// billing holds an account for a patient id that never exists; a client retry uses a new id.
-/// The patient, its event and its audit record commit together. Reconciling those accounts is
-/// the open orphan-account work (PENDING accounts activated by the
-/// PATIENT_CREATED event, `Idempotency-Key` for retries). Emails are checked before billing is
+/// pool under every other endpoint. If billing fails, nothing was written here. With an
+/// `Idempotency-Key` the patient id is reserved with the key, so a retry (after a 503, a timeout
+/// or a lost response) reuses it: billing, idempotent per patient id, opens no second account,
+/// and a create that already committed is replayed. Emails are checked before billing is
 /// called, so the common conflict never reaches billing at all.
 #[tracing::instrument(skip_all, fields(patient_id))]
 async fn create(
@@ -76,30 +76,79 @@ async fn create(
     Extension(audit): Extension<AuditContext>,
     headers: HeaderMap,
     AppJson(body): AppJson<PatientRequest>,
-) -> Result<impl IntoResponse> {
+) -> Result<Response> {
+    let key = idempotency::Key::from_headers(&headers)?;
     let valid = body.validate(PatientInput::Create, today()).map_err(Error::Validation)?;
-    let id = Uuid::new_v4();
+    let (id, lease) = match key {
+        None => (Uuid::new_v4(), None),
+        Some(key) => {
+            let canonical = serde_json::to_string(&body).context("request body does not serialise")?;
+            match idempotency::claim(&state.db, &audit.subject, &key, &canonical).await? {
+                Claim::Proceed { patient_id } => {
+                    (patient_id, Some(idempotency::Lease::new(state.db.clone(), &audit.subject, key)))
+                }
+                Claim::Replay { patient_id, response, location } => {
+                    tracing::Span::current().record("patient_id", tracing::field::display(patient_id));
+                    audit.record(&state.db, StatusCode::CREATED, Some(patient_id)).await?;
+                    tracing::info!("create replayed for its idempotency key");
+                    let location = HeaderValue::from_str(&location).context("invalid stored Location")?;
+                    return Ok((
+                        StatusCode::CREATED,
+                        Extension(AuditedInTransaction),
+                        [(header::LOCATION, location), (IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"))],
+                        Json(response),
+                    )
+                        .into_response());
+                }
+                Claim::Mismatch => return Err(Error::IdempotencyKeyReused),
+                Claim::InProgress => return Err(Error::IdempotencyKeyInUse),
+            }
+        }
+    };
     tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let created = create_patient(&state, &audit, &headers, &valid, id, lease.as_ref().map(idempotency::Lease::key)).await?;
+    // Any other way out of here (an error, or this future dropped with its client) frees the key.
+    if let Some(lease) = lease {
+        lease.completed();
+    }
+    Ok(created)
+}
 
+static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+async fn create_patient(
+    state: &AppState,
+    audit: &AuditContext,
+    headers: &HeaderMap,
+    valid: &ValidPatient,
+    id: Uuid,
+    key: Option<&idempotency::Key>,
+) -> Result<Response> {
     if repo::email_taken(&state.db, valid.email.as_str()).await? {
         return Err(Error::EmailTaken);
     }
     let new = valid.new_patient(id).ok_or(Error::Validation(missing_registered_date()))?;
-    state.billing.create_account(id, &valid).await?;
-    let event = outbox::NewEvent::new(EventType::Created, &new, traceparent(&headers));
+    state.billing.create_account(id, valid).await?;
+    let event = outbox::NewEvent::new(EventType::Created, &new, traceparent(headers));
+    let location = format!("{}/patients/{id}", forwarded_prefix(headers));
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::insert_with_event(&mut *tx, &new, &event).await?;
+    let body = PatientResponse::from(patient);
+    if let Some(key) = key {
+        let stored = serde_json::to_value(&body).context("response does not serialise")?;
+        idempotency::complete(&mut tx, &audit.subject, key, &stored, &location).await?;
+    }
     audit.record(&mut *tx, StatusCode::CREATED, Some(id)).await?;
     tx.commit().await.context("failed to commit patient create")?;
 
     tracing::info!("patient created");
-    let location = format!("{}/patients/{id}", forwarded_prefix(&headers));
     Ok((
         StatusCode::CREATED,
         Extension(AuditedInTransaction),
         [(header::LOCATION, HeaderValue::from_str(&location).context("invalid Location header")?)],
-        Json(PatientResponse::from(patient)),
-    ))
+        Json(body),
+    )
+        .into_response())
 }
 
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
@@ -130,6 +179,7 @@ async fn remove(
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::delete(&mut tx, id).await?.ok_or(Error::NotFound)?;
     outbox::record(&mut tx, EventType::Deleted, &patient, traceparent(&headers)).await?;
+    idempotency::forget_patient(&mut *tx, id).await?;
     audit.record(&mut *tx, StatusCode::NO_CONTENT, Some(id)).await?;
     tx.commit().await.context("failed to commit patient delete")?;
     tracing::info!("patient deleted");

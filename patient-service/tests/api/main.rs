@@ -5,5 +5,6 @@ mod auth;
 mod create;
 mod crud;
 mod helpers;
+mod idempotency;
 mod list;
 mod settings;

@@ -1,0 +1,98 @@
+//! `Idempotency-Key` on POST /patients: replays, mismatches, and a retry after billing timed out
+//! that makes no second account (real billing, real PostgreSQL, real Keycloak tokens).
+
+use dev_stack::keycloak::{Keycloak, CLINICIAN};
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, client_with, patient_body, TestApp};
+
+async fn post_with_key(app: &TestApp, client: &reqwest::Client, key: &str, body: &Value) -> reqwest::Response {
+    client.post(app.url("/patients")).header("idempotency-key", key).json(body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_same_key_and_body_replay_the_first_201_without_a_second_patient() {
+    let app = TestApp::spawn().await;
+    let first = post_with_key(&app, &app.client, "\"create-ann-1\"", &patient_body(1)).await;
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].clone();
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let created: Value = first.json().await.unwrap();
+
+    let again = post_with_key(&app, &app.client, "create-ann-1", &patient_body(1)).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["location"], location);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), created, "the same response");
+
+    assert_eq!((app.patient_rows().await, app.billing_rows().await, app.outbox_events().await.len()), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_body_is_422_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    assert_eq!(post_with_key(&app, &app.client, "k-1", &patient_body(1)).await.status(), 201);
+    let mut other = patient_body(1);
+    other["address"] = json!("somewhere else");
+    assert_problem(post_with_key(&app, &app.client, "k-1", &other).await, 422).await;
+    assert_eq!((app.patient_rows().await, app.billing_rows().await), (1, 1));
+}
+
+#[tokio::test]
+async fn keys_belong_to_their_caller_and_malformed_keys_are_400() {
+    let app = TestApp::spawn().await;
+    let clinician = client_with(&Keycloak::shared_for_tests().user_token(CLINICIAN).await.unwrap());
+    assert_eq!(post_with_key(&app, &app.client, "shared", &patient_body(1)).await.status(), 201);
+    let theirs = post_with_key(&app, &clinician, "shared", &patient_body(2)).await;
+    assert_eq!(theirs.status(), 201, "another caller's key is not ours to replay or refuse");
+    assert!(theirs.headers().get("idempotent-replayed").is_none());
+
+    for bad in ["", "\"\"", &"k".repeat(256), "caf\u{e9}"] {
+        let resp = app.client.post(app.url("/patients")).header("idempotency-key", bad).json(&patient_body(3)).send().await;
+        if let Ok(resp) = resp {
+            assert_problem(resp, 400).await;
+        }
+    }
+    assert_eq!(app.patient_rows().await, 2);
+}
+
+#[tokio::test]
+async fn a_retry_after_the_client_gave_up_reuses_the_patient_id_and_opens_no_second_account() {
+    let app = TestApp::spawn().await;
+    // Billing answers, then the patient's insert hangs (its outbox table is locked) and the
+    // client gives up: billing holds an account for a patient that was never stored.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let gave_up = app
+        .client
+        .post(app.url("/patients"))
+        .header("idempotency-key", "retry-me")
+        .timeout(std::time::Duration::from_secs(2))
+        .json(&patient_body(1))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    assert_eq!(app.billing_rows().await, 1, "billing opened the account before the insert hung");
+    lock.rollback().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.patient_rows().await, 0, "the dropped request stored nothing");
+
+    // The retry reuses the key's patient id: billing returns the account it already has.
+    let retried = post_with_key(&app, &app.client, "retry-me", &patient_body(1)).await;
+    assert_eq!(retried.status(), 201, "the key was freed when the first request was dropped");
+    let id = retried.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let account_patient: String =
+        sqlx::query_scalar("SELECT patient_id::text FROM billing_accounts").fetch_one(&app.billing_db).await.unwrap();
+    assert_eq!(account_patient, id, "the retry is the patient the account was opened for");
+    assert_eq!((app.patient_rows().await, app.billing_rows().await), (1, 1), "no second patient, no orphan account");
+}
+
+#[tokio::test]
+async fn deleting_the_patient_forgets_its_keys_and_their_stored_response() {
+    let app = TestApp::spawn().await;
+    let created = post_with_key(&app, &app.client, "gone-soon", &patient_body(1)).await;
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.client.delete(app.url(&format!("/patients/{id}"))).send().await.unwrap().status(), 204);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(&app.db).await.unwrap();
+    assert_eq!(kept, 0, "no stored copy of the deleted patient's data");
+}
