@@ -1,6 +1,6 @@
 //! Settings of billing-service, from flags or environment variables.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
@@ -18,6 +18,11 @@ pub struct Settings {
     /// Consumer group of this service on the patient topic.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "billing-service")]
     pub group_id: String,
+    /// Seconds an account may stay PENDING (its patient not yet seen on the patient topic) before
+    /// it is voided and its name and email scrubbed. Longer than any normal create-to-event delay;
+    /// a patient whose event comes later still gets its account back.
+    #[arg(long, env = "PENDING_ACCOUNT_WINDOW_SECS", default_value_t = 600.0)]
+    pub pending_account_window_secs: f64,
     /// The realm whose tokens callers present (every RPC but health and reflection).
     #[command(flatten)]
     pub oidc: OidcArgs,
@@ -36,10 +41,16 @@ impl Settings {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             group_id: "billing-service".into(),
+            pending_account_window_secs: 600.0,
             oidc,
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
             log: LogArgs { log_filter: "info".into(), log_json: false },
         }
+    }
+
+    /// [`Self::pending_account_window_secs`] as a duration (a negative or NaN value counts as 0).
+    pub fn pending_account_window(&self) -> Duration {
+        Duration::try_from_secs_f64(self.pending_account_window_secs).unwrap_or(Duration::ZERO)
     }
 }

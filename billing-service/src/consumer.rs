@@ -1,5 +1,7 @@
-//! Consumer of the `patient` topic (group `billing-service`): a deleted patient's account is
-//! closed. Closing is idempotent, so redeliveries change nothing.
+//! Consumer of the `patient` topic (group `billing-service`). An event of a patient proves that
+//! patient-service committed it: its PENDING account becomes ACTIVE (a VOIDED one is revived from
+//! the event). A deleted patient's account is closed. Both are idempotent and CLOSED is final, so
+//! redeliveries change nothing.
 
 use std::sync::Arc;
 
@@ -12,11 +14,11 @@ use rdkafka::{message::OwnedMessage, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::repo;
+use crate::repo::{self, Activation};
 
 pub struct BillingEventHandler {
     pub db: PgPool,
-    /// `billing_accounts_closed_total`.
+    /// `billing_accounts_closed_total`, `billing_accounts_activated_total{how}`.
     pub metrics: Arc<Registry>,
 }
 
@@ -27,18 +29,33 @@ impl RecordHandler for BillingEventHandler {
             tracing::warn!(partition = record.partition(), offset = record.offset(), "skipping undecodable record");
             return Ok(());
         };
-        if event.event_type != proto::event_type::PATIENT_DELETED {
-            return Ok(());
-        }
         let Ok(patient_id) = Uuid::parse_str(&event.patient_id) else {
-            tracing::warn!(offset = record.offset(), "skipping PATIENT_DELETED without a valid patientId");
+            tracing::warn!(offset = record.offset(), "skipping an event without a valid patientId");
             return Ok(());
         };
-        let closed = repo::close_for_patient(&self.db, patient_id).await.context("failed to close billing account")?;
-        if closed {
-            self.metrics.inc("billing_accounts_closed_total");
+        match event.event_type.as_str() {
+            proto::event_type::PATIENT_DELETED => {
+                let closed = repo::close_for_patient(&self.db, patient_id).await.context("failed to close billing account")?;
+                if closed {
+                    self.metrics.inc("billing_accounts_closed_total");
+                }
+                tracing::info!(%patient_id, closed, "patient deleted: billing account closed");
+            }
+            proto::event_type::PATIENT_CREATED | proto::event_type::PATIENT_UPDATED => {
+                let how = repo::activate_for_patient(&self.db, patient_id, &event.name, &event.email)
+                    .await
+                    .context("failed to activate billing account")?;
+                let series = match how {
+                    Activation::Unchanged => return Ok(()),
+                    Activation::Activated => "billing_accounts_activated_total{how=\"pending\"}",
+                    Activation::Revived => "billing_accounts_activated_total{how=\"voided\"}",
+                    Activation::Opened => "billing_accounts_activated_total{how=\"missing\"}",
+                };
+                self.metrics.inc(series);
+                tracing::info!(%patient_id, ?how, "patient committed: billing account active");
+            }
+            _ => {}
         }
-        tracing::info!(%patient_id, closed, "patient deleted: billing account closed");
         Ok(())
     }
 }

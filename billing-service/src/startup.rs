@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use verifier::{access, grpc::RequireCallerLayer, settings::Auth};
 
-use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, MIGRATOR};
+use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, pending, MIGRATOR};
 
 /// A bound, migrated, not yet serving billing-service.
 pub struct Application {
@@ -24,6 +24,7 @@ pub struct Application {
     consumer: Option<StreamConsumer>,
     metrics: Arc<Registry>,
     auth: Auth,
+    pending_window: std::time::Duration,
 }
 
 impl Application {
@@ -42,7 +43,8 @@ impl Application {
         let metrics = Registry::new();
         verifier::metrics::register(&metrics);
         let auth = settings.oidc.start(metrics.clone()).await?;
-        Ok(Self { grpc, http, pool, consumer, metrics, auth })
+        let pending_window = settings.pending_account_window();
+        Ok(Self { grpc, http, pool, consumer, metrics, auth, pending_window })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -81,9 +83,15 @@ impl Application {
             ("http-server", Box::pin(async move { http.await.context("HTTP server failed") })),
             ("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))),
         ];
-        if let Some(consumer) = self.consumer {
-            let (handler, stop) = (BillingEventHandler { db: self.pool.clone(), metrics: metrics.clone() }, stop.clone());
-            tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, stop).await })));
+        match self.consumer {
+            Some(consumer) => {
+                let (handler, until) = (BillingEventHandler { db: self.pool.clone(), metrics: metrics.clone() }, stop.clone());
+                tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, until).await })));
+                let sweep = pending::sweep_until_stopped(self.pool.clone(), self.pending_window, metrics.clone(), stop.clone());
+                tasks.push(("pending-sweeper", Box::pin(sweep)));
+            }
+            // Without the topic no account can be activated, so none is voided either.
+            None => tracing::warn!("Kafka disabled: accounts stay PENDING, the sweeper does not run"),
         }
         let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
         self.pool.close().await;

@@ -101,7 +101,7 @@ fn get(patient_id: &str) -> GetBillingAccountRequest {
 }
 
 #[tokio::test]
-async fn create_returns_an_active_account_and_the_same_one_on_repeat() {
+async fn create_returns_a_pending_account_and_the_same_one_on_repeat() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
     let patient = Uuid::new_v4().to_string();
@@ -109,7 +109,7 @@ async fn create_returns_an_active_account_and_the_same_one_on_repeat() {
     let first = client.create_billing_account(request(&patient)).await.unwrap().into_inner();
     let again = client.create_billing_account(request(&patient)).await.unwrap().into_inner();
 
-    assert_eq!(first.status, "ACTIVE");
+    assert_eq!(first.status, "PENDING", "ACTIVE only once the patient's event arrives");
     let account_id = Uuid::parse_str(&first.account_id).expect("account ids are UUIDs");
     assert_eq!(again.account_id, first.account_id, "a repeat returns the same account");
     let (stored_id, stored_patient): (Uuid, Uuid) =
@@ -166,7 +166,7 @@ async fn get_billing_account_returns_the_account_or_not_found() {
     let created = client.create_billing_account(request(&patient)).await.unwrap().into_inner();
 
     let found = client.get_billing_account(GetBillingAccountRequest { patient_id: patient.clone() }).await.unwrap().into_inner();
-    assert_eq!((found.account_id, found.patient_id, found.status.as_str()), (created.account_id, patient, "ACTIVE"));
+    assert_eq!((found.account_id, found.patient_id, found.status.as_str()), (created.account_id, patient, "PENDING"));
 
     let missing = client
         .get_billing_account(GetBillingAccountRequest { patient_id: Uuid::new_v4().to_string() })
@@ -223,4 +223,50 @@ async fn grpc_health_reports_serving_and_http_ready_checks_the_database() {
     assert_eq!(ready.status(), 200);
     let live = reqwest::get(format!("http://127.0.0.1:{}/health/live", app.http_port)).await.unwrap();
     assert_eq!(live.status(), 200);
+}
+
+/// The account states one patient can go through: PENDING from the RPC, VOIDED by the sweeper
+/// (contact scrubbed), PENDING again from a retried create, revived to ACTIVE by the patient's
+/// event, CLOSED by its deletion, and CLOSED stays final against a redelivered event.
+#[tokio::test]
+async fn an_account_moves_pending_voided_active_closed_and_closed_is_final() {
+    use billing_service::repo::{self, Activation};
+    use std::time::Duration;
+
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let patient = Uuid::new_v4();
+    let contact = || async {
+        sqlx::query_as::<_, (String, String, String)>("SELECT status, name, email FROM billing_accounts WHERE patient_id = $1")
+            .bind(patient)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let first = client.create_billing_account(request(&patient.to_string())).await.unwrap().into_inner();
+    assert_eq!(first.status, "PENDING");
+    assert_eq!(repo::void_stale_pending(&app.db, Duration::from_secs(60)).await.unwrap(), 0, "not stale yet");
+    assert_eq!(repo::void_stale_pending(&app.db, Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(contact().await, ("VOIDED".into(), String::new(), String::new()));
+
+    let retried = client.create_billing_account(request(&patient.to_string())).await.unwrap().into_inner();
+    assert_eq!((retried.account_id.as_str(), retried.status.as_str()), (first.account_id.as_str(), "PENDING"));
+    assert_eq!(contact().await, ("PENDING".into(), "Ann Example".into(), "ann@example.com".into()));
+
+    repo::void_stale_pending(&app.db, Duration::ZERO).await.unwrap();
+    let how = repo::activate_for_patient(&app.db, patient, "Ann Later", "ann.later@example.com").await.unwrap();
+    assert_eq!(how, Activation::Revived, "an event after the window brings the account back");
+    assert_eq!(contact().await, ("ACTIVE".into(), "Ann Later".into(), "ann.later@example.com".into()));
+    assert_eq!(repo::activate_for_patient(&app.db, patient, "X", "x@example.com").await.unwrap(), Activation::Unchanged);
+    assert_eq!(repo::void_stale_pending(&app.db, Duration::ZERO).await.unwrap(), 0, "an ACTIVE account is never voided");
+
+    assert!(repo::close_for_patient(&app.db, patient).await.unwrap());
+    assert_eq!(repo::activate_for_patient(&app.db, patient, "X", "x@example.com").await.unwrap(), Activation::Unchanged);
+    assert_eq!(contact().await, ("CLOSED".into(), String::new(), String::new()), "a redelivered event reopens nothing");
+    let again = client.create_billing_account(request(&patient.to_string())).await.unwrap().into_inner();
+    assert_eq!(again.status, "CLOSED", "a create of a deleted patient's id opens nothing");
+
+    let unknown = Uuid::new_v4();
+    assert_eq!(repo::activate_for_patient(&app.db, unknown, "Bo", "bo@example.com").await.unwrap(), Activation::Opened);
+    assert_eq!(app.account_rows().await, 2);
 }

@@ -285,7 +285,7 @@ async fn deleting_a_patient_closes_its_billing_account() {
         }
     };
     eventually(WAIT, "the account closed", || async { (status_of(id.clone()).await == "CLOSED").then_some(()) }).await;
-    assert_eq!(status_of(other.clone()).await, "ACTIVE", "only the deleted patient's account closes");
+    eventually(WAIT, "the other account active", || async { (status_of(other.clone()).await == "ACTIVE").then_some(()) }).await;
     let contact = |patient: String| {
         let db = billing.db.clone();
         async move {
@@ -298,4 +298,68 @@ async fn deleting_a_patient_closes_its_billing_account() {
     };
     assert_eq!(contact(id).await, (String::new(), String::new()), "the closed account keeps no name or email");
     assert_eq!(contact(other).await.1, "journey8@example.org", "an active account keeps its contact");
+}
+
+/// Billing slow, not down: it commits an account after patient-service gave up on the call (503,
+/// no patient). That account's patient never appears on the topic, so after the window it is
+/// voided and keeps no name or email; a patient that was created gets its account activated and
+/// keeps it past the window.
+#[tokio::test]
+async fn an_account_whose_patient_never_appears_is_voided_and_a_real_one_activated() {
+    let topic = unique_topic();
+    let args = kafka_args(&broker(), &topic);
+    let window = Duration::from_secs(3);
+    let (billing, grpc) = spawn_billing_with(args.clone(), |s| s.pending_account_window_secs = window.as_secs_f64()).await;
+    let patients = spawn_patients_with(&grpc, args, |s| s.billing_timeout_ms = 1_000).await;
+    let client = client().await;
+
+    // Billing's insert takes 2.5 s to commit, past patient-service's 1 s deadline.
+    for ddl in [
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2.5); RETURN NEW; END $$",
+        "CREATE TRIGGER slow_insert AFTER INSERT ON billing_accounts FOR EACH ROW EXECUTE FUNCTION slow_insert()",
+    ] {
+        sqlx::query(ddl).execute(&billing.db).await.unwrap();
+    }
+    let failed = client.post(format!("http://127.0.0.1:{}/patients", patients.port)).json(&patient_body(1)).send().await.unwrap();
+    assert_eq!(failed.status(), 503, "billing too slow: the create fails");
+    // Waits for the slow insert to commit (the DROP takes the table's lock).
+    sqlx::query("DROP TRIGGER slow_insert ON billing_accounts").execute(&billing.db).await.unwrap();
+    let rows = |sql: &'static str| {
+        let db = billing.db.clone();
+        async move { sqlx::query_as::<_, (String, String, String)>(sql).fetch_all(&db).await.unwrap() }
+    };
+    eventually(WAIT, "billing committed the account after the caller gave up", || async {
+        (rows("SELECT status, name, email FROM billing_accounts").await.len() == 1).then_some(())
+    })
+    .await;
+    let patients_stored: i64 = sqlx::query_scalar("SELECT count(*) FROM patients").fetch_one(&patients.db).await.unwrap();
+    assert_eq!(patients_stored, 0, "the failed create stored no patient");
+
+    let real = create_patient(patients.port, &patient_body(2)).await;
+    let status_of = |patient: String| {
+        let db = billing.db.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>("SELECT status, email FROM billing_accounts WHERE patient_id = $1::uuid")
+                .bind(patient)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    eventually(WAIT, "the real patient's account active", || async {
+        (status_of(real.clone()).await.0 == "ACTIVE").then_some(())
+    })
+    .await;
+    let orphan = eventually(WAIT, "the orphan voided", || async {
+        let orphan = rows("SELECT status, name, email FROM billing_accounts WHERE patient_id <> (SELECT patient_id FROM billing_accounts WHERE status = 'ACTIVE')").await;
+        (orphan.len() == 1 && orphan[0].0 != "PENDING").then(|| orphan[0].clone())
+    })
+    .await;
+    assert_eq!(orphan, ("VOIDED".into(), String::new(), String::new()), "voided, with no name or email");
+
+    tokio::time::sleep(window + Duration::from_secs(1)).await;
+    assert_eq!(status_of(real).await, ("ACTIVE".into(), "journey2@example.org".into()), "a real patient's account stays");
+    let metrics = metrics_text(billing.port).await;
+    assert!(metrics.contains("billing_accounts_voided_total 1"), "{metrics}");
+    assert!(metrics.contains("billing_accounts_activated_total{how=\"pending\"} 1"), "{metrics}");
 }

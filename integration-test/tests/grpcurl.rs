@@ -58,7 +58,7 @@ async fn grpcurl_lists_describes_and_calls_billing_through_reflection() {
     .unwrap();
     assert!(ok, "{called}");
     let account: Value = serde_json::from_str(&called).unwrap();
-    assert_eq!(account["status"], "ACTIVE");
+    assert_eq!(account["status"], "PENDING", "no patient with this id exists: the account waits for one");
     let stored: String = sqlx::query_scalar("SELECT id::text FROM billing_accounts WHERE patient_id = $1::uuid")
         .bind(&patient)
         .fetch_one(&billing.db)

@@ -44,8 +44,13 @@ async fn token_then_rest_through_the_gateway_for_the_whole_lifecycle() {
     changed["address"] = json!("3 Gateway Road");
     let updated = call(reqwest::Method::PUT, &location).json(&changed).send().await.unwrap();
     assert_eq!(updated.status(), 200);
-    let bill: Value = call(reqwest::Method::GET, &format!("{location}/bill")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(bill["status"], "ACTIVE");
+    // The account opens PENDING and turns ACTIVE once billing has seen the patient's event.
+    let bill = eventually(Duration::from_secs(60), "the account active", || async {
+        let bill: Value = call(reqwest::Method::GET, &format!("{location}/bill")).send().await.unwrap().json().await.unwrap();
+        (bill["status"] == "ACTIVE").then_some(bill)
+    })
+    .await;
+    assert_eq!(bill["patientId"], id.as_str());
 
     let summary = eventually(Duration::from_secs(60), "analytics via the gateway", || async {
         let s: Value = call(reqwest::Method::GET, "/api/analytics/summary").send().await.unwrap().json().await.unwrap();

@@ -90,9 +90,18 @@ pub fn kafka_args(bootstrap: &str, topic: &str) -> KafkaArgs {
 }
 
 pub async fn spawn_billing(kafka: KafkaArgs) -> (Running, String) {
+    spawn_billing_with(kafka, |_| {}).await
+}
+
+/// The same, with its settings adjusted first (e.g. a short PENDING window).
+pub async fn spawn_billing_with(
+    kafka: KafkaArgs,
+    tweak: impl FnOnce(&mut billing_service::config::Settings),
+) -> (Running, String) {
     let (url, db) = fresh_db("billing").await;
     let mut settings = billing_service::config::Settings::for_database(&url, oidc());
     settings.kafka = kafka;
+    tweak(&mut settings);
     let app = billing_service::startup::Application::build(settings).await.unwrap();
     let grpc = format!("http://127.0.0.1:{}", app.grpc_port());
     let port = app.http_port();
@@ -100,10 +109,20 @@ pub async fn spawn_billing(kafka: KafkaArgs) -> (Running, String) {
 }
 
 pub async fn spawn_patients(billing_grpc: &str, kafka: KafkaArgs) -> Running {
+    spawn_patients_with(billing_grpc, kafka, |_| {}).await
+}
+
+/// The same, with its settings adjusted first (e.g. a short billing deadline).
+pub async fn spawn_patients_with(
+    billing_grpc: &str,
+    kafka: KafkaArgs,
+    tweak: impl FnOnce(&mut patient_service::config::Settings),
+) -> Running {
     let (url, db) = fresh_db("patients").await;
     let client = ClientArgs { client_id: SERVICE_CLIENT.0.into(), client_secret: Secret::new(SERVICE_CLIENT.1) };
     let mut settings = patient_service::config::Settings::for_database(&url, billing_grpc, oidc(), client);
     settings.kafka = kafka;
+    tweak(&mut settings);
     let app = patient_service::startup::Application::build(settings).await.unwrap();
     let port = app.port();
     spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)

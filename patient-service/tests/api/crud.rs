@@ -91,7 +91,7 @@ async fn bill_returns_the_billing_account_from_billing_service() {
     let bill: Value = resp.json().await.unwrap();
     let account_id: String =
         sqlx::query_scalar("SELECT id::text FROM billing_accounts").fetch_one(&app.billing_db).await.unwrap();
-    assert_eq!((bill["accountId"].as_str(), bill["status"].as_str()), (Some(account_id.as_str()), Some("ACTIVE")));
+    assert_eq!((bill["accountId"].as_str(), bill["status"].as_str()), (Some(account_id.as_str()), Some("PENDING")));
     assert_eq!(bill["patientId"], id.as_str());
 
     let unknown = app.client.get(app.url(&format!("/patients/{}/bill", uuid::Uuid::new_v4()))).send().await.unwrap();
