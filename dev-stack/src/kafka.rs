@@ -143,6 +143,14 @@ impl Kafka {
         let _ = fs::remove_file(self.dir.join("kafka.pid"));
     }
 
+    /// Crashes the broker (SIGKILL: no controlled shutdown); [`Kafka::start`] recovers its logs.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid.take().or_else(|| read_pid(&self.dir)) {
+            process::kill(pid);
+        }
+        let _ = fs::remove_file(self.dir.join("kafka.pid"));
+    }
+
     fn java(&self, main_class: &str) -> anyhow::Result<Command> {
         let java_home = crate::java::java_home(&JAVA_MAJORS)?;
         let libs = ensure_jars()?;

@@ -165,6 +165,11 @@ impl Keycloak {
         }
     }
 
+    /// The HTTP port clients use.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)

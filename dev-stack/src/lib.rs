@@ -26,3 +26,4 @@ pub mod services;
 pub mod tokens;
 
 pub use postgres::PgCluster;
+pub use process::fresh_test_dir;

@@ -342,6 +342,9 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
 fn test(args: &[String]) -> anyhow::Result<()> {
     // Install once up front rather than racing apt-get from parallel test binaries.
     postgres::ensure_installed()?;
+    // The fault suite runs the services' real binaries: build them all first (the same
+    // dependency features as the test build, so nothing is compiled twice).
+    cargo(&["build", "--workspace", "--bins"])?;
     let mut cargo_args = vec!["test", "--workspace", "--no-fail-fast"];
     cargo_args.extend(args.iter().map(String::as_str));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -35,6 +35,8 @@ pub struct PgCluster {
     pub port: u16,
     pub data_dir: PathBuf,
     password: String,
+    /// An acknowledged commit survives a crash of the server (not of the machine).
+    crash_safe: bool,
 }
 
 impl PgCluster {
@@ -50,36 +52,84 @@ impl PgCluster {
     /// Starts a throw-away cluster tied to this process' lifetime (a container with the Docker
     /// backend, see [`crate::containers::backend`]).
     pub fn start_ephemeral() -> anyhow::Result<Self> {
+        Self::start_ephemeral_with(false)
+    }
+
+    /// The same, but every acknowledged commit survives [`PgCluster::crash`] (`synchronous_commit`
+    /// stays on; `fsync` stays off: the machine does not crash, only the server), for tests that
+    /// kill PostgreSQL and count what was committed.
+    pub fn start_ephemeral_crash_safe() -> anyhow::Result<Self> {
+        Self::start_ephemeral_with(true)
+    }
+
+    fn start_ephemeral_with(crash_safe: bool) -> anyhow::Result<Self> {
         if crate::containers::backend() == crate::containers::Backend::Docker {
             let (port, password) = (crate::net::free_port()?, format!("test-{}", nanos()));
             // Lives as long as the process; removed at exit.
             Box::leak(Box::new(crate::containers::postgres(port, &password)?));
-            return Ok(Self { port, data_dir: PathBuf::new(), password });
+            return Ok(Self { port, data_dir: PathBuf::new(), password, crash_safe });
         }
         let bin = bin_dir()?;
         let owner = service_user()?;
         let data_dir = process::fresh_test_dir(TEST_DIR_PREFIX);
         let password = format!("test-{}", nanos());
         init_data_dir(&bin, &data_dir, &password, owner, true)?;
-        let port = crate::net::free_port()?;
-        let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D").arg(&data_dir);
-        cmd.args(server_args(port, &data_dir));
-        // Durability is irrelevant for a cluster that dies with the tests; speed is not.
-        cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
-        cmd.stdout(fs::File::create(data_dir.join("server.log"))?);
-        cmd.stderr(fs::File::options().append(true).open(data_dir.join("server.log"))?);
-        run_as(&mut cmd, owner);
-        let pid = process::spawn_tied_to_this_process(cmd, libc::SIGQUIT)?;
-        let cluster = Self { port, data_dir, password };
-        process::wait_ready(
-            &format!("PostgreSQL on port {port}"),
-            Duration::from_secs(60),
-            &cluster.data_dir.join("server.log"),
-            || process::pid_alive(pid),
-            || cluster.is_running(&bin),
-        )?;
+        let cluster = Self { port: crate::net::free_port()?, data_dir, password, crash_safe };
+        cluster.launch_ephemeral(&bin, Duration::from_secs(60))?;
         Ok(cluster)
+    }
+
+    /// Runs the server of an ephemeral cluster, tied to this process, and waits until it serves.
+    fn launch_ephemeral(&self, bin: &Path, limit: Duration) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D").arg(&self.data_dir);
+        cmd.args(server_args(self.port, &self.data_dir));
+        // Durability against an OS crash is irrelevant for a cluster that dies with the tests;
+        // speed is not. Without synchronous_commit a server crash may lose the last commits.
+        cmd.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
+        if !self.crash_safe {
+            cmd.args(["-c", "synchronous_commit=off"]);
+        }
+        cmd.stdout(fs::File::options().create(true).append(true).open(self.data_dir.join("server.log"))?);
+        cmd.stderr(fs::File::options().append(true).open(self.data_dir.join("server.log"))?);
+        run_as(&mut cmd, service_user()?);
+        let pid = process::spawn_tied_to_this_process(cmd, libc::SIGQUIT)?;
+        process::wait_ready(
+            &format!("PostgreSQL on port {}", self.port),
+            limit,
+            &self.data_dir.join("server.log"),
+            || process::pid_alive(pid),
+            || self.is_running(bin),
+        )
+    }
+
+    /// Crashes an ephemeral cluster: SIGKILL to the postmaster, as the OOM killer would. Its
+    /// backends notice and exit; committed work stays in the WAL.
+    pub fn crash(&self) -> anyhow::Result<()> {
+        let pid: u32 = fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .context("no postmaster.pid: is this a running local cluster?")?
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .context("malformed postmaster.pid")?;
+        process::kill(pid);
+        Ok(())
+    }
+
+    /// Starts a crashed ephemeral cluster again (crash recovery replays the WAL). Retries while
+    /// the old backends still hold the shared memory.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let bin = bin_dir()?;
+        let start = std::time::Instant::now();
+        loop {
+            match self.launch_ephemeral(&bin, Duration::from_secs(60)) {
+                Ok(()) => return Ok(()),
+                // Most likely "pre-existing shared memory block is still in use": the killed
+                // postmaster's backends have not all exited yet.
+                Err(_) if start.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(500)),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts (initialising on first use) the dev stack's durable cluster in `data_dir`; a no-op
@@ -90,7 +140,7 @@ impl PgCluster {
         if !data_dir.join("PG_VERSION").exists() {
             init_data_dir(&bin, data_dir, password, owner, false)?;
         }
-        let cluster = Self { port, data_dir: data_dir.to_path_buf(), password: password.to_owned() };
+        let cluster = Self { port, data_dir: data_dir.to_path_buf(), password: password.to_owned(), crash_safe: true };
         if cluster.is_running(&bin) {
             return Ok(cluster);
         }

@@ -129,6 +129,16 @@ pub fn terminate(pid: u32, grace: Duration) {
     }
 }
 
+/// SIGKILL (a crash: no clean-up of any kind); returns when the process is gone.
+pub fn kill(pid: u32) {
+    // SAFETY: plain kill(2) on a pid we started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let start = Instant::now();
+    while pid_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Spawns a child in its own session, so it outlives this command and ignores our terminal's
 /// Ctrl-C; returns its pid.
 pub fn spawn_detached(mut cmd: Command) -> anyhow::Result<u32> {

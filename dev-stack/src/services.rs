@@ -157,6 +157,30 @@ pub fn start(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
     Ok(pid)
 }
 
+/// Starts the service for a test: tied to the test process (it receives SIGTERM when the test
+/// binary exits, even by a crash), pid and log files in `dirs`; returns its pid.
+pub fn start_for_test(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
+    fs::create_dir_all(&dirs.run)?;
+    fs::create_dir_all(&dirs.logs)?;
+    let log = fs::File::options().create(true).append(true).open(dirs.log_file(spec.name))?;
+    let mut cmd = Command::new(dirs.bin.join(spec.name));
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let pid = process::spawn_tied_to_this_process(cmd, libc::SIGTERM)
+        .with_context(|| format!("failed to start {} from {}", spec.name, dirs.bin.display()))?;
+    fs::write(dirs.pid_file(spec.name), pid.to_string())?;
+    Ok(pid)
+}
+
+/// SIGKILL: the service dies where it stands. True when something was killed.
+pub fn kill(name: &str, dirs: &ServiceDirs) -> bool {
+    let pid = dirs.running_pid(name);
+    if let Some(pid) = pid {
+        process::kill(pid);
+    }
+    let _ = fs::remove_file(dirs.pid_file(name));
+    pid.is_some()
+}
+
 /// Waits until `GET /health/ready` answers 200, failing early (with the log's tail) if the
 /// process dies.
 pub fn wait_ready(spec: &ServiceSpec, dirs: &ServiceDirs, limit: Duration) -> anyhow::Result<()> {
