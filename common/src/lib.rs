@@ -2,6 +2,7 @@
 //! telemetry set-up, database settings and helpers, health routes, the shutdown signal,
 //! RFC 9457 problem bodies and the validated [`email::Email`] type.
 
+pub mod breaker;
 pub mod db;
 pub mod email;
 pub mod health;

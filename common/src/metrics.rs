@@ -1,4 +1,4 @@
-//! Prometheus metrics for every service: one registry of counters, an HTTP middleware counting
+//! Prometheus metrics for every service: one registry of counters and gauges, an HTTP middleware counting
 //! requests by method, route template (never the concrete path: it may carry ids or filters)
 //! and status, and the `/metrics` route rendering the text exposition format.
 
@@ -15,10 +15,11 @@ use axum::{
     Router,
 };
 
-/// Monotonic counters keyed by their full series name (`name{labels}`).
+/// Monotonic counters and gauges keyed by their full series name (`name{labels}`).
 #[derive(Debug, Default)]
 pub struct Registry {
     counters: Mutex<BTreeMap<String, u64>>,
+    gauges: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Registry {
@@ -47,20 +48,40 @@ impl Registry {
         self.counters.lock().unwrap_or_else(|e| e.into_inner()).get(series).copied().unwrap_or_default()
     }
 
+    /// Sets the gauge `series` (a state, a level) to `value`.
+    pub fn set_gauge(&self, series: &str, value: i64) {
+        let mut gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        match gauges.get_mut(series) {
+            Some(current) => *current = value,
+            None => {
+                gauges.insert(series.to_owned(), value);
+            }
+        }
+    }
+
+    /// The current value of the gauge `series` (0 when never set).
+    pub fn gauge(&self, series: &str) -> i64 {
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).get(series).copied().unwrap_or_default()
+    }
+
     /// The text exposition format, one `# TYPE` line per metric name.
     pub fn render(&self) -> String {
-        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        let mut last_name = "";
-        for (series, value) in counters.iter() {
-            let name = series.split('{').next().unwrap_or(series);
-            if name != last_name {
-                out.push_str(&format!("# TYPE {name} counter\n"));
-                last_name = name;
-            }
-            out.push_str(&format!("{series} {value}\n"));
-        }
+        render_family(&mut out, "counter", &self.counters.lock().unwrap_or_else(|e| e.into_inner()));
+        render_family(&mut out, "gauge", &self.gauges.lock().unwrap_or_else(|e| e.into_inner()));
         out
+    }
+}
+
+fn render_family<V: std::fmt::Display>(out: &mut String, kind: &str, series: &BTreeMap<String, V>) {
+    let mut last_name = "";
+    for (series, value) in series.iter() {
+        let name = series.split('{').next().unwrap_or(series);
+        if name != last_name {
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            last_name = name;
+        }
+        out.push_str(&format!("{series} {value}\n"));
     }
 }
 
@@ -99,9 +120,12 @@ mod tests {
         r.inc("b_total{x=\"1\"}");
         r.add("b_total{x=\"2\"}", 3);
         r.inc("a_total");
+        r.set_gauge("state{d=\"x\"}", 2);
+        r.set_gauge("state{d=\"x\"}", 1);
         assert_eq!(
             r.render(),
-            "# TYPE a_total counter\na_total 1\n# TYPE b_total counter\nb_total{x=\"1\"} 1\nb_total{x=\"2\"} 3\n"
+            "# TYPE a_total counter\na_total 1\n# TYPE b_total counter\nb_total{x=\"1\"} 1\nb_total{x=\"2\"} 3\n\
+             # TYPE state gauge\nstate{d=\"x\"} 1\n"
         );
         assert_eq!(r.get("b_total{x=\"2\"}"), 3);
     }

@@ -1,15 +1,21 @@
 //! The gRPC client of billing-service, with a deadline on every call, this service's own access
-//! token on every call (SPEC §10), and one mapping of its failures to our error type.
+//! token on every call (SPEC §10), retries of transient failures with jittered backoff inside
+//! that deadline, a circuit breaker that answers at once while billing is known to be down
+//! (SPEC §13), and one mapping of its failures to our error type.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use common::{breaker::Breaker, metrics::Registry};
 use proto::billing::{billing_service_client::BillingServiceClient, BillingAccount, BillingRequest, GetBillingAccountRequest};
+use tokio::time::Instant;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 use uuid::Uuid;
 use verifier::client::ServiceToken;
 
-use crate::{domain::ValidPatient, Error};
+use crate::{config::Resilience, domain::ValidPatient, Error};
+
+const RETRIES: &str = "billing_retries_total";
 
 /// A cheap-to-clone client over one lazily (re)connecting channel.
 #[derive(Debug, Clone)]
@@ -17,18 +23,40 @@ pub struct BillingClient {
     inner: BillingServiceClient<Channel>,
     deadline: Duration,
     token: Arc<ServiceToken>,
+    breaker: Arc<Breaker>,
+    attempts: u32,
+    backoff: Duration,
+    metrics: Arc<Registry>,
 }
 
 impl BillingClient {
     /// Does not connect yet: the service starts while billing is still down, and each call
     /// reconnects as needed.
-    pub fn new(url: &str, connect_timeout: Duration, deadline: Duration, token: Arc<ServiceToken>) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        deadline: Duration,
+        token: Arc<ServiceToken>,
+        resilience: &Resilience,
+        metrics: Arc<Registry>,
+    ) -> anyhow::Result<Self> {
         let channel = Channel::from_shared(url.to_owned())
             .with_context(|| "invalid BILLING_GRPC_URL".to_string())?
             .connect_timeout(connect_timeout)
             .timeout(deadline)
             .connect_lazy();
-        Ok(Self { inner: BillingServiceClient::new(channel), deadline, token })
+        let open_for = Duration::from_millis(resilience.billing_breaker_open_ms);
+        let breaker = Arc::new(Breaker::new("billing", resilience.billing_breaker_failures, open_for, metrics.clone()));
+        metrics.add(RETRIES, 0);
+        Ok(Self {
+            inner: BillingServiceClient::new(channel),
+            deadline,
+            token,
+            breaker,
+            attempts: resilience.billing_retry_attempts.max(1),
+            backoff: Duration::from_millis(resilience.billing_retry_backoff_ms),
+            metrics,
+        })
     }
 
     /// Opens (or returns the existing) billing account of the patient; idempotent on billing's side.
@@ -59,38 +87,64 @@ impl BillingClient {
         }
     }
 
-    /// One RPC with our token and the deadline. A token billing no longer accepts (expired
-    /// early, signing key rotated) is dropped and the call made once more with a fresh one;
-    /// both RPCs are idempotent.
+    /// One RPC with our token, inside one deadline for all of its attempts. Transient failures
+    /// are retried after a jittered backoff while the deadline leaves room (both RPCs are
+    /// idempotent); every attempt passes the circuit breaker, so an open circuit ends the call at
+    /// once. A token billing no longer accepts (expired early, signing key rotated) is dropped and
+    /// the call made once more with a fresh one.
     async fn call<M: Clone, T, F, Fut>(&self, rpc: F, message: M) -> Result<Result<T, tonic::Status>, Error>
     where
         F: Fn(BillingServiceClient<Channel>, Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let first = self.within_deadline(rpc(self.inner.clone(), self.request(message.clone()).await?)).await?;
-        match first {
-            Err(status) if status.code() == Code::Unauthenticated => {
-                tracing::warn!("billing refused our service token; fetching a new one");
-                self.token.forget().await;
-                self.within_deadline(rpc(self.inner.clone(), self.request(message).await?)).await
+        let deadline = Instant::now() + self.deadline;
+        let (mut attempt, mut token_renewed) = (0, false);
+        loop {
+            attempt += 1;
+            let permit = self.breaker.attempt().map_err(|open| {
+                tracing::warn!(retry_after_ms = open.retry_after.as_millis() as u64, "billing circuit open; call refused");
+                Error::BillingCircuitOpen(open.retry_after)
+            })?;
+            let request = self.request(message.clone(), deadline).await?;
+            let outcome = match tokio::time::timeout_at(deadline, rpc(self.inner.clone(), request)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    permit.failed();
+                    tracing::warn!(deadline_ms = self.deadline.as_millis() as u64, "billing call exceeded its deadline");
+                    return Err(Error::BillingUnavailable);
+                }
+            };
+            match outcome {
+                Err(status) if status.code() == Code::Unauthenticated && !token_renewed => {
+                    permit.succeeded();
+                    tracing::warn!("billing refused our service token; fetching a new one");
+                    self.token.forget().await;
+                    token_renewed = true;
+                }
+                Err(status) if transient(status.code()) => {
+                    permit.failed();
+                    // Full jitter: a random sleep up to backoff × 2^(attempt-1).
+                    let ceiling = self.backoff.saturating_mul(1 << (attempt - 1).min(16));
+                    let sleep = ceiling.mul_f64(fastrand::f64());
+                    if attempt >= self.attempts || Instant::now() + sleep >= deadline {
+                        return Ok(Err(status));
+                    }
+                    tracing::info!(code = ?status.code(), attempt, "billing call failed transiently; retrying");
+                    self.metrics.inc(RETRIES);
+                    tokio::time::sleep(sleep).await;
+                }
+                other => {
+                    permit.succeeded();
+                    return Ok(other);
+                }
             }
-            other => Ok(other),
         }
     }
 
-    /// The deadline enforced locally too, so a peer that accepts connections but never answers
-    /// (stuck handshake included) cannot hold a request longer.
-    async fn within_deadline<T>(&self, call: impl std::future::Future<Output = T>) -> Result<T, Error> {
-        tokio::time::timeout(self.deadline, call).await.map_err(|_| {
-            tracing::warn!(deadline_ms = self.deadline.as_millis() as u64, "billing call exceeded its deadline");
-            Error::BillingUnavailable
-        })
-    }
-
-    /// The message with the deadline and `authorization: Bearer <our token>`.
-    async fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
+    /// The message with what is left of the deadline and `authorization: Bearer <our token>`.
+    async fn request<T>(&self, message: T, deadline: Instant) -> Result<Request<T>, Error> {
         // Getting the token counts against the call's deadline (Keycloak slow: 503, not a hang).
-        let token = tokio::time::timeout(self.deadline, self.token.bearer())
+        let token = tokio::time::timeout_at(deadline, self.token.bearer())
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|fetched| fetched)
@@ -100,17 +154,22 @@ impl BillingClient {
             })?;
         let value = MetadataValue::try_from(format!("Bearer {}", token.expose())).context("token is not a header value")?;
         let mut request = Request::new(message);
-        request.set_timeout(self.deadline);
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         request.metadata_mut().insert("authorization", value);
         Ok(request)
     }
+}
+
+/// Failures that say nothing about the request itself: billing down, overloaded or too slow.
+fn transient(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Cancelled)
 }
 
 /// Transient failures (down, overloaded, too slow) become a retryable 503; anything else is a
 /// billing bug and a 502.
 fn map_status(status: tonic::Status) -> Error {
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => {
+        code if transient(code) => {
             tracing::warn!(code = ?status.code(), "billing call failed transiently");
             Error::BillingUnavailable
         }

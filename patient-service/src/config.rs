@@ -21,6 +21,9 @@ pub struct Settings {
     /// How long to wait for a TCP connection to billing.
     #[arg(long, env = "BILLING_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
     pub billing_connect_timeout_ms: u64,
+    /// Retries and the circuit breaker around billing calls.
+    #[command(flatten)]
+    pub billing_resilience: Resilience,
     /// Largest accepted request body; larger ones get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
@@ -47,6 +50,24 @@ pub struct Settings {
     pub log: LogArgs,
 }
 
+/// How calls to billing survive its hiccups and how they stop hammering it when it is down.
+#[derive(Debug, Clone, Parser)]
+pub struct Resilience {
+    /// Attempts per billing call (both RPCs are idempotent), all within the call's deadline;
+    /// only transient failures (unreachable, overloaded) are retried.
+    #[arg(long, env = "BILLING_RETRY_ATTEMPTS", default_value_t = 3)]
+    pub billing_retry_attempts: u32,
+    /// First retry backoff; it doubles per attempt, each sleep a random fraction of it (full jitter).
+    #[arg(long, env = "BILLING_RETRY_BACKOFF_MS", default_value_t = 50)]
+    pub billing_retry_backoff_ms: u64,
+    /// Consecutive failed attempts that open the circuit: calls then answer 503 at once.
+    #[arg(long, env = "BILLING_BREAKER_FAILURES", default_value_t = 5)]
+    pub billing_breaker_failures: u32,
+    /// How long the circuit stays open before one probe call is let through.
+    #[arg(long, env = "BILLING_BREAKER_OPEN_MS", default_value_t = 5_000)]
+    pub billing_breaker_open_ms: u64,
+}
+
 impl Settings {
     /// Settings for tests and tools: loopback, an OS-chosen port, the given database, billing and
     /// realm.
@@ -61,6 +82,7 @@ impl Settings {
             billing_grpc_url: billing_grpc_url.into(),
             billing_timeout_ms: 3_000,
             billing_connect_timeout_ms: 1_000,
+            billing_resilience: Resilience::parse_from(["patient-service"]),
             max_body_bytes: 16 * 1024,
             seed_demo_data: false,
             outbox_batch_size: 100,

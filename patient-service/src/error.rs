@@ -41,6 +41,9 @@ pub enum Error {
     /// Billing did not answer in time or at all: nothing was persisted, retrying is safe.
     #[error("billing service is unavailable; nothing was saved, retry later")]
     BillingUnavailable,
+    /// Billing is known to be down (the circuit is open): refused at once, nothing was persisted.
+    #[error("billing service is unavailable; nothing was saved, retry later")]
+    BillingCircuitOpen(std::time::Duration),
     /// Billing answered with an error we did not expect.
     #[error("billing service failed")]
     BillingFailed(#[source] tonic::Status),
@@ -75,6 +78,9 @@ impl IntoResponse for Error {
                 tracing::warn!("billing unavailable; request rolled back");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after(RETRY_AFTER_SECS)
             }
+            // When the breaker lets the next probe through, at least a second away.
+            Error::BillingCircuitOpen(retry_after) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+                .with_retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             Error::BillingFailed(status) => {
                 tracing::error!(code = ?status.code(), "billing call failed");
                 Problem::new(StatusCode::BAD_GATEWAY, self.to_string())

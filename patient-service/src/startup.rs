@@ -47,6 +47,8 @@ impl Application {
             settings.billing_connect_timeout(),
             settings.billing_timeout(),
             token,
+            &settings.billing_resilience,
+            metrics.clone(),
         )?;
         let state = AppState { db: pool.clone(), billing, verifier: auth.verifier.clone() };
         let api = routes::router(state, settings.max_body_bytes);

@@ -38,19 +38,25 @@ pub struct TestApp {
     pub billing_db: PgPool,
     /// Sends the service account's token (every role).
     pub client: reqwest::Client,
-    billing: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    billing: Option<Running>,
+    /// Where patient-service calls billing; a restarted billing comes back there.
+    billing_port: u16,
+    billing_db_url: String,
 }
 
-/// A running billing-service on its own fresh database.
-pub async fn spawn_billing() -> (String, PgPool, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
-    let url = PgCluster::shared_for_tests().fresh_database("billing").await.unwrap();
-    let app = Billing::build(billing_service::config::Settings::for_database(&url, oidc())).await.unwrap();
-    let grpc = format!("http://127.0.0.1:{}", app.grpc_port());
+type Running = (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>);
+
+/// billing-service on `database_url`, its gRPC API on `port` (0: any free one).
+async fn start_billing(database_url: &str, port: u16) -> (u16, Running) {
+    let mut settings = billing_service::config::Settings::for_database(database_url, oidc());
+    settings.grpc_addr.set_port(port);
+    let app = Billing::build(settings).await.unwrap();
+    let port = app.grpc_port();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    (grpc, PgPool::connect(&url).await.unwrap(), stop, task)
+    (port, (stop, task))
 }
 
 impl TestApp {
@@ -60,9 +66,11 @@ impl TestApp {
 
     /// Spawns both services; `tweak` adjusts patient-service's settings first.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
-        let (grpc, billing_db, stop, task) = spawn_billing().await;
+        let billing_db_url = PgCluster::shared_for_tests().fresh_database("billing").await.unwrap();
+        let (port, billing) = start_billing(&billing_db_url, 0).await;
+        let grpc = format!("http://127.0.0.1:{port}");
         let url = PgCluster::shared_for_tests().fresh_database("patients").await.unwrap();
-        let mut settings = Settings::for_database(&url, grpc, oidc(), service_client());
+        let mut settings = Settings::for_database(&url, grpc.clone(), oidc(), service_client());
         tweak(&mut settings);
         let app = Application::build(settings).await.unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
@@ -70,9 +78,11 @@ impl TestApp {
         Self {
             address,
             db: PgPool::connect(&url).await.unwrap(),
-            billing_db,
+            billing_db: PgPool::connect(&billing_db_url).await.unwrap(),
+            billing_db_url,
             client: client_with(&Keycloak::shared_for_tests().service_token().await.unwrap()),
-            billing: Some((stop, task)),
+            billing: Some(billing),
+            billing_port: port,
         }
     }
 
@@ -81,6 +91,18 @@ impl TestApp {
         let (stop, task) = self.billing.take().expect("billing is running");
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
+    }
+
+    /// Starts billing-service again on its old port and database.
+    pub async fn restart_billing(&mut self) {
+        assert!(self.billing.is_none(), "billing is stopped");
+        self.billing = Some(start_billing(&self.billing_db_url, self.billing_port).await.1);
+    }
+
+    /// A series of the service's `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> i64 {
+        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {

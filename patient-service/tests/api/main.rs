@@ -7,4 +7,5 @@ mod crud;
 mod helpers;
 mod idempotency;
 mod list;
+mod resilience;
 mod settings;

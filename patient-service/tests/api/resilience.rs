@@ -1,0 +1,64 @@
+//! Calls to billing under failure: retries inside the deadline, and a circuit breaker that
+//! answers 503 at once while billing is known to be down and closes again by itself.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const STATE: &str = "circuit_breaker_state{dependency=\"billing\"}";
+const REJECTED: &str = "circuit_breaker_rejected_total{dependency=\"billing\"}";
+
+#[tokio::test]
+async fn an_open_circuit_answers_503_without_calling_billing_and_a_probe_closes_it_when_billing_returns() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.billing_resilience.billing_breaker_failures = 2;
+        s.billing_resilience.billing_breaker_open_ms = 1_500;
+    })
+    .await;
+    app.create_patient(&patient_body(1)).await;
+    assert_eq!(app.metric(STATE).await, 0, "closed while billing answers");
+    app.stop_billing().await;
+
+    // Two failed attempts (the first try and its retry) open the circuit.
+    assert_problem(app.post_patient(&patient_body(2)).await, 503).await;
+    assert!(app.metric("billing_retries_total").await >= 1, "a refused connection is retried");
+    assert_eq!(app.metric(STATE).await, 1, "open");
+
+    let rejected = app.metric(REJECTED).await;
+    let started = std::time::Instant::now();
+    let resp = app.post_patient(&patient_body(3)).await;
+    let elapsed = started.elapsed();
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After is when the probe may go: {retry_after}");
+    assert_problem(resp, 503).await;
+    assert_eq!(app.metric(REJECTED).await, rejected + 1, "refused by the breaker, billing never called");
+    eprintln!("503 from the open circuit after {elapsed:?}");
+    assert_eq!(app.patient_rows().await, 1);
+
+    // Billing comes back; after the open window one probe closes the circuit, no restart needed.
+    app.restart_billing().await;
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    app.create_patient(&patient_body(4)).await;
+    assert_eq!(app.metric(STATE).await, 0, "closed again");
+    app.create_patient(&patient_body(5)).await;
+    assert_eq!(app.patient_rows().await, 3);
+    assert_eq!(app.billing_rows().await, 3);
+}
+
+#[tokio::test]
+async fn a_bill_read_is_refused_by_the_open_circuit_too() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.billing_resilience.billing_breaker_failures = 1;
+        s.billing_resilience.billing_retry_attempts = 1;
+    })
+    .await;
+    let id = app.create_patient(&patient_body(1)).await;
+    app.stop_billing().await;
+    let bill = app.url(&format!("/patients/{id}/bill"));
+
+    assert_problem(app.client.get(&bill).send().await.unwrap(), 503).await;
+    assert_eq!(app.metric("billing_retries_total").await, 0, "one attempt configured, none retried");
+    let rejected = app.metric(REJECTED).await;
+    assert_problem(app.client.get(&bill).send().await.unwrap(), 503).await;
+    assert_eq!(app.metric(REJECTED).await, rejected + 1);
+}
