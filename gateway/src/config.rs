@@ -6,6 +6,8 @@ use clap::Parser;
 use common::telemetry::LogArgs;
 use verifier::settings::OidcArgs;
 
+use crate::{cors::Origins, limit::LimitSpec};
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gateway", about = "JWT-verifying API gateway")]
 pub struct Settings {
@@ -27,6 +29,15 @@ pub struct Settings {
     /// Time a backend has to answer with response headers.
     #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 15_000)]
     pub upstream_timeout_ms: u64,
+    /// Rate limits per client (`azp`, else `sub`): `name=rate:burst` per policy, rate per
+    /// second, where a name is a role (the most generous policy among the caller's roles
+    /// applies) or `default` (everyone else); `off` disables limiting.
+    #[arg(long, env = "RATE_LIMITS", default_value = "default=100:200,admin=500:1000")]
+    pub rate_limits: LimitSpec,
+    /// Browser origins allowed to call the API (CORS), comma-separated; `:*` allows any port,
+    /// as in Keycloak's web origins. The default matches the dev realm's `patient-web` client.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "http://localhost:*,http://127.0.0.1:*")]
+    pub cors_allowed_origins: Origins,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -14,6 +14,9 @@ pub enum Error {
     /// No route, no acceptable token, or a missing role: decided before any backend is called.
     #[error(transparent)]
     Denied(#[from] Denied),
+    /// The caller's bucket is empty: 429 with `Retry-After` and the quota headers.
+    #[error("too many requests from this client; retry later")]
+    RateLimited(crate::limit::Decision),
     #[error("the backend service is unavailable")]
     UpstreamUnavailable,
     #[error("the backend service did not answer in time")]
@@ -34,6 +37,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
             Error::Denied(denied) => return denied.clone().into_response(),
+            Error::RateLimited(decision) => {
+                let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, self.to_string());
+                let mut response = problem.with_retry_after(decision.retry_after.as_secs()).into_response();
+                decision.apply(response.headers_mut());
+                return response;
+            }
             Error::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::UpstreamFailed(cause) => {

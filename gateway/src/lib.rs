@@ -4,8 +4,11 @@
 //! reaches a backend.
 
 pub mod config;
+pub mod cors;
 pub mod error;
+pub mod limit;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxy;
 pub mod startup;
 

@@ -1,43 +1,31 @@
 //! Builds the gateway from its settings; `main` and the tests share this path.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
-    extract::{ConnectInfo, Request, State},
-    http::{HeaderValue, Uri},
+    extract::State,
+    http::Uri,
     response::{IntoResponse, Response},
     routing::get,
     Router,
 };
-use common::{metrics::Registry, tasks::Task};
+use common::tasks::Task;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use verifier::{
-    access::Service,
-    jwks::KeyStore,
-    settings::Auth,
-    web::{self, Denied},
-    Verifier,
-};
+use tower_http::cors::CorsLayer;
+use verifier::settings::Auth;
 
 use crate::{
     config::Settings,
-    metrics::{self as gw_metrics, ALLOWED, FORBIDDEN, UNAUTHENTICATED, UPSTREAM_FAILURES},
-    proxy::{Proxy, API_PREFIX, X_REQUEST_ID},
-    Error,
+    limit::Limiter,
+    metrics as gw_metrics,
+    pipeline::{self, Gateway},
+    proxy::Proxy,
 };
 
-/// Everything a request needs.
-#[derive(Clone)]
-struct Gateway {
-    verifier: Arc<Verifier>,
-    keys: Arc<KeyStore>,
-    proxy: Proxy,
-    patients: Uri,
-    analytics: Uri,
-    metrics: Arc<Registry>,
-}
+/// How often buckets of clients gone quiet are forgotten.
+const LIMITER_SWEEP: Duration = Duration::from_secs(60);
 
 /// A bound, not yet serving gateway.
 pub struct Application {
@@ -45,6 +33,7 @@ pub struct Application {
     gateway: Gateway,
     /// The verifier's key store, kept fresh beside the server.
     auth: Auth,
+    cors: CorsLayer,
 }
 
 impl Application {
@@ -55,6 +44,7 @@ impl Application {
         let gateway = Gateway {
             verifier: auth.verifier.clone(),
             keys: auth.keys.clone(),
+            limiter: Arc::new(Limiter::new(&settings.rate_limits)),
             proxy: Proxy::new(Settings::ms(settings.upstream_connect_timeout_ms), Settings::ms(settings.upstream_timeout_ms)),
             patients: parse(&settings.patient_service_url)?,
             analytics: parse(&settings.analytics_service_url)?,
@@ -63,7 +53,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, gateway, auth })
+        Ok(Self { listener, gateway, auth, cors: settings.cors_allowed_origins.layer() })
     }
 
     pub fn port(&self) -> u16 {
@@ -77,15 +67,18 @@ impl Application {
         let router = Router::new()
             .route("/health/live", get(|| async { axum::Json(serde_json::json!({"status": "UP"})) }))
             .route("/health/ready", get(ready))
-            .fallback(handle)
+            .fallback(pipeline::handle)
             .with_state(self.gateway.clone())
-            .merge(common::metrics::routes(self.gateway.metrics.clone()));
+            .merge(common::metrics::routes(self.gateway.metrics.clone()))
+            // Outermost: a preflight is answered before any stage looks at it.
+            .layer(self.cors);
         let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let refresh = self.auth.keep_fresh(stop.clone());
         let tasks: Vec<(&str, Task)> = vec![
             ("http-server", Box::pin(async move { server.await.context("HTTP server failed") })),
             ("jwks-refresh", Box::pin(refresh)),
+            ("rate-limit-sweep", Box::pin(sweep(self.gateway.limiter.clone(), stop.clone()))),
         ];
         common::tasks::run_siblings(tasks, stop, shutdown).await
     }
@@ -100,47 +93,12 @@ async fn ready(State(g): State<Gateway>) -> Response {
     }
 }
 
-/// Route → authenticate → authorise → proxy. Anything rejected stops here.
-#[tracing::instrument(skip_all, fields(method = %req.method(), request_id, subject))]
-async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, req: Request) -> Response {
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| v.len() <= 128)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is a header value"));
-    tracing::Span::current().record("request_id", request_id.to_str().unwrap_or_default());
-    let mut response = match route_and_forward(&g, client, req, &request_id).await {
-        Ok(response) => response,
-        Err(err) => {
-            match &err {
-                Error::Denied(Denied::Unauthenticated(_)) => g.metrics.inc(UNAUTHENTICATED),
-                Error::Denied(Denied::Forbidden(_)) => g.metrics.inc(FORBIDDEN),
-                Error::UpstreamUnavailable | Error::UpstreamTimeout | Error::UpstreamFailed(_) => {
-                    g.metrics.inc(UPSTREAM_FAILURES)
-                }
-                _ => {}
-            }
-            tracing::info!(outcome = %err, "request rejected");
-            err.into_response()
+/// Keeps the limiter's memory to the clients seen recently.
+async fn sweep(limiter: Arc<Limiter>, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(LIMITER_SWEEP) => limiter.forget_idle(),
         }
-    };
-    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-    response
-}
-
-async fn route_and_forward(g: &Gateway, client: SocketAddr, req: Request, request_id: &HeaderValue) -> Result<Response, Error> {
-    // `/api/x` is the services' `/x`: the same access table decides both.
-    let path = req.uri().path().strip_prefix(API_PREFIX).filter(|p| p.starts_with('/')).ok_or(Denied::NotFound)?;
-    let rule = web::rule(req.method(), path)?;
-    let principal = web::authenticate(&g.verifier, req.headers()).await?;
-    // Keycloak's subject is an opaque user id, not personal data: it makes requests auditable.
-    tracing::Span::current().record("subject", principal.subject.as_str());
-    web::permit(&rule, &principal)?;
-    g.metrics.inc(ALLOWED);
-    let base = match rule.service {
-        Service::Patients => &g.patients,
-        Service::Analytics => &g.analytics,
-    };
-    g.proxy.forward(base, req, client, request_id).await
+    }
 }

@@ -1,0 +1,118 @@
+//! The gateway's request pipeline, one named stage after the other:
+//! route → authenticate → authorise → limit → forward. A stage that refuses ends the request
+//! there; nothing refused ever reaches a backend.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, Uri},
+    response::{IntoResponse, Response},
+};
+use common::metrics::Registry;
+use verifier::{
+    access::{Rule, Service},
+    jwks::KeyStore,
+    web::{self, Denied},
+    Principal, Verifier,
+};
+
+use crate::{
+    limit::{Decision, Limiter},
+    metrics::{ALLOWED, FORBIDDEN, NOT_ROUTED, RATE_LIMITED, UNAUTHENTICATED, UPSTREAM_FAILURES},
+    proxy::{Proxy, API_PREFIX, X_REQUEST_ID},
+    Error,
+};
+
+/// Everything a request needs, built once at start.
+#[derive(Clone)]
+pub struct Gateway {
+    pub verifier: Arc<Verifier>,
+    pub keys: Arc<KeyStore>,
+    pub limiter: Arc<Limiter>,
+    pub proxy: Proxy,
+    pub patients: Uri,
+    pub analytics: Uri,
+    pub metrics: Arc<Registry>,
+}
+
+/// The handler of every API request.
+#[tracing::instrument(skip_all, fields(method = %req.method(), request_id, subject))]
+pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is a header value"));
+    tracing::Span::current().record("request_id", request_id.to_str().unwrap_or_default());
+    let mut response = match run(&g, client, req, &request_id).await {
+        Ok(response) => response,
+        Err(err) => {
+            g.metrics.inc(match &err {
+                Error::Denied(Denied::Unauthenticated(_)) => UNAUTHENTICATED,
+                Error::Denied(Denied::Forbidden(_)) => FORBIDDEN,
+                Error::RateLimited(_) => RATE_LIMITED,
+                Error::UpstreamUnavailable | Error::UpstreamTimeout | Error::UpstreamFailed(_) => UPSTREAM_FAILURES,
+                Error::Denied(_) => NOT_ROUTED,
+            });
+            tracing::info!(outcome = %err, "request rejected");
+            err.into_response()
+        }
+    };
+    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    response
+}
+
+async fn run(g: &Gateway, client: SocketAddr, req: Request, request_id: &HeaderValue) -> Result<Response, Error> {
+    let rule = route(&req)?;
+    let principal = authenticate(g, req.headers()).await?;
+    authorise(&rule, &principal)?;
+    let quota = limit(g, &principal)?;
+    g.metrics.inc(ALLOWED);
+    let mut response = forward(g, &rule, req, client, request_id).await?;
+    if let Some(quota) = quota {
+        quota.apply(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// `/api/x` is the services' `/x`: the same access table decides both.
+fn route(req: &Request) -> Result<Rule, Error> {
+    let path = req.uri().path().strip_prefix(API_PREFIX).filter(|p| p.starts_with('/')).ok_or(Denied::NotFound)?;
+    Ok(web::rule(req.method(), path)?)
+}
+
+/// Only the head is looked at (the body is not `Sync` and need not be).
+async fn authenticate(g: &Gateway, headers: &HeaderMap) -> Result<Arc<Principal>, Error> {
+    let principal = web::authenticate(&g.verifier, headers).await?;
+    // Keycloak's subject is an opaque user id, not personal data: it makes requests auditable.
+    tracing::Span::current().record("subject", principal.subject.as_str());
+    Ok(principal)
+}
+
+fn authorise(rule: &Rule, principal: &Principal) -> Result<(), Error> {
+    Ok(web::permit(rule, principal)?)
+}
+
+/// One request from the caller's bucket; the quota headers go on the response either way.
+fn limit(g: &Gateway, principal: &Principal) -> Result<Option<Decision>, Error> {
+    match g.limiter.check(principal) {
+        Some(decision) if !decision.allowed => Err(Error::RateLimited(decision)),
+        quota => Ok(quota),
+    }
+}
+
+async fn forward(
+    g: &Gateway,
+    rule: &Rule,
+    req: Request,
+    client: SocketAddr,
+    request_id: &HeaderValue,
+) -> Result<Response, Error> {
+    let base = match rule.service {
+        Service::Patients => &g.patients,
+        Service::Analytics => &g.analytics,
+    };
+    g.proxy.forward(base, req, client, request_id).await
+}

@@ -1,0 +1,88 @@
+//! The gateway's edge against a real Keycloak: rate limits per client and CORS.
+
+mod support;
+
+use dev_stack::keycloak::Keycloak;
+use support::{backend::Backend, *};
+
+async fn get(url: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_client_over_its_limit_gets_429_with_the_quota_headers_while_another_client_is_served() {
+    let kc = Keycloak::shared_for_tests();
+    let backend = Backend::spawn().await;
+    // ms-api holds patients.delete (through admin), the clinician does not.
+    let gw = spawn_gateway(kc, &backend.url, |s| s.rate_limits = "default=1:3,patients.delete=1:5".parse().unwrap()).await;
+    let service = service_token(kc).await;
+    let clinician = user_token(kc, "clinician", "clinician-dev").await;
+    let url = format!("{gw}/api/patients");
+
+    let flood = futures::future::join_all((0..20).map(|_| get(&url, &service))).await;
+    let passed = flood.iter().filter(|r| r.status() == 200).count();
+    let limited: Vec<_> = flood.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!(passed + limited.len(), 20, "every answer is 200 or 429");
+    assert!((5..=6).contains(&passed), "the burst of 5 (and at most one refill) passed: {passed}");
+    let refused = limited[0];
+    assert_eq!(refused.headers()["content-type"], "application/problem+json");
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry_after, 1, "one request per second refills");
+    assert_eq!(refused.headers()["ratelimit-policy"], "\"patients.delete\";q=5;w=5");
+    assert_eq!(refused.headers()["ratelimit"], "\"patients.delete\";r=0;t=1");
+    assert_eq!(metric(&gw, "gateway_requests_total{outcome=\"rate_limited\"}").await, limited.len() as u64);
+
+    // Another client (azp patient-web) has its own bucket, under the default policy.
+    for remaining in [2, 1, 0] {
+        let resp = get(&url, &clinician).await;
+        assert_eq!(resp.status(), 200, "the flood of another client does not touch this one");
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"default\";q=3;w=3");
+        let current = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(current.starts_with(&format!("\"default\";r={remaining};")), "{current}");
+    }
+    assert_eq!(backend.count(), passed + 3, "no refused request reached the backend");
+}
+
+#[tokio::test]
+async fn preflights_are_answered_without_a_token_for_allowed_origins_only_and_never_reach_a_backend() {
+    let kc = Keycloak::shared_for_tests();
+    let backend = Backend::spawn().await;
+    let gw = spawn_gateway(kc, &backend.url, |_| {}).await;
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, format!("{gw}/api/patients"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type, idempotency-key")
+            .send()
+    };
+
+    // The dev realm's patient-web origins: localhost and 127.0.0.1 on any port.
+    let allowed = preflight("http://localhost:5173").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://localhost:5173");
+    let methods = allowed.headers()["access-control-allow-methods"].to_str().unwrap().to_lowercase();
+    assert!(methods.contains("post"), "{methods}");
+    let headers = allowed.headers()["access-control-allow-headers"].to_str().unwrap().to_lowercase();
+    assert!(headers.contains("authorization") && headers.contains("idempotency-key"), "{headers}");
+
+    let foreign = preflight("https://evil.example").await.unwrap();
+    assert!(!foreign.headers().contains_key("access-control-allow-origin"), "an unknown origin gets no grant");
+    assert_eq!(backend.count(), 0, "preflights never reach a backend");
+
+    // The real request from the browser: its answer is readable by that origin, headers included.
+    let token = service_token(kc).await;
+    let resp = client
+        .get(format!("{gw}/api/patients"))
+        .bearer_auth(&token)
+        .header("origin", "http://127.0.0.1:8081")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "http://127.0.0.1:8081");
+    let exposed = resp.headers()["access-control-expose-headers"].to_str().unwrap().to_lowercase();
+    assert!(exposed.contains("ratelimit") && exposed.contains("x-total-count") && exposed.contains("location"), "{exposed}");
+    assert_eq!(backend.count(), 1);
+}
