@@ -6,6 +6,9 @@
 //! restarted container keeps its address, as the local processes do. Containers of a test
 //! process are removed when it exits.
 
+// Process control and exit hooks go through libc.
+#![allow(unsafe_code)]
+
 use std::{
     path::PathBuf,
     process::Command,

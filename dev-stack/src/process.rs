@@ -1,6 +1,9 @@
 //! Running infrastructure binaries: as a service user when we are root, tied to our lifetime
 //! when asked.
 
+// Process control and exit hooks go through libc.
+#![allow(unsafe_code)]
+
 use std::{
     ffi::CString,
     path::Path,
