@@ -42,6 +42,18 @@ impl Application {
         };
         let metrics = Registry::new();
         verifier::metrics::register(&metrics);
+        // Every series present from the start (at 0), so dashboards and alerts see them.
+        for series in [
+            "billing_accounts_total{result=\"created\"}",
+            "billing_accounts_total{result=\"existing\"}",
+            "billing_accounts_activated_total{how=\"pending\"}",
+            "billing_accounts_activated_total{how=\"voided\"}",
+            "billing_accounts_activated_total{how=\"missing\"}",
+            "billing_accounts_closed_total",
+            "billing_accounts_voided_total",
+        ] {
+            metrics.add(series, 0);
+        }
         let auth = settings.oidc.start(metrics.clone()).await?;
         let pending_window = settings.pending_account_window();
         Ok(Self { grpc, http, pool, consumer, metrics, auth, pending_window })

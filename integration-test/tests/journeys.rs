@@ -70,4 +70,27 @@ async fn token_then_rest_through_the_gateway_for_the_whole_lifecycle() {
         (status == "CLOSED").then_some(())
     })
     .await;
+
+    // Every series the shipped Grafana dashboard charts is one a service really exports.
+    let mut exported = String::new();
+    for port in [app_port(&gw), patients.port, billing.port, analytics.port] {
+        exported += &reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    }
+    let dashboard: Value = serde_json::from_str(include_str!("../../deploy/grafana/patient-platform.json")).unwrap();
+    let charted: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap()))
+        .flat_map(|expr| expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|word| word.ends_with("_total") || word.ends_with("_state"))
+        .collect();
+    assert!(charted.len() >= 10, "{charted:?}");
+    for metric in charted {
+        assert!(exported.contains(&format!("# TYPE {metric} ")), "the dashboard charts {metric}, which nothing exports");
+    }
+}
+
+fn app_port(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
 }
