@@ -61,6 +61,12 @@ pub enum Claim {
 /// request's canonical JSON; only its SHA-256 is kept.
 #[tracing::instrument(skip_all)]
 pub async fn claim(db: &PgPool, subject: &str, key: &Key, body: &str) -> sqlx::Result<Claim> {
+    // This key first, whatever the backlog: an expired key is a new key. Then a bounded sweep.
+    sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND key = $2 AND created_at < now() - interval '24 hours'")
+        .bind(subject)
+        .bind(&key.0)
+        .execute(db)
+        .await?;
     sqlx::query(
         "DELETE FROM idempotency_keys WHERE ctid IN
             (SELECT ctid FROM idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT 100)",

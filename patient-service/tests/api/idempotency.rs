@@ -96,3 +96,28 @@ async fn deleting_the_patient_forgets_its_keys_and_their_stored_response() {
     let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(&app.db).await.unwrap();
     assert_eq!(kept, 0, "no stored copy of the deleted patient's data");
 }
+
+#[tokio::test]
+async fn a_key_older_than_24_hours_is_a_new_key_even_behind_a_backlog_of_expired_ones() {
+    let app = TestApp::spawn().await;
+    // 300 keys that expired long ago (more than two sweeps take), stored before ours.
+    sqlx::query(
+        "INSERT INTO idempotency_keys (subject, key, request_hash, patient_id, created_at)
+         SELECT 'someone', 'k' || n, '\\x00', gen_random_uuid(), now() - interval '30 hours' - n * interval '1 second'
+         FROM generate_series(1, 300) AS n",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(post_with_key(&app, &app.client, "old-key", &patient_body(1)).await.status(), 201);
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'old-key'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let resp = post_with_key(&app, &app.client, "old-key", &patient_body(2)).await;
+
+    assert_eq!(resp.status(), 201, "an expired key neither replays nor refuses another body");
+    assert!(resp.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.patient_rows().await, 2);
+}
