@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -28,6 +28,9 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Body and time limits of the HTTP API.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 impl Settings {
@@ -41,6 +44,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka,
             log: LogArgs { log_filter: "info".into(), log_json: false },
+            edge: EdgeArgs::default(),
         }
     }
 }

@@ -3,7 +3,12 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use common::{metrics::Registry, tasks::Task};
+use common::{
+    edge::{Edge, EdgeArgs},
+    health::Readiness,
+    metrics::Registry,
+    tasks::Task,
+};
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -20,6 +25,7 @@ pub struct Application {
     consumer: Option<(StreamConsumer, AnalyticsHandler)>,
     metrics: Arc<Registry>,
     auth: Auth,
+    edge: EdgeArgs,
 }
 
 impl Application {
@@ -51,7 +57,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, pool, consumer, metrics, auth })
+        Ok(Self { listener, pool, consumer, metrics, auth, edge: settings.edge })
     }
 
     pub fn port(&self) -> u16 {
@@ -62,8 +68,8 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "analytics-service listening");
         let stop = CancellationToken::new();
-        let api = routes::router(self.pool.clone(), self.auth.verifier.clone());
-        let router = common::metrics::with_operations(api, self.pool.clone(), self.metrics.clone());
+        let edge = Edge { args: self.edge, metrics: self.metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
+        let router = edge.wrap(routes::router(self.pool.clone(), self.auth.verifier.clone()));
         let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];

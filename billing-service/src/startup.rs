@@ -3,7 +3,12 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use common::{metrics::Registry, tasks::Task};
+use common::{
+    edge::{Edge, EdgeArgs},
+    health::Readiness,
+    metrics::Registry,
+    tasks::Task,
+};
 use proto::billing::billing_service_server::BillingServiceServer;
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
@@ -87,7 +92,10 @@ impl Application {
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
         let metrics = self.metrics.clone();
-        let http_routes = common::metrics::with_operations(axum::Router::new(), self.pool.clone(), metrics.clone());
+        // The HTTP port carries only the operational routes.
+        let edge =
+            Edge { args: EdgeArgs::default(), metrics: metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
+        let http_routes = edge.wrap(axum::Router::new());
         let http = axum::serve(self.http, http_routes).with_graceful_shutdown(stop.clone().cancelled_owned());
 
         let mut tasks: Vec<(&str, Task)> = vec![

@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod db;
+pub mod edge;
 pub mod email;
 pub mod health;
 #[cfg(feature = "kafka")]

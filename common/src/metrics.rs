@@ -90,17 +90,8 @@ pub fn routes(registry: Arc<Registry>) -> Router {
     Router::new().route("/metrics", get(|State(r): State<Arc<Registry>>| async move { r.render() })).with_state(registry)
 }
 
-/// A service's API with the operational endpoints beside it: `/health/live|ready` (checking
-/// `pool`), request counting over the API and health routes, and `/metrics`.
-pub fn with_operations(api: Router, pool: sqlx::PgPool, registry: Arc<Registry>) -> Router {
-    api.merge(crate::health::routes(pool))
-        .route_layer(axum::middleware::from_fn_with_state(registry.clone(), track))
-        .merge(routes(registry))
-}
-
-/// Middleware counting `http_requests_total{method,route,status}`; install with
-/// `axum::middleware::from_fn_with_state(registry, metrics::track)` as a route layer (done by
-/// [`with_operations`]).
+/// Middleware counting `http_requests_total{method,route,status}`; installed as a route layer
+/// by [`crate::edge::Edge::wrap`].
 pub async fn track(State(registry): State<Arc<Registry>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());

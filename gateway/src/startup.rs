@@ -3,14 +3,8 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{
-    extract::State,
-    http::Uri,
-    response::{IntoResponse, Response},
-    routing::get,
-    Router,
-};
-use common::tasks::Task;
+use axum::{http::Uri, Router};
+use common::{health::Readiness, tasks::Task};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
@@ -64,11 +58,15 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "gateway listening");
         let stop = CancellationToken::new();
+        // Ready once at least one verification key is loaded.
+        let keys = self.gateway.keys.clone();
+        let readiness = Readiness::default().check("keys", move || std::future::ready(!keys.is_empty()));
+        // The operational routes are the shared ones; the API is the pipeline, which sets its own
+        // request id and counts its own outcomes (no per-request layer on the proxy's hot path).
         let router = Router::new()
-            .route("/health/live", get(|| async { axum::Json(serde_json::json!({"status": "UP"})) }))
-            .route("/health/ready", get(ready))
             .fallback(pipeline::handle)
             .with_state(self.gateway.clone())
+            .merge(common::health::routes(readiness))
             .merge(common::metrics::routes(self.gateway.metrics.clone()))
             // Outermost: a preflight is answered before any stage looks at it.
             .layer(self.cors);
@@ -81,15 +79,6 @@ impl Application {
             ("rate-limit-sweep", Box::pin(sweep(self.gateway.limiter.clone(), stop.clone()))),
         ];
         common::tasks::run_siblings(tasks, stop, shutdown).await
-    }
-}
-
-/// Ready once the gateway holds at least one verification key.
-async fn ready(State(g): State<Gateway>) -> Response {
-    if g.keys.is_empty() {
-        common::problem::Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "no signing keys loaded yet").into_response()
-    } else {
-        axum::Json(serde_json::json!({"status": "UP", "keys": g.keys.len()})).into_response()
     }
 }
 

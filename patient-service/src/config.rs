@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, telemetry::LogArgs};
 use verifier::{client::ClientArgs, settings::OidcArgs};
 
 #[derive(Debug, Clone, Parser)]
@@ -24,9 +24,9 @@ pub struct Settings {
     /// Retries and the circuit breaker around billing calls.
     #[command(flatten)]
     pub billing_resilience: Resilience,
-    /// Largest accepted request body; larger ones get 413.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
-    pub max_body_bytes: usize,
+    /// Body and time limits of the REST API.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     /// Insert the 15 well-known demo patients at start (skips those already present).
     #[arg(long, env = "SEED_DEMO_DATA", default_value_t = false)]
     pub seed_demo_data: bool,
@@ -83,7 +83,7 @@ impl Settings {
             billing_timeout_ms: 3_000,
             billing_connect_timeout_ms: 1_000,
             billing_resilience: Resilience::parse_from(["patient-service"]),
-            max_body_bytes: 16 * 1024,
+            edge: EdgeArgs::default(),
             seed_demo_data: false,
             outbox_batch_size: 100,
             outbox_poll_ms: 50,

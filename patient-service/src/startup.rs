@@ -3,15 +3,10 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{extract::MatchedPath, http::Request, Router};
-use common::{metrics::Registry, tasks::Task};
+use axum::Router;
+use common::{edge::Edge, health::Readiness, metrics::Registry, tasks::Task};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::{DefaultOnResponse, TraceLayer},
-};
-use tracing::Level;
 use verifier::{client::ServiceToken, settings::Auth};
 
 use crate::{
@@ -51,8 +46,8 @@ impl Application {
             metrics.clone(),
         )?;
         let state = AppState { db: pool.clone(), billing, verifier: auth.verifier.clone() };
-        let api = routes::router(state, settings.max_body_bytes);
-        let router = with_http_layers(common::metrics::with_operations(api, pool.clone(), metrics.clone()));
+        let edge = Edge { args: settings.edge.clone(), metrics: metrics.clone(), readiness: Readiness::database(pool.clone()) };
+        let router = edge.wrap(routes::router(state));
         if !settings.kafka.kafka_disabled {
             settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic]).await;
         }
@@ -97,19 +92,4 @@ impl Application {
         self.pool.close().await;
         result
     }
-}
-
-/// Request ids (kept from the caller or generated) and one log line per request naming the
-/// route template, never the concrete path or query (they may carry names or emails).
-fn with_http_layers(router: Router) -> Router {
-    let make_span = |req: &Request<axum::body::Body>| {
-        let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
-        let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-        tracing::info_span!("http", method = %req.method(), route, request_id)
-    };
-    // Router::layer wraps outside-in: the last one added runs first.
-    router
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(DefaultOnResponse::new().level(Level::INFO)))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }

@@ -8,7 +8,7 @@ mod patients;
 
 use std::sync::Arc;
 
-use axum::{extract::DefaultBodyLimit, middleware, Router};
+use axum::{middleware, Router};
 use sqlx::PgPool;
 use verifier::Verifier;
 
@@ -25,11 +25,10 @@ pub struct AppState {
 
 /// The API routes (health and middleware are added by `startup`). Every route checks its caller
 /// and audits what it does with patient data ([`crate::audit::guard`]).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(patients::routes())
         .merge(audit::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::audit::guard))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
