@@ -47,6 +47,8 @@ pub struct Breaker {
     failure_threshold: u32,
     open_for: Duration,
     metrics: Arc<Registry>,
+    /// The dependency's name, for logs.
+    dependency: String,
     state_series: String,
     rejected_series: String,
     opened_series: String,
@@ -60,6 +62,7 @@ impl Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             failure_threshold: failure_threshold.max(1),
             open_for,
+            dependency: dependency.to_owned(),
             state_series: format!("circuit_breaker_state{label}"),
             rejected_series: format!("circuit_breaker_rejected_total{label}"),
             opened_series: format!("circuit_breaker_opened_total{label}"),
@@ -94,30 +97,37 @@ impl Breaker {
         Open { retry_after }
     }
 
-    fn succeeded(&self) {
+    /// Once the breaker left Closed, only the probe's outcome counts: a late answer of a call
+    /// admitted before it opened neither closes nor re-opens it.
+    fn succeeded(&self, probe: bool) {
         let mut state = self.lock();
-        if *state != (State::Closed { failures: 0 }) {
-            if *state == State::HalfOpen {
-                tracing::info!(dependency = %self.state_series, "circuit closed: the probe succeeded");
+        match *state {
+            State::Closed { failures: 0 } => {}
+            State::Closed { .. } => *state = State::Closed { failures: 0 },
+            State::HalfOpen if probe => {
+                tracing::info!(dependency = %self.dependency, "circuit closed: the probe succeeded");
+                self.set(&mut state, State::Closed { failures: 0 });
             }
-            self.set(&mut state, State::Closed { failures: 0 });
+            State::HalfOpen | State::Open { .. } => {}
         }
     }
 
-    fn failed(&self) {
+    fn failed(&self, probe: bool) {
         let mut state = self.lock();
         match *state {
             State::Closed { failures } if failures + 1 < self.failure_threshold => {
                 *state = State::Closed { failures: failures + 1 }
             }
-            State::Closed { .. } | State::HalfOpen => {
-                tracing::warn!(dependency = %self.state_series, open_ms = self.open_for.as_millis() as u64, "circuit opened");
-                self.metrics.inc(&self.opened_series);
-                self.set(&mut state, State::Open { until: Instant::now() + self.open_for });
-            }
-            // A call admitted before the breaker opened: the window stays as it is.
-            State::Open { .. } => {}
+            State::Closed { .. } => self.open(&mut state),
+            State::HalfOpen if probe => self.open(&mut state),
+            State::HalfOpen | State::Open { .. } => {}
         }
+    }
+
+    fn open(&self, state: &mut State) {
+        tracing::warn!(dependency = %self.dependency, open_ms = self.open_for.as_millis() as u64, "circuit opened");
+        self.metrics.inc(&self.opened_series);
+        self.set(state, State::Open { until: Instant::now() + self.open_for });
     }
 
     fn abandoned(&self, probe: bool) {
@@ -150,13 +160,13 @@ impl Attempt<'_> {
     /// The dependency answered (an error of the request itself counts as an answer).
     pub fn succeeded(mut self) {
         self.reported = true;
-        self.breaker.succeeded();
+        self.breaker.succeeded(self.probe);
     }
 
     /// The dependency was down, overloaded or too slow.
     pub fn failed(mut self) {
         self.reported = true;
-        self.breaker.failed();
+        self.breaker.failed(self.probe);
     }
 }
 
@@ -219,6 +229,25 @@ mod tests {
         b.attempt().expect("the next probe").succeeded();
         assert_eq!(state(&metrics), 0);
         b.attempt().expect("closed again").succeeded();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_answers_of_calls_admitted_before_it_opened_change_nothing() {
+        let (b, metrics) = breaker();
+        let early = [b.attempt().unwrap(), b.attempt().unwrap()];
+        for _ in 0..3 {
+            b.attempt().unwrap().failed();
+        }
+        let [slow_success, slow_failure] = early;
+        slow_success.succeeded();
+        assert_eq!(state(&metrics), 1, "still open: only a probe may close it");
+        tokio::time::advance(OPEN_FOR).await;
+        let probe = b.attempt().expect("the probe");
+        slow_failure.failed();
+        assert_eq!(state(&metrics), 2, "a late failure does not re-open it under the probe");
+        probe.succeeded();
+        assert_eq!(state(&metrics), 0);
+        assert_eq!(metrics.get("circuit_breaker_opened_total{dependency=\"billing\"}"), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
 //! One HTTP edge for every service: the layers every API gets, stacked in one `ServiceBuilder`
-//! that reads top to bottom (request id → trace span → request id echoed → time limit → body
-//! limit), the operational routes beside the API (`/health/live`, `/health/ready` with the
+//! that reads top to bottom (request id → trace span → request id echoed → body limit), then
+//! per route request counting around a time limit, the operational routes beside the API (`/health/live`, `/health/ready` with the
 //! service's own checks, `/metrics`) and request counting by route template. A service builds its
 //! pure `app(state) -> Router` and hands it to [`Edge::wrap`]; tests drive the result in-process.
 
@@ -54,9 +54,12 @@ impl Edge {
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(span).on_response(DefaultOnResponse::new().level(Level::INFO)))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(middleware::from_fn_with_state(Duration::from_millis(self.args.request_timeout_ms), time_limit))
             .layer(DefaultBodyLimit::max(self.args.max_body_bytes));
+        // Route layers wrap outside-in: requests are counted around the time limit, so a request
+        // cut by it is counted as the 503 it got.
+        let limit = Duration::from_millis(self.args.request_timeout_ms);
         api.merge(crate::health::routes(self.readiness))
+            .route_layer(middleware::from_fn_with_state(limit, time_limit))
             .route_layer(middleware::from_fn_with_state(self.metrics.clone(), crate::metrics::track))
             .merge(crate::metrics::routes(self.metrics))
             .layer(layers)
@@ -127,11 +130,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_over_its_time_limit_gets_a_503_problem() {
-        let (app, _) = app(true);
+        let (app, metrics) = app(true);
         let resp = send(&app, HttpRequest::get("/slow").body(Body::empty()).unwrap()).await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()["content-type"], crate::problem::CONTENT_TYPE);
         assert_eq!(resp.headers()["retry-after"], "5");
+        assert_eq!(metrics.get("http_requests_total{method=\"GET\",route=\"/slow\",status=\"503\"}"), 1, "counted");
     }
 
     #[tokio::test]

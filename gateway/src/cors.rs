@@ -19,7 +19,11 @@ impl FromStr for Origins {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let origins: Vec<String> = s.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
-        match origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')) {
+        let bad = |o: &&String| {
+            let host = o.strip_suffix(":*").unwrap_or(o);
+            !(o.starts_with("http://") || o.starts_with("https://")) || host.ends_with('/') || host.contains('*')
+        };
+        match origins.iter().find(bad) {
             Some(bad) => Err(format!("`{bad}` is not an origin (scheme://host[:port|:*])")),
             None => Ok(Self(origins)),
         }
@@ -34,9 +38,10 @@ impl fmt::Display for Origins {
 
 impl Origins {
     fn allows(&self, origin: &[u8]) -> bool {
-        self.0.iter().any(|allowed| match allowed.strip_suffix('*') {
-            Some(prefix) => origin
-                .strip_prefix(prefix.as_bytes())
+        self.0.iter().any(|allowed| match allowed.strip_suffix(":*").map(|host| (host, ":")) {
+            Some((host, colon)) => origin
+                .strip_prefix(host.as_bytes())
+                .and_then(|rest| rest.strip_prefix(colon.as_bytes()))
                 .is_some_and(|port| !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)),
             None => allowed.as_bytes() == origin,
         })
@@ -95,6 +100,8 @@ mod tests {
         }
         assert!("localhost:*".parse::<Origins>().is_err());
         assert!("http://a.org/".parse::<Origins>().is_err());
+        assert!("https://app.example.org*".parse::<Origins>().is_err(), "a wildcard only as :*");
+        assert!("https://*.example.org".parse::<Origins>().is_err());
         assert!(!"".parse::<Origins>().unwrap().allows(b"http://localhost:1"));
     }
 }

@@ -124,8 +124,9 @@ impl Limiter {
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
-                policy.decision(false, Duration::from_secs(secs.into()), 0, secs)
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                // `t` keeps one meaning: seconds until the bucket is full again.
+                policy.decision(false, Duration::from_secs(secs), 0, policy.burst.div_ceil(policy.rate))
             }
         })
     }
@@ -195,7 +196,7 @@ mod tests {
         assert_eq!(refused.retry_after, Duration::from_secs(1));
         let mut h = HeaderMap::new();
         refused.apply(&mut h);
-        assert_eq!(h[&RATELIMIT], "\"default\";r=0;t=1");
+        assert_eq!(h[&RATELIMIT], "\"default\";r=0;t=2");
 
         let other = limiter.check(&principal("quiet", &[])).unwrap();
         assert!(other.allowed, "another client is untouched");

@@ -95,7 +95,7 @@ fn authorise(rule: &Rule, principal: &Principal) -> Result<(), Error> {
     Ok(web::permit(rule, principal)?)
 }
 
-/// One request from the caller's bucket; the quota headers go on the response either way.
+/// One request from the caller's bucket; the quota headers go on the backend's answer and on a 429.
 fn limit(g: &Gateway, principal: &Principal) -> Result<Option<Decision>, Error> {
     match g.limiter.check(principal) {
         Some(decision) if !decision.allowed => Err(Error::RateLimited(decision)),

@@ -17,6 +17,9 @@ use crate::{config::Resilience, domain::ValidPatient, Error};
 
 const RETRIES: &str = "billing_retries_total";
 
+/// The least time a retry must have before the deadline.
+const MIN_ATTEMPT_BUDGET: Duration = Duration::from_millis(100);
+
 /// A cheap-to-clone client over one lazily (re)connecting channel.
 #[derive(Debug, Clone)]
 pub struct BillingClient {
@@ -120,13 +123,17 @@ impl BillingClient {
                     tracing::warn!("billing refused our service token; fetching a new one");
                     self.token.forget().await;
                     token_renewed = true;
+                    // Not a failure of billing: the renewed call does not use up an attempt.
+                    attempt -= 1;
                 }
                 Err(status) if transient(status.code()) => {
                     permit.failed();
                     // Full jitter: a random sleep up to backoff × 2^(attempt-1).
                     let ceiling = self.backoff.saturating_mul(1 << (attempt - 1).min(16));
                     let sleep = ceiling.mul_f64(fastrand::f64());
-                    if attempt >= self.attempts || Instant::now() + sleep >= deadline {
+                    // A retry needs time left to be worth making (and a timeout of ours must not
+                    // count as billing's failure).
+                    if attempt >= self.attempts || Instant::now() + sleep + MIN_ATTEMPT_BUDGET >= deadline {
                         return Ok(Err(status));
                     }
                     tracing::info!(code = ?status.code(), attempt, "billing call failed transiently; retrying");

@@ -99,10 +99,12 @@ impl TestApp {
         self.billing = Some(start_billing(&self.billing_db_url, self.billing_port).await.1);
     }
 
-    /// A series of the service's `/metrics` (0 when absent).
+    /// A series of the service's `/metrics` (every series we read is exported from the start).
     pub async fn metric(&self, series: &str) -> i64 {
         let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
-        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or_default()
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {series} missing in:\n{text}"))
     }
 
     pub fn url(&self, path: &str) -> String {
