@@ -143,7 +143,8 @@ async fn newest_for_patient(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<bool> {
     Ok(moved.rows_affected() == 1)
 }
 
-#[derive(Debug, Serialize)]
+/// The aggregates, each event counted once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub patients_created: i64,

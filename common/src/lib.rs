@@ -10,6 +10,7 @@ pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod secret;
 pub mod shutdown;

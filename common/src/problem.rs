@@ -11,14 +11,22 @@ use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-/// A problem details object. `errors` carries per-field validation messages.
-#[derive(Debug, Clone, Serialize)]
+/// A problem details object (RFC 9457). `errors` carries per-field validation messages.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "about:blank")]
     pub kind: &'static str,
+    /// The status' reason phrase.
+    #[schema(example = "Bad Request")]
     pub title: String,
+    #[schema(example = 400)]
     pub status: u16,
+    /// What went wrong, for people.
+    #[schema(example = "request validation failed")]
     pub detail: String,
+    /// Per-field messages of a validation failure, keyed by JSON field name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<BTreeMap<String, String>>,
     #[serde(skip)]

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod cors;
+pub mod docs;
 pub mod error;
 pub mod limit;
 pub mod metrics;

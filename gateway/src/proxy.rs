@@ -93,6 +93,23 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// A small JSON document from a backend (its API description), within the response timeout.
+    pub async fn fetch_json(&self, uri: Uri) -> anyhow::Result<serde_json::Value> {
+        let request = Request::get(uri).body(Body::empty()).context("invalid request")?;
+        let response = tokio::time::timeout(self.response_timeout, self.client.request(request))
+            .await
+            .context("timed out")?
+            .context("request failed")?;
+        anyhow::ensure!(response.status().is_success(), "status {}", response.status());
+        let body = tokio::time::timeout(self.response_timeout, http_body_util::BodyExt::collect(response.into_body()))
+            .await
+            .context("timed out")?
+            .context("body failed")?;
+        serde_json::from_slice(&body.to_bytes()).context("not JSON")
+    }
+}
+
 /// `base` + the request's path without `/api` + its query (one copy of the path, no formatting).
 fn upstream_uri(base: &Uri, original: &Uri) -> anyhow::Result<Uri> {
     let full = original.path_and_query().map_or("/", PathAndQuery::as_str);

@@ -12,6 +12,7 @@ use verifier::settings::Auth;
 
 use crate::{
     config::Settings,
+    docs::Docs,
     limit::Limiter,
     metrics as gw_metrics,
     pipeline::{self, Gateway},
@@ -27,6 +28,8 @@ pub struct Application {
     gateway: Gateway,
     /// The verifier's key store, kept fresh beside the server.
     auth: Auth,
+    /// `/api/openapi.json` and `/api/docs`.
+    docs: Docs,
     cors: CorsLayer,
 }
 
@@ -47,7 +50,12 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, gateway, auth, cors: settings.cors_allowed_origins.layer() })
+        let docs = Docs::new(
+            gateway.proxy.clone(),
+            [("patient-service", &gateway.patients), ("analytics-service", &gateway.analytics)],
+            &settings.oidc.issuer_url,
+        )?;
+        Ok(Self { listener, gateway, auth, docs, cors: settings.cors_allowed_origins.layer() })
     }
 
     pub fn port(&self) -> u16 {
@@ -66,6 +74,7 @@ impl Application {
         let router = Router::new()
             .fallback(pipeline::handle)
             .with_state(self.gateway.clone())
+            .merge(self.docs.routes())
             .merge(common::health::routes(readiness))
             .merge(common::metrics::routes(self.gateway.metrics.clone()))
             // Outermost: a preflight is answered before any stage looks at it.

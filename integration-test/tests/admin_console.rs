@@ -13,16 +13,6 @@ use support::*;
 
 const REALM: &str = "patient-management";
 
-fn artifacts_dir() -> PathBuf {
-    let dir = std::env::var_os("TEST_ARTIFACTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("patient-platform-test-artifacts"))
-        .join("admin-console");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Runs the console script (`grant …` / `revoke …`) and fails with its output if it fails.
 async fn console(kc: &Keycloak, shots: &PathBuf, args: Vec<String>) {
     let browser = dev_stack::browser::ensure().expect("browser installs");
@@ -61,7 +51,7 @@ async fn a_role_granted_in_the_admin_console_applies_to_the_next_token_and_so_do
     .unwrap();
     let gw = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let shots = artifacts_dir();
+    let shots = artifacts_dir("admin-console");
     let user = format!("console-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let password = "Console-Dev-1";
     let token = || async {

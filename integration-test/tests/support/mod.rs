@@ -227,3 +227,14 @@ pub fn decode(record: &OwnedMessage) -> proto::events::PatientEvent {
 pub fn key(record: &OwnedMessage) -> String {
     String::from_utf8(record.key().unwrap().to_vec()).unwrap()
 }
+
+/// A fresh directory for a test's artifacts (screenshots), under `$TEST_ARTIFACTS_DIR`.
+pub fn artifacts_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("TEST_ARTIFACTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("patient-platform-test-artifacts"))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

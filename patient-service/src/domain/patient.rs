@@ -11,13 +11,25 @@ use super::fields::{parse_date, Address, BirthDate, PatientName};
 
 /// The JSON body of a create or update. Every field is optional here so that a missing field is
 /// reported as a validation error naming it, not as a deserialisation failure.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"name": "Ann Example", "email": "ann@example.org", "address": "1 Main Street",
+    "dateOfBirth": "1985-06-15", "registeredDate": "2024-01-10"}))]
 pub struct PatientRequest {
+    /// Required, at most 100 characters, no control characters.
+    #[schema(required, max_length = 100)]
     pub name: Option<String>,
+    /// Required, a valid address; unique across patients (case-insensitively).
+    #[schema(required, format = "email")]
     pub email: Option<String>,
+    /// Required, no control characters.
+    #[schema(required)]
     pub address: Option<String>,
+    /// Required, `YYYY-MM-DD`, a real date, not in the future.
+    #[schema(required, format = "date")]
     pub date_of_birth: Option<String>,
+    /// `YYYY-MM-DD`; required on create, optional on update (keeps the stored one).
+    #[schema(format = "date")]
     pub registered_date: Option<String>,
 }
 
@@ -106,7 +118,7 @@ impl ValidPatient {
 }
 
 /// The JSON representation of a patient.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PatientResponse {
     pub id: Uuid,

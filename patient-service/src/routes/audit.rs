@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::{extract::State, routing::get, Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
+use common::problem::Problem;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::FromRow;
@@ -21,14 +22,26 @@ const MAX_SIZE: i64 = 500;
 /// Where our extensions of `AuditEvent` are defined.
 const EXTENSION_BASE: &str = "https://patient-platform.example/fhir/StructureDefinition";
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Only events about this patient.
+    #[param(format = Uuid)]
     patient_id: Option<String>,
+    /// Only events by this caller (`sub`).
     subject: Option<String>,
+    /// Recorded at or after (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// Recorded before (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// 0-based page number.
+    #[param(minimum = 0)]
     page: Option<i64>,
+    /// Page size, default 50.
+    #[param(minimum = 1, maximum = 500)]
     size: Option<i64>,
 }
 
@@ -101,6 +114,12 @@ const FILTER: &str = "($1::uuid IS NULL OR patient_id = $1) AND ($2::text IS NUL
                       AND ($3::timestamptz IS NULL OR recorded_at >= $3) AND ($4::timestamptz IS NULL OR recorded_at < $4)";
 
 #[tracing::instrument(skip_all)]
+/// Who touched patient data: a FHIR R4 `Bundle` of `AuditEvent`s, newest first.
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
+    responses(
+        (status = 200, description = "A FHIR R4 searchset Bundle of AuditEvent resources", body = serde_json::Value),
+        (status = 400, description = "A malformed filter or page", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn search(State(state): State<AppState>, AppQuery(query): AppQuery<AuditQuery>) -> Result<Json<Value>> {
     let s = Search::try_from(query)?;
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM audit_log WHERE {FILTER}"))

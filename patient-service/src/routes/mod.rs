@@ -3,6 +3,7 @@
 
 mod audit;
 mod extract;
+pub mod openapi;
 mod page;
 mod patients;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use axum::{middleware, Router};
 use sqlx::PgPool;
+use utoipa::OpenApi;
 use verifier::Verifier;
 
 use crate::billing::BillingClient;
@@ -30,5 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(patients::routes())
         .merge(audit::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::audit::guard))
+        // The API's description is public, like the gateway's copy of it.
+        .merge(common::openapi::routes(openapi::ApiDoc::openapi()))
         .with_state(state)
 }

@@ -10,11 +10,18 @@ pub const DEFAULT_SIZE: i64 = 50;
 pub const MAX_SIZE: i64 = 500;
 
 /// Query parameters of `GET /patients`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 0-based page number.
+    #[param(minimum = 0)]
     pub page: Option<i64>,
+    /// Page size, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub size: Option<i64>,
+    /// Case-insensitive substring of the name.
     pub name: Option<String>,
+    /// Exact email (case-insensitive).
     pub email: Option<String>,
 }
 

@@ -9,6 +9,7 @@ use axum::{
     Json, Router,
 };
 use chrono::Utc;
+use common::problem::Problem;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -34,6 +35,14 @@ pub fn routes() -> Router<AppState> {
 
 static X_TOTAL_COUNT: HeaderName = HeaderName::from_static("x-total-count");
 
+/// A page of patients, filtered by name or email.
+#[utoipa::path(get, path = "/patients", tag = "patients", params(ListQuery),
+    responses(
+        (status = 200, description = "The page", body = [PatientResponse], headers(
+            ("X-Total-Count" = i64, description = "Patients matching the filters"),
+            ("Link" = String, description = "RFC 8288 links: first, prev, next, last"))),
+        (status = 400, description = "A malformed page, size or filter", body = Problem, content_type = "application/problem+json"),
+    ))]
 #[tracing::instrument(skip_all, fields(page, size))]
 async fn list(
     State(state): State<AppState>,
@@ -55,12 +64,18 @@ async fn list(
     ))
 }
 
+/// One patient.
+#[utoipa::path(get, path = "/patients/{id}", tag = "patients", params(("id" = Uuid, Path, description = "The patient's id")),
+    responses((status = 200, description = "The patient", body = PatientResponse), (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
 async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result<Json<PatientResponse>> {
     let patient = repo::find(&state.db, id).await?.ok_or(Error::NotFound)?;
     Ok(Json(patient.into()))
 }
 
+/// Creates a patient: opens its billing account, then inserts the patient, its event and its
+/// audit record.
+///
 /// Open the billing account, then insert the patient, its event and its audit record in one
 /// transaction.
 ///
@@ -70,6 +85,21 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
 /// or a lost response) reuses it: billing, idempotent per patient id, opens no second account,
 /// and a create that already committed is replayed. Emails are checked before billing is
 /// called, so the common conflict never reaches billing at all.
+#[utoipa::path(post, path = "/patients", tag = "patients", request_body = PatientRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry safe: the same key and body replay the first 201 for 24 h")),
+    responses(
+        (status = 201, description = "Created (or replayed for its Idempotency-Key)", body = PatientResponse, headers(
+            ("Location" = String, description = "The new patient's URL"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "Validation failed (per-field errors), malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is used by another patient, or this key's first request still runs", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "This Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Billing unavailable: nothing was saved, retry (Retry-After)", body = Problem,
+            content_type = "application/problem+json", headers(("Retry-After" = i64, description = "Seconds"))),
+    ))]
 #[tracing::instrument(skip_all, fields(patient_id))]
 async fn create(
     State(state): State<AppState>,
@@ -151,6 +181,15 @@ async fn create_patient(
         .into_response())
 }
 
+/// Replaces a patient's fields (`registeredDate` may be left out to keep it).
+#[utoipa::path(put, path = "/patients/{id}", tag = "patients", request_body = PatientRequest,
+    params(("id" = Uuid, Path, description = "The patient's id")),
+    responses(
+        (status = 200, description = "The updated patient", body = PatientResponse),
+        (status = 400, description = "Validation failed, malformed JSON or id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is used by another patient", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"), (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+    ))]
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
 async fn update(
     State(state): State<AppState>,
@@ -169,6 +208,9 @@ async fn update(
     Ok((Extension(AuditedInTransaction), Json(PatientResponse::from(patient))))
 }
 
+/// Deletes a patient (its billing account is closed from the PATIENT_DELETED event).
+#[utoipa::path(delete, path = "/patients/{id}", tag = "patients", params(("id" = Uuid, Path, description = "The patient's id")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
 async fn remove(
     State(state): State<AppState>,
@@ -187,7 +229,7 @@ async fn remove(
 }
 
 /// The patient's billing account, read from billing-service over gRPC.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct BillResponse {
     account_id: String,
@@ -196,6 +238,15 @@ struct BillResponse {
     created_at: String,
 }
 
+/// The patient's billing account.
+#[utoipa::path(get, path = "/patients/{id}/bill", tag = "patients", params(("id" = Uuid, Path, description = "The patient's id")),
+    responses(
+        (status = 200, description = "The account", body = BillResponse),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such patient, or no billing account", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Billing answered with an unexpected error", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Billing unavailable (Retry-After)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = i64, description = "Seconds"))),
+    ))]
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
 async fn bill(State(state): State<AppState>, PatientId(id): PatientId) -> Result<Json<BillResponse>> {
     repo::find(&state.db, id).await?.ok_or(Error::NotFound)?;

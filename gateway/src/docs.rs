@@ -1,0 +1,196 @@
+//! The platform's API description at the gateway (SPEC §13): `/api/openapi.json` merges the
+//! documents the services generate from their code (fetched from their `/openapi.json`,
+//! re-fetched at most every [`FRESH_FOR`]), with the gateway's own answers added to every
+//! operation and Keycloak's flows as security schemes; `/api/docs` is Swagger UI (assets from
+//! the `utoipa-swagger-ui` crate) with "Authorize" wired to the realm. Both are public.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Path, State},
+    http::{header, StatusCode, Uri},
+    response::{IntoResponse, Redirect, Response},
+    routing::get,
+    Router,
+};
+use serde_json::{json, Map, Value};
+use utoipa_swagger_ui::{oauth, Config};
+
+use crate::proxy::Proxy;
+
+/// How long a merged document is served before the services are asked again.
+const FRESH_FOR: Duration = Duration::from_secs(30);
+
+/// The public client people sign in with ("Authorize" in the UI).
+const UI_CLIENT: &str = "patient-web";
+
+/// Answers the gateway itself gives on any proxied operation.
+const GATEWAY_ANSWERS: [(&str, &str); 4] = [
+    ("429", "This client's rate limit is spent (Retry-After, RateLimit, RateLimit-Policy)"),
+    ("502", "The service answered unexpectedly"),
+    ("503", "The service is unavailable (Retry-After)"),
+    ("504", "The service did not answer in time"),
+];
+
+/// A merged document and when it was made.
+type Merged = (Instant, Arc<str>);
+
+#[derive(Clone)]
+pub struct Docs {
+    proxy: Proxy,
+    /// Each service's `/openapi.json`.
+    sources: Arc<[(&'static str, Uri)]>,
+    /// The realm as browsers reach it, for the OAuth flows.
+    issuer: Arc<str>,
+    merged: Arc<Mutex<Option<Merged>>>,
+    ui: Arc<Config<'static>>,
+}
+
+impl Docs {
+    pub fn new(proxy: Proxy, services: [(&'static str, &Uri); 2], issuer: &str) -> anyhow::Result<Self> {
+        let sources = services
+            .iter()
+            .map(|(name, base)| {
+                let mut parts = (*base).clone().into_parts();
+                parts.path_and_query = Some("/openapi.json".parse()?);
+                Ok((*name, Uri::from_parts(parts)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let sign_in = oauth::Config::new().client_id(UI_CLIENT).use_pkce_with_authorization_code_grant(true);
+        let ui = Config::with_oauth_config(["/api/openapi.json"], sign_in).try_it_out_enabled(true);
+        Ok(Self { proxy, sources: sources.into(), issuer: issuer.into(), merged: Arc::default(), ui: Arc::new(ui) })
+    }
+
+    pub fn routes(self) -> Router {
+        Router::new()
+            .route("/api/openapi.json", get(openapi))
+            .route("/api/docs", get(|| async { Redirect::permanent("/api/docs/") }))
+            .route("/api/docs/", get(|State(d): State<Docs>| async move { ui_file(&d, "") }))
+            .route("/api/docs/{*file}", get(|State(d): State<Docs>, Path(file): Path<String>| async move { ui_file(&d, &file) }))
+            .with_state(self)
+    }
+
+    /// The merged document; a service that cannot be asked is left out (and asked again next time).
+    async fn merged(&self) -> Arc<str> {
+        if let Some((at, doc)) = self.merged.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if at.elapsed() < FRESH_FOR {
+                return doc.clone();
+            }
+        }
+        let mut parts = Vec::new();
+        let mut complete = true;
+        for (name, uri) in self.sources.iter() {
+            match self.proxy.fetch_json(uri.clone()).await {
+                Ok(doc) => parts.push(doc),
+                Err(err) => {
+                    complete = false;
+                    tracing::warn!(service = name, error = %format!("{err:#}"), "API description unavailable");
+                }
+            }
+        }
+        let doc: Arc<str> = merge(&parts, &self.issuer).to_string().into();
+        // A document missing a service is not kept: the next request asks again.
+        if complete {
+            *self.merged.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), doc.clone()));
+        }
+        doc
+    }
+}
+
+async fn openapi(State(docs): State<Docs>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], docs.merged().await.to_string()).into_response()
+}
+
+fn ui_file(docs: &Docs, file: &str) -> Response {
+    match utoipa_swagger_ui::serve(file, docs.ui.clone()) {
+        Ok(Some(file)) => ([(header::CONTENT_TYPE, file.content_type)], file.bytes.into_owned()).into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "Swagger UI file failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// One document of the services' paths (served under `/api`), their schemas and tags, the
+/// gateway's own answers on every operation, and Keycloak as the way to get a token.
+fn merge(parts: &[Value], issuer: &str) -> Value {
+    let (mut paths, mut schemas, mut tags) = (Map::new(), Map::new(), Vec::new());
+    for part in parts {
+        for (path, item) in part["paths"].as_object().into_iter().flatten() {
+            let mut item = item.clone();
+            for op in item.as_object_mut().into_iter().flat_map(|i| i.values_mut()) {
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+                for (status, description) in GATEWAY_ANSWERS {
+                    responses.entry(status).or_insert_with(|| problem(description));
+                }
+            }
+            paths.insert(path.clone(), item);
+        }
+        if let Some(s) = part["components"]["schemas"].as_object() {
+            schemas.extend(s.clone());
+        }
+        tags.extend(part["tags"].as_array().into_iter().flatten().cloned());
+    }
+    let oidc = format!("{}/protocol/openid-connect", issuer.trim_end_matches('/'));
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Patient platform API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Every call needs a Keycloak access token of the platform's realm. \
+                Services: patients (and their billing accounts and audit trail), analytics."
+        },
+        "servers": [{"url": "/api"}],
+        "paths": paths,
+        "tags": tags,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "A Keycloak access token"},
+                "keycloak": {"type": "oauth2", "description": "Keycloak: a service's client credentials, or a person's sign-in (PKCE)",
+                    "flows": {
+                        "clientCredentials": {"tokenUrl": format!("{oidc}/token"), "scopes": {}},
+                        "authorizationCode": {"authorizationUrl": format!("{oidc}/auth"), "tokenUrl": format!("{oidc}/token"), "scopes": {}}
+                    }}
+            }
+        },
+        "security": [{"bearerAuth": []}, {"keycloak": []}]
+    })
+}
+
+fn problem(description: &str) -> Value {
+    json!({"description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_schemas_and_tags_of_every_service_with_the_gateways_answers() {
+        let patients = json!({"paths": {"/patients": {"get": {"responses": {"200": {}, "400": {"description": "own"}}}}},
+            "components": {"schemas": {"Patient": {}, "Problem": {}}}, "tags": [{"name": "patients"}]});
+        let analytics = json!({"paths": {"/analytics/summary": {"get": {"responses": {"200": {}}}}},
+            "components": {"schemas": {"Summary": {}, "Problem": {}}}, "tags": [{"name": "analytics"}]});
+        let doc = merge(&[patients, analytics], "http://kc/realms/r/");
+        assert_eq!(doc["servers"][0]["url"], "/api");
+        assert_eq!(doc["paths"].as_object().unwrap().len(), 2);
+        let responses = &doc["paths"]["/patients"]["get"]["responses"];
+        for status in ["200", "400", "429", "502", "503", "504"] {
+            assert!(responses[status].is_object(), "{status}");
+        }
+        assert_eq!(responses["400"]["description"], "own", "a service's own answer is kept");
+        assert_eq!(doc["components"]["schemas"].as_object().unwrap().len(), 3);
+        assert_eq!(doc["tags"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            doc["components"]["securitySchemes"]["keycloak"]["flows"]["clientCredentials"]["tokenUrl"],
+            "http://kc/realms/r/protocol/openid-connect/token"
+        );
+    }
+}

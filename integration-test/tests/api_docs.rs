@@ -1,0 +1,70 @@
+//! The API description through the gateway: `/api/openapi.json` merges what the real services
+//! generate, without a token; `/api/docs` renders in headless Chromium and its "Try it out" call
+//! with a token reaches patient-service (which audits it). Screenshots are kept as artifacts.
+
+mod support;
+
+use std::{path::PathBuf, process::Command};
+
+use common::kafka::KafkaArgs;
+use dev_stack::keycloak::Keycloak;
+use serde_json::Value;
+use support::*;
+
+const REALM: &str = "patient-management";
+
+#[tokio::test]
+async fn the_merged_description_is_public_and_the_docs_try_it_call_succeeds_with_a_token() {
+    let kc = Keycloak::shared_for_tests();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
+    let analytics = spawn_analytics(None, KafkaArgs::disabled()).await;
+    let mut settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
+    settings.analytics_service_url = format!("http://127.0.0.1:{}", analytics.port);
+    let app = gateway::startup::Application::build(settings).await.unwrap();
+    let gw = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+
+    let resp = reqwest::get(format!("{gw}/api/openapi.json")).await.unwrap();
+    assert_eq!(resp.status(), 200, "public, no token");
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert_eq!(doc["servers"][0]["url"], "/api");
+    for path in ["/patients", "/patients/{id}", "/patients/{id}/bill", "/audit", "/analytics/summary"] {
+        assert!(doc["paths"][path].is_object(), "{path} from the services' own documents");
+    }
+    let create = &doc["paths"]["/patients"]["post"]["responses"];
+    for status in ["201", "400", "401", "403", "409", "413", "415", "422", "429", "503"] {
+        assert!(create[status].is_object(), "POST /api/patients documents {status}");
+    }
+    let flows = &doc["components"]["securitySchemes"]["keycloak"]["flows"];
+    assert_eq!(flows["clientCredentials"]["tokenUrl"], format!("{}/protocol/openid-connect/token", kc.issuer(REALM)));
+    assert!(flows["authorizationCode"]["authorizationUrl"].as_str().unwrap().ends_with("/protocol/openid-connect/auth"));
+
+    // The UI, with a real token, through the gateway onto patient-service.
+    let token = kc.service_token().await.unwrap();
+    let shots = artifacts_dir("api-docs");
+    let browser = dev_stack::browser::ensure().expect("browser installs");
+    let mut cmd = Command::new("node");
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/api-docs.cjs"))
+        .env("NODE_PATH", &browser.node_path)
+        .env("CHROMIUM", &browser.chromium)
+        .env("GATEWAY_URL", &gw)
+        .env("TOKEN", &token)
+        .env("SCREENSHOT_DIR", &shots);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("node runs")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "docs script failed (screenshots in {}):\n{stdout}{}",
+        shots.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("status 200"), "the UI shows the call's 200: {stdout}");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'patient.search' AND outcome = 200")
+        .fetch_one(&patients.db)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1, "the UI's call reached patient-service with the token");
+    println!("API docs screenshots: {}", shots.display());
+}
