@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use dev_stack::{net::free_port, services::ServiceSpec};
+use anyhow::Context;
+use dev_stack::net::free_port;
 use prost::Message;
 use proto::events::PatientEvent;
 
@@ -37,17 +38,19 @@ pub async fn measure(stack: &mut Stack, rows: i64) -> anyhow::Result<RelayResult
     .await?;
 
     let port = free_port()?;
-    let spec = ServiceSpec {
-        name: "patient-service",
-        env: vec![
-            ("DATABASE_URL".into(), url),
-            ("HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
-            ("BILLING_GRPC_URL".into(), format!("http://127.0.0.1:{}", stack.ports.billing_grpc)),
-            ("KAFKA_BOOTSTRAP_SERVERS".into(), stack.kafka.bootstrap_servers()),
-            ("KAFKA_TOPIC".into(), "bench-relay".into()),
-        ],
-        ready_port: port,
-    };
+    // The platform's patient-service (its realm, its own client, billing, Kafka) on another
+    // database, port and topic.
+    let mut spec = stack.specs().into_iter().find(|s| s.name == "patient-service").context("patient-service spec")?;
+    for (key, value) in [
+        ("DATABASE_URL", url),
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("KAFKA_TOPIC", "bench-relay".into()),
+        ("SEED_DEMO_DATA", "false".into()),
+    ] {
+        spec.env.retain(|(k, _)| k != key);
+        spec.env.push((key.into(), value));
+    }
+    spec.ready_port = port;
     // The platform's own patient-service keeps running; this one gets its own pid and log.
     let relay_dirs = dev_stack::services::ServiceDirs {
         run: stack.dirs.run.join("relay"),

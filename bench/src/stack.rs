@@ -49,7 +49,8 @@ impl Stack {
         Ok(stack)
     }
 
-    fn specs(&self) -> Vec<ServiceSpec> {
+    /// The platform's services as the bench runs them.
+    pub fn specs(&self) -> Vec<ServiceSpec> {
         let database_url = |db: &str| self.pg.url(db);
         let infra = Infrastructure {
             database_url: &database_url,

@@ -22,6 +22,7 @@ pub mod net;
 pub mod paths;
 pub mod postgres;
 mod process;
+pub mod schemathesis;
 pub mod services;
 pub mod tokens;
 

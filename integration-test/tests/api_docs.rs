@@ -1,6 +1,7 @@
 //! The API description through the gateway: `/api/openapi.json` merges what the real services
 //! generate, without a token; `/api/docs` renders in headless Chromium and its "Try it out" call
-//! with a token reaches patient-service (which audits it). Screenshots are kept as artifacts.
+//! with a token reaches patient-service (which audits it), screenshots kept as artifacts; and
+//! schemathesis fuzzes the whole API through the gateway against that document.
 
 mod support;
 
@@ -13,10 +14,10 @@ use support::*;
 
 const REALM: &str = "patient-management";
 
-#[tokio::test]
-async fn the_merged_description_is_public_and_the_docs_try_it_call_succeeds_with_a_token() {
+/// The three services behind a gateway; returns the gateway's URL and the running services.
+async fn platform() -> (String, [Running; 3]) {
     let kc = Keycloak::shared_for_tests();
-    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    let (billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
     let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
     let analytics = spawn_analytics(None, KafkaArgs::disabled()).await;
     let mut settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
@@ -24,6 +25,13 @@ async fn the_merged_description_is_public_and_the_docs_try_it_call_succeeds_with
     let app = gateway::startup::Application::build(settings).await.unwrap();
     let gw = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
+    (gw, [billing, patients, analytics])
+}
+
+#[tokio::test]
+async fn the_merged_description_is_public_and_the_docs_try_it_call_succeeds_with_a_token() {
+    let kc = Keycloak::shared_for_tests();
+    let (gw, [_billing, patients, _analytics]) = platform().await;
 
     let resp = reqwest::get(format!("{gw}/api/openapi.json")).await.unwrap();
     assert_eq!(resp.status(), 200, "public, no token");
@@ -67,4 +75,26 @@ async fn the_merged_description_is_public_and_the_docs_try_it_call_succeeds_with
         .unwrap();
     assert_eq!(audited, 1, "the UI's call reached patient-service with the token");
     println!("API docs screenshots: {}", shots.display());
+}
+
+/// Contract fuzzing (schemathesis, every check but "schema-valid data is accepted": the API
+/// rightly refuses some schema-valid bodies, e.g. a birth date in the future or a taken email):
+/// no 5xx, every status and body as documented, schema-violating requests refused, no answer
+/// without a valid token, 405 with `Allow` for other methods.
+#[tokio::test]
+async fn schemathesis_finds_no_contract_violation_through_the_gateway() {
+    let kc = Keycloak::shared_for_tests();
+    let (gw, _services) = platform().await;
+    let st = tokio::task::spawn_blocking(dev_stack::schemathesis::ensure).await.unwrap().expect("schemathesis installs");
+    let token = kc.service_token().await.unwrap();
+    let mut cmd = Command::new(st);
+    cmd.args(["run", &format!("{gw}/api/openapi.json"), "--url", &format!("{gw}/api")])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        .args(["--max-examples", "50", "--seed", "20261201", "--no-color"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("schemathesis runs")).await.unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}");
+    assert!(out.status.success(), "schemathesis found violations:\n{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("Stateful") && report.contains("passed"), "every phase ran: {report}");
 }

@@ -103,6 +103,14 @@ pub fn rule_for(method: &Method, path: &str) -> Access {
     }
 }
 
+/// The methods `path` takes, for an `Allow` header (RFC 9110 §15.5.6), e.g. `GET, POST`.
+pub fn allowed_methods(path: &str) -> String {
+    let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
+    let allowed: Vec<&str> =
+        methods.iter().filter(|m| matches!(rule_for(m, path), Access::Rule(_))).map(Method::as_str).collect();
+    allowed.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +143,9 @@ mod tests {
             assert_eq!(rule_for(&Method::GET, p), Access::NotFound, "{p}");
         }
         assert_eq!(rule_for(&Method::DELETE, "/patients"), Access::MethodNotAllowed);
+        assert_eq!(allowed_methods("/patients"), "GET, POST");
+        assert_eq!(allowed_methods("/patients/1"), "GET, PUT, DELETE");
+        assert_eq!(allowed_methods("/analytics/summary"), "GET");
         assert_eq!(rule_for(&Method::POST, "/analytics/summary"), Access::MethodNotAllowed);
     }
 

@@ -31,8 +31,9 @@ pub enum Denied {
     Forbidden(Vec<&'static str>),
     #[error("no route for this path")]
     NotFound,
+    /// The path exists; the methods it takes (the `Allow` header).
     #[error("method not allowed for this path")]
-    MethodNotAllowed,
+    MethodNotAllowed(String),
 }
 
 impl Denied {
@@ -42,7 +43,7 @@ impl Denied {
             Denied::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Denied::Forbidden(_) => StatusCode::FORBIDDEN,
             Denied::NotFound => StatusCode::NOT_FOUND,
-            Denied::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Denied::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -59,7 +60,7 @@ impl Denied {
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"missing role\", scope=\"{}\"",
                 roles.join(" ")
             ),
-            Denied::NotFound | Denied::MethodNotAllowed => return None,
+            Denied::NotFound | Denied::MethodNotAllowed(_) => return None,
         })
     }
 }
@@ -70,6 +71,11 @@ impl IntoResponse for Denied {
         if let Some(value) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }
+        if let Denied::MethodNotAllowed(allow) = &self {
+            if let Ok(value) = HeaderValue::from_str(allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+        }
         response
     }
 }
@@ -78,7 +84,7 @@ impl IntoResponse for Denied {
 pub fn rule(method: &Method, path: &str) -> Result<Rule, Denied> {
     match access::rule_for(method, path) {
         Access::Rule(rule) => Ok(rule),
-        Access::MethodNotAllowed => Err(Denied::MethodNotAllowed),
+        Access::MethodNotAllowed => Err(Denied::MethodNotAllowed(access::allowed_methods(path))),
         Access::NotFound => Err(Denied::NotFound),
     }
 }

@@ -17,19 +17,19 @@ use super::fields::{parse_date, Address, BirthDate, PatientName};
     "dateOfBirth": "1985-06-15", "registeredDate": "2024-01-10"}))]
 pub struct PatientRequest {
     /// Required, at most 100 characters, no control characters.
-    #[schema(required, max_length = 100)]
+    #[schema(required, value_type = String, min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub name: Option<String>,
     /// Required, a valid address; unique across patients (case-insensitively).
-    #[schema(required, format = "email")]
+    #[schema(required, value_type = String, format = "email", pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub email: Option<String>,
     /// Required, no control characters.
-    #[schema(required)]
+    #[schema(required, value_type = String, min_length = 1, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub address: Option<String>,
     /// Required, `YYYY-MM-DD`, a real date, not in the future.
-    #[schema(required, format = "date")]
+    #[schema(required, value_type = String, format = "date", pattern = r"^\d{4}-\d{2}-\d{2}$")]
     pub date_of_birth: Option<String>,
-    /// `YYYY-MM-DD`; required on create, optional on update (keeps the stored one).
-    #[schema(format = "date")]
+    /// `YYYY-MM-DD`; required on create; on update absent or null keeps the stored one.
+    #[schema(value_type = Option<String>, format = "date", pattern = r"^\d{4}-\d{2}-\d{2}$")]
     pub registered_date: Option<String>,
 }
 

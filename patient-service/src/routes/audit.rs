@@ -27,15 +27,16 @@ const EXTENSION_BASE: &str = "https://patient-platform.example/fhir/StructureDef
 #[into_params(parameter_in = Query)]
 struct AuditQuery {
     /// Only events about this patient.
-    #[param(format = Uuid)]
+    #[param(value_type = Option<uuid::Uuid>)]
     patient_id: Option<String>,
-    /// Only events by this caller (`sub`).
+    /// Only events by this caller (`sub`; empty: anyone).
+    #[param(max_length = 255, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     subject: Option<String>,
     /// Recorded at or after (RFC 3339).
-    #[param(format = DateTime)]
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     from: Option<String>,
     /// Recorded before (RFC 3339).
-    #[param(format = DateTime)]
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     to: Option<String>,
     /// 0-based page number.
     #[param(minimum = 0)]
@@ -63,15 +64,22 @@ impl TryFrom<AuditQuery> for Search {
         let mut invalid = |field: &str, why: &str| {
             errors.insert(field.to_owned(), why.to_owned());
         };
-        let patient_id = match q.patient_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        // Ids and instants as documented: exactly, no blank stand-in for "absent".
+        let patient_id = match q.patient_id.as_deref() {
             None => None,
-            Some(raw) => Uuid::parse_str(raw).map_err(|_| invalid("patientId", "must be a UUID")).ok(),
+            Some(raw) => {
+                let id = crate::domain::parse_uuid(raw);
+                if id.is_none() {
+                    invalid("patientId", "must be a UUID");
+                }
+                id
+            }
         };
         let subject = q.subject.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         if subject.as_deref().is_some_and(|s| s.chars().any(char::is_control) || s.len() > 255) {
             invalid("subject", "must be a subject id without control characters");
         }
-        let mut instant = |field: &str, raw: Option<String>| match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let mut instant = |field: &str, raw: Option<String>| match raw.as_deref() {
             None => None,
             Some(raw) => DateTime::parse_from_rfc3339(raw)
                 .map(|t| t.with_timezone(&Utc))

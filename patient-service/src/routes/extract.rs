@@ -42,7 +42,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PatientId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path(raw) =
             Path::<String>::from_request_parts(parts, state).await.map_err(|_| Error::BadRequest("missing patient id".into()))?;
-        Uuid::parse_str(&raw).map(Self).map_err(|_| Error::BadRequest("patient id must be a UUID".into()))
+        crate::domain::parse_uuid(&raw).map(Self).ok_or_else(|| Error::BadRequest("patient id must be a UUID".into()))
     }
 }
 

@@ -19,9 +19,11 @@ pub struct ListQuery {
     /// Page size, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub size: Option<i64>,
-    /// Case-insensitive substring of the name.
+    /// Case-insensitive substring of the name (empty: no filter).
+    #[param(pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub name: Option<String>,
-    /// Exact email (case-insensitive).
+    /// Exact email, case-insensitive (empty: no filter).
+    #[param(pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub email: Option<String>,
 }
 

@@ -86,8 +86,8 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
 /// and a create that already committed is replayed. Emails are checked before billing is
 /// called, so the common conflict never reaches billing at all.
 #[utoipa::path(post, path = "/patients", tag = "patients", request_body = PatientRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Makes a retry safe: the same key and body replay the first 201 for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r#"^"?[ !#-\[\]-~]+"?$"#,
+        description = "Makes a retry safe: the same key and body replay the first 201 for 24 h (visible ASCII, no quote or backslash)")),
     responses(
         (status = 201, description = "Created (or replayed for its Idempotency-Key)", body = PatientResponse, headers(
             ("Location" = String, description = "The new patient's URL"),
