@@ -240,6 +240,7 @@ The patient platform is up.
       -d '{{"name":"Ada Lovelace","email":"ada@example.com","address":"12 St James Sq, London","dateOfBirth":"1815-12-10","registeredDate":"2026-11-22"}}'
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/patients/<id>/bill
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/analytics/summary
+    API description: http://localhost:{gw}/api/openapi.json   try it in a browser: http://localhost:{gw}/api/docs
 
   3. Billing over gRPC (reflection and health need no token; every BillingService call does):
     {grpcurl} -plaintext localhost:{g} list
