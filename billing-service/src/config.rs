@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{db::DbArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -32,6 +32,9 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Limits of the HTTP port (health and metrics only).
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 impl Settings {
@@ -46,6 +49,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
             log: LogArgs { log_filter: "info".into(), log_json: false },
+            edge: EdgeArgs::default(),
         }
     }
 

@@ -30,6 +30,7 @@ pub struct Application {
     metrics: Arc<Registry>,
     auth: Auth,
     pending_window: std::time::Duration,
+    edge: EdgeArgs,
 }
 
 impl Application {
@@ -61,7 +62,7 @@ impl Application {
         }
         let auth = settings.oidc.start(metrics.clone()).await?;
         let pending_window = settings.pending_account_window();
-        Ok(Self { grpc, http, pool, consumer, metrics, auth, pending_window })
+        Ok(Self { grpc, http, pool, consumer, metrics, auth, pending_window, edge: settings.edge })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -93,8 +94,7 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
         let metrics = self.metrics.clone();
         // The HTTP port carries only the operational routes.
-        let edge =
-            Edge { args: EdgeArgs::default(), metrics: metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
+        let edge = Edge { args: self.edge, metrics: metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
         let http_routes = edge.wrap(axum::Router::new());
         let http = axum::serve(self.http, http_routes).with_graceful_shutdown(stop.clone().cancelled_owned());
 

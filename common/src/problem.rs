@@ -57,6 +57,16 @@ impl Problem {
         self.retry_after_secs = Some(secs);
         self
     }
+
+    /// `Retry-After` for a wait: whole seconds, rounded up, at least one.
+    pub fn with_retry_after_duration(self, wait: std::time::Duration) -> Self {
+        self.with_retry_after(retry_after_secs(wait))
+    }
+}
+
+/// A wait as `Retry-After` seconds: rounded up, at least one.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl IntoResponse for Problem {

@@ -124,9 +124,9 @@ impl Limiter {
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let retry_after = Duration::from_secs(common::problem::retry_after_secs(wait));
                 // `t` keeps one meaning: seconds until the bucket is full again.
-                policy.decision(false, Duration::from_secs(secs), 0, policy.burst.div_ceil(policy.rate))
+                policy.decision(false, retry_after, 0, policy.burst.div_ceil(policy.rate))
             }
         })
     }

@@ -79,8 +79,9 @@ impl IntoResponse for Error {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after(RETRY_AFTER_SECS)
             }
             // When the breaker lets the next probe through, at least a second away.
-            Error::BillingCircuitOpen(retry_after) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
-                .with_retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Error::BillingCircuitOpen(retry_after) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after_duration(*retry_after)
+            }
             Error::BillingFailed(status) => {
                 tracing::error!(code = ?status.code(), "billing call failed");
                 Problem::new(StatusCode::BAD_GATEWAY, self.to_string())
