@@ -15,10 +15,6 @@ pub struct Settings {
     /// Consumer group of this service.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "analytics-service")]
     pub group_id: String,
-    /// Tries of an event the database rejects (a data or constraint error) before it goes to
-    /// the dead-letter topic. Other failures (database down) are retried without limit.
-    #[arg(long, env = "POISON_MAX_ATTEMPTS", default_value_t = 3)]
-    pub poison_max_attempts: u32,
     /// The realm whose tokens callers present.
     #[command(flatten)]
     pub oidc: OidcArgs,
@@ -39,7 +35,6 @@ impl Settings {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             group_id: "analytics-service".into(),
-            poison_max_attempts: 3,
             oidc,
             db: DbArgs::from_url(database_url),
             kafka,

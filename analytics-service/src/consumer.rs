@@ -13,15 +13,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::NaiveDate;
-use common::kafka::RecordHandler;
+use common::kafka::{DeadLetters, RecordHandler};
 use common::metrics::Registry;
 use prost::Message as _;
 use proto::events::PatientEvent;
-use rdkafka::{
-    message::{Header, OwnedHeaders, OwnedMessage},
-    producer::{FutureProducer, FutureRecord},
-    Message,
-};
+use rdkafka::{message::OwnedMessage, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -29,10 +25,8 @@ use crate::repo::{self, Event, Kind};
 
 pub struct AnalyticsHandler {
     pub db: PgPool,
-    pub dead_letters: FutureProducer,
-    pub dead_letter_topic: String,
-    /// Tries of a record the database rejects before it is dead-lettered.
-    pub max_attempts: u32,
+    /// Where undecodable and unappliable records go.
+    pub dead_letters: DeadLetters,
     /// `analytics_events_total{result="applied|duplicate|dead_lettered"}`.
     pub metrics: Arc<Registry>,
 }
@@ -42,27 +36,10 @@ impl RecordHandler for AnalyticsHandler {
         let origin = Origin { topic: record.topic(), partition: record.partition(), offset: record.offset() };
         let event = match parse(record.payload().unwrap_or_default(), &origin) {
             Ok(event) => event,
-            Err(reason) => return self.dead_letter(record, reason).await,
+            Err(reason) => return self.dead_letters.send(record, reason).await,
         };
-        let mut attempt = 1;
-        loop {
-            match self.apply(&event).await {
-                Ok(()) => return Ok(()),
-                Err(err) => match rejected(&err) {
-                    Some(code) if attempt >= self.max_attempts => {
-                        let reason = format!("the database rejects this event (SQLSTATE {code}) after {attempt} attempts");
-                        return self.dead_letter(record, &reason).await;
-                    }
-                    Some(code) => {
-                        tracing::warn!(attempt, sqlstate = %code, "the database rejected the event; trying again");
-                        tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
-                        attempt += 1;
-                    }
-                    // Transient: the consume loop retries this same record, nothing is skipped.
-                    None => return Err(err),
-                },
-            }
-        }
+        // Transient failures come back as errors: the consume loop retries this same record.
+        self.dead_letters.apply_or_dead_letter(record, || self.apply(&event)).await
     }
 }
 
@@ -83,13 +60,6 @@ impl Origin<'_> {
 /// Namespace of ids derived from a record's position (a fixed, random UUID).
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x3f6c_1d2e_8a4b_4c7d_9e0f_5a6b_7c8d_9e0f);
 
-/// The SQLSTATE of an error the database will raise again for the same event: a data exception
-/// (class 22, e.g. a date out of range) or an integrity constraint violation (class 23).
-fn rejected(err: &anyhow::Error) -> Option<String> {
-    let code = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>())?.as_database_error()?.code()?.into_owned();
-    (code.starts_with("22") || code.starts_with("23")).then_some(code)
-}
-
 impl AnalyticsHandler {
     #[tracing::instrument(skip_all, fields(event_id = %event.event_id, patient_id = %event.patient_id, kind = event.kind.as_str()))]
     async fn apply(&self, event: &Event) -> anyhow::Result<()> {
@@ -106,30 +76,6 @@ impl AnalyticsHandler {
             self.metrics.inc("analytics_events_total{result=\"duplicate\"}");
             tracing::info!("duplicate event ignored");
         }
-        Ok(())
-    }
-
-    /// Copies the record to the dead-letter topic with the reason and its origin as headers;
-    /// `Ok` once the broker has it.
-    #[tracing::instrument(skip_all, fields(partition = record.partition(), offset = record.offset()))]
-    async fn dead_letter(&self, record: &OwnedMessage, reason: &str) -> anyhow::Result<()> {
-        tracing::warn!(reason, "record sent to the dead-letter topic");
-        let (partition, offset) = (record.partition().to_string(), record.offset().to_string());
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "dlt-reason", value: Some(reason) })
-            .insert(Header { key: "dlt-original-topic", value: Some(record.topic()) })
-            .insert(Header { key: "dlt-original-partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "dlt-original-offset", value: Some(offset.as_str()) });
-        let mut out: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.dead_letter_topic).payload(record.payload().unwrap_or_default()).headers(headers);
-        if let Some(key) = record.key() {
-            out = out.key(key);
-        }
-        self.dead_letters
-            .send(out, std::time::Duration::from_secs(10))
-            .await
-            .map_err(|(err, _)| anyhow::Error::new(err).context("dead-letter publish failed"))?;
-        self.metrics.inc("analytics_events_total{result=\"dead_lettered\"}");
         Ok(())
     }
 }

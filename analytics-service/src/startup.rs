@@ -45,13 +45,11 @@ impl Application {
             let dead_letter_topic = settings.kafka.dead_letter_topic();
             settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic, &dead_letter_topic]).await;
             let consumer = settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?;
-            let handler = AnalyticsHandler {
-                db: pool.clone(),
-                dead_letters: settings.kafka.producer().context("failed to create the dead-letter producer")?,
-                dead_letter_topic,
-                max_attempts: settings.poison_max_attempts.max(1),
-                metrics: metrics.clone(),
-            };
+            let dead_letters = settings
+                .kafka
+                .dead_letters(&settings.group_id, metrics.clone(), "analytics_events_total{result=\"dead_lettered\"}")
+                .context("failed to create the dead-letter producer")?;
+            let handler = AnalyticsHandler { db: pool.clone(), dead_letters, metrics: metrics.clone() };
             Some((consumer, handler))
         };
         let listener = TcpListener::bind(settings.http_addr)

@@ -6,6 +6,7 @@ use anyhow::Context;
 use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
+    kafka::DeadLetters,
     metrics::Registry,
     tasks::Task,
 };
@@ -26,7 +27,7 @@ pub struct Application {
     grpc: TcpListener,
     http: TcpListener,
     pool: PgPool,
-    consumer: Option<StreamConsumer>,
+    consumer: Option<(StreamConsumer, DeadLetters)>,
     metrics: Arc<Registry>,
     auth: Auth,
     pending_window: std::time::Duration,
@@ -42,10 +43,6 @@ impl Application {
         let http = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        let consumer = match settings.kafka.kafka_disabled {
-            true => None,
-            false => Some(settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?),
-        };
         let metrics = Registry::new();
         verifier::metrics::register(&metrics);
         // Every series present from the start (at 0), so dashboards and alerts see them.
@@ -60,6 +57,19 @@ impl Application {
         ] {
             metrics.add(series, 0);
         }
+        let consumer = match settings.kafka.kafka_disabled {
+            true => None,
+            false => {
+                let dead_letter_topic = settings.kafka.dead_letter_topic();
+                settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic, &dead_letter_topic]).await;
+                let consumer = settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?;
+                let dead_letters = settings
+                    .kafka
+                    .dead_letters(&settings.group_id, metrics.clone(), "billing_events_dead_lettered_total")
+                    .context("failed to create the dead-letter producer")?;
+                Some((consumer, dead_letters))
+            }
+        };
         let auth = settings.oidc.start(metrics.clone()).await?;
         let pending_window = settings.pending_account_window();
         Ok(Self { grpc, http, pool, consumer, metrics, auth, pending_window, edge: settings.edge })
@@ -104,8 +114,9 @@ impl Application {
             ("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))),
         ];
         match self.consumer {
-            Some(consumer) => {
-                let (handler, until) = (BillingEventHandler { db: self.pool.clone(), metrics: metrics.clone() }, stop.clone());
+            Some((consumer, dead_letters)) => {
+                let handler = BillingEventHandler { db: self.pool.clone(), dead_letters, metrics: metrics.clone() };
+                let until = stop.clone();
                 tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, until).await })));
                 let sweep = pending::sweep_until_stopped(self.pool.clone(), self.pending_window, metrics.clone(), stop.clone());
                 tasks.push(("pending-sweeper", Box::pin(sweep)));

@@ -11,7 +11,7 @@ use clap::Args;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, OwnedMessage},
-    producer::FutureProducer,
+    producer::{FutureProducer, FutureRecord},
     ClientConfig, Message,
 };
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,10 @@ pub struct KafkaArgs {
     /// How long the producer keeps trying to deliver one record before reporting failure.
     #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_delivery_timeout_ms: u64,
+    /// Tries of a consumed event the database rejects (a data or constraint error) before it
+    /// goes to the dead-letter topic. Other failures (database down) are retried without limit.
+    #[arg(long, env = "POISON_MAX_ATTEMPTS", default_value_t = 3)]
+    pub poison_max_attempts: u32,
 }
 
 impl KafkaArgs {
@@ -45,6 +49,7 @@ impl KafkaArgs {
             kafka_disabled: false,
             kafka_topic_partitions: 3,
             kafka_delivery_timeout_ms: 10_000,
+            poison_max_attempts: 3,
         }
     }
 
@@ -56,6 +61,24 @@ impl KafkaArgs {
     /// The dead-letter topic of the events topic.
     pub fn dead_letter_topic(&self) -> String {
         format!("{}.DLT", self.kafka_topic)
+    }
+
+    /// The dead-letter topic's writer for consumer `group`, counting into `series`.
+    pub fn dead_letters(
+        &self,
+        group: &str,
+        metrics: std::sync::Arc<crate::metrics::Registry>,
+        series: &'static str,
+    ) -> anyhow::Result<DeadLetters> {
+        metrics.add(series, 0);
+        Ok(DeadLetters {
+            producer: self.producer()?,
+            topic: self.dead_letter_topic(),
+            group: group.to_owned(),
+            max_attempts: self.poison_max_attempts.max(1),
+            metrics,
+            series,
+        })
     }
 
     /// An idempotent producer (acks=all, ordered retries), so a retry never duplicates or
@@ -175,6 +198,82 @@ fn commit_on_exit(consumer: &StreamConsumer) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Records a consumer cannot use go to the dead-letter topic (`<topic>.DLT`) with the reason and
+/// their origin as headers: at once when they cannot be decoded, after `max_attempts` tries when
+/// the database rejects them (a data or constraint error: the same record would fail every time).
+/// Anything else (database down) is the caller's to retry in place: nothing is skipped.
+pub struct DeadLetters {
+    pub producer: FutureProducer,
+    pub topic: String,
+    /// The consumer group, named in the `dlt-group` header.
+    pub group: String,
+    /// Tries of a record the database rejects before it is dead-lettered.
+    pub max_attempts: u32,
+    pub metrics: std::sync::Arc<crate::metrics::Registry>,
+    /// Counted once per dead-lettered record, e.g. `analytics_events_total{result="dead_lettered"}`.
+    pub series: &'static str,
+}
+
+impl DeadLetters {
+    /// Runs `apply` until it succeeds; a record the database keeps rejecting is dead-lettered
+    /// after `max_attempts` (then `Ok`: the next record goes on); a transient error is returned.
+    pub async fn apply_or_dead_letter<F, Fut>(&self, record: &OwnedMessage, mut apply: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let Err(err) = apply().await else { return Ok(()) };
+            match rejected(&err) {
+                Some(code) if attempt >= self.max_attempts => {
+                    let reason = format!("the database rejects this event (SQLSTATE {code}) after {attempt} attempts");
+                    return self.send(record, &reason).await;
+                }
+                Some(code) => {
+                    tracing::warn!(attempt, sqlstate = %code, "the database rejected the event; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                None => return Err(err),
+            }
+        }
+    }
+
+    /// Copies the record to the dead-letter topic with the reason and its origin as headers;
+    /// `Ok` once the broker has it.
+    #[tracing::instrument(skip_all, fields(partition = record.partition(), offset = record.offset()))]
+    pub async fn send(&self, record: &OwnedMessage, reason: &str) -> anyhow::Result<()> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        tracing::warn!(reason, "record sent to the dead-letter topic");
+        let (partition, offset) = (record.partition().to_string(), record.offset().to_string());
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "dlt-reason", value: Some(reason) })
+            .insert(Header { key: "dlt-group", value: Some(self.group.as_str()) })
+            .insert(Header { key: "dlt-original-topic", value: Some(record.topic()) })
+            .insert(Header { key: "dlt-original-partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "dlt-original-offset", value: Some(offset.as_str()) });
+        let mut out: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).payload(record.payload().unwrap_or_default()).headers(headers);
+        if let Some(key) = record.key() {
+            out = out.key(key);
+        }
+        self.producer
+            .send(out, Duration::from_secs(10))
+            .await
+            .map_err(|(err, _)| anyhow::Error::new(err).context("dead-letter publish failed"))?;
+        self.metrics.inc(self.series);
+        Ok(())
+    }
+}
+
+/// The SQLSTATE of an error the database will raise again for the same record: a data exception
+/// (class 22, e.g. a date out of range, a NUL in text) or an integrity constraint violation (23).
+pub fn rejected(err: &anyhow::Error) -> Option<String> {
+    let code = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>())?.as_database_error()?.code()?.into_owned();
+    (code.starts_with("22") || code.starts_with("23")).then_some(code)
 }
 
 /// Reads a UTF-8 header of a record.

@@ -238,10 +238,25 @@ fn read_pid(dir: &Path) -> Option<u32> {
     process::pid_alive(pid).then_some(pid)
 }
 
-/// A KRaft cluster id: 16 bytes, base64url without padding.
+/// A KRaft cluster id: 16 bytes, base64url without padding, never starting with `-`.
 fn cluster_id() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     let mut bytes = nanos.to_le_bytes();
     bytes[12..16].copy_from_slice(&std::process::id().to_le_bytes());
+    // The first character must not be `-` (kafka-storage would read the id as an option): with
+    // the top bit clear the first base64 digit is one of A-Z a-f.
+    bytes[0] &= 0x7f;
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cluster_ids_never_look_like_an_option() {
+        for _ in 0..2_000 {
+            let id = super::cluster_id();
+            assert_eq!(id.len(), 22, "16 bytes");
+            assert!(id.starts_with(|c: char| c.is_ascii_alphabetic()), "{id}");
+        }
+    }
 }

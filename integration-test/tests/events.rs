@@ -223,6 +223,47 @@ async fn an_event_the_database_rejects_goes_to_the_dead_letter_topic_after_retri
 }
 
 #[tokio::test]
+async fn billing_dead_letters_an_event_its_database_rejects_and_the_next_event_still_activates() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    let (billing, _grpc) = spawn_billing(args.clone()).await;
+
+    // Another producer's event whose name PostgreSQL cannot store (a NUL in text).
+    let poison = proto::events::PatientEvent {
+        patient_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "PATIENT_CREATED".into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        name: "Bad\u{0}Name".into(),
+        email: "bad@example.org".into(),
+        ..Default::default()
+    };
+    produce_raw(&broker(), &topic, &poison.patient_id, &poison.encode_to_vec()).await;
+    let next = proto::events::PatientEvent {
+        patient_id: uuid::Uuid::new_v4().to_string(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        name: "Good Name".into(),
+        ..poison.clone()
+    };
+    produce_raw(&broker(), &topic, &next.patient_id, &next.encode_to_vec()).await;
+
+    let dead = read_records(&broker(), &args.dead_letter_topic(), 1, WAIT).await;
+    assert_eq!(key(&dead[0]), poison.patient_id);
+    assert_eq!(common::kafka::header(&dead[0], "dlt-group"), Some("billing-service"));
+    let reason = common::kafka::header(&dead[0], "dlt-reason").unwrap();
+    assert!(reason.contains("SQLSTATE 22") && reason.contains("3 attempts"), "{reason}");
+    let status = eventually(WAIT, "the next event applied", || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM billing_accounts WHERE patient_id = $1::uuid")
+            .bind(&next.patient_id)
+            .fetch_optional(&billing.db)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(status, "ACTIVE", "the partition moved on past the poison record");
+}
+
+#[tokio::test]
 async fn a_patients_events_out_of_order_on_the_topic_still_end_in_the_right_state() {
     let topic = unique_topic();
     let mut args = kafka_args(&broker(), &topic);
