@@ -234,7 +234,7 @@ impl DeadLetters {
                 }
                 Some(code) => {
                     tracing::warn!(attempt, sqlstate = %code, "the database rejected the event; trying again");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)).min(Duration::from_secs(5))).await;
                     attempt += 1;
                 }
                 None => return Err(err),

@@ -1,11 +1,13 @@
 //! The platform's API description at the gateway (SPEC §13): `/api/openapi.json` merges the
-//! documents the services generate from their code (fetched from their `/openapi.json`,
-//! re-fetched at most every [`FRESH_FOR`]), with the gateway's own answers added to every
-//! operation and Keycloak's flows as security schemes; `/api/docs` is Swagger UI (assets from
-//! the `utoipa-swagger-ui` crate) with "Authorize" wired to the realm. Both are public.
+//! documents the services generate from their code, with the gateway's own answers added to
+//! every operation and Keycloak's flows as security schemes; `/api/docs` is Swagger UI (assets
+//! from the `utoipa-swagger-ui` crate) with "Authorize" wired to the realm. Both are public, so
+//! the services are asked at most once per [`FRESH_FOR`] whatever the traffic (one refresh at a
+//! time, both services at once, within [`FETCH_DEADLINE`]); only a complete document is served
+//! — the last one while a service cannot be asked, 503 before there was any.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,13 +18,18 @@ use axum::{
     routing::get,
     Router,
 };
+use common::problem::Problem;
 use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
 use utoipa_swagger_ui::{oauth, Config};
 
 use crate::proxy::Proxy;
 
 /// How long a merged document is served before the services are asked again.
 const FRESH_FOR: Duration = Duration::from_secs(30);
+
+/// The most one refresh may take.
+const FETCH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The public client people sign in with ("Authorize" in the UI).
 const UI_CLIENT: &str = "patient-web";
@@ -35,8 +42,12 @@ const GATEWAY_ANSWERS: [(&str, &str); 4] = [
     ("504", "The service did not answer in time"),
 ];
 
-/// A merged document and when it was made.
-type Merged = (Instant, Arc<str>);
+/// The last complete document, and when the services were last asked.
+#[derive(Default)]
+struct Cache {
+    doc: Option<Arc<str>>,
+    asked: Option<Instant>,
+}
 
 #[derive(Clone)]
 pub struct Docs {
@@ -45,7 +56,8 @@ pub struct Docs {
     sources: Arc<[(&'static str, Uri)]>,
     /// The realm as browsers reach it, for the OAuth flows.
     issuer: Arc<str>,
-    merged: Arc<Mutex<Option<Merged>>>,
+    /// Held across a refresh: concurrent requests wait for it instead of asking again.
+    cache: Arc<Mutex<Cache>>,
     ui: Arc<Config<'static>>,
 }
 
@@ -61,7 +73,7 @@ impl Docs {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let sign_in = oauth::Config::new().client_id(UI_CLIENT).use_pkce_with_authorization_code_grant(true);
         let ui = Config::with_oauth_config(["/api/openapi.json"], sign_in).try_it_out_enabled(true);
-        Ok(Self { proxy, sources: sources.into(), issuer: issuer.into(), merged: Arc::default(), ui: Arc::new(ui) })
+        Ok(Self { proxy, sources: sources.into(), issuer: issuer.into(), cache: Arc::default(), ui: Arc::new(ui) })
     }
 
     pub fn routes(self) -> Router {
@@ -73,35 +85,40 @@ impl Docs {
             .with_state(self)
     }
 
-    /// The merged document; a service that cannot be asked is left out (and asked again next time).
-    async fn merged(&self) -> Arc<str> {
-        if let Some((at, doc)) = self.merged.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            if at.elapsed() < FRESH_FOR {
-                return doc.clone();
-            }
+    /// The merged document, `None` until every service has described itself once.
+    async fn merged(&self) -> Option<Arc<str>> {
+        let mut cache = self.cache.lock().await;
+        if cache.asked.is_some_and(|at| at.elapsed() < FRESH_FOR) {
+            return cache.doc.clone();
         }
+        cache.asked = Some(Instant::now());
+        let fetches = self.sources.iter().map(|(name, uri)| async move { (*name, self.proxy.fetch_json(uri.clone()).await) });
+        let results = tokio::time::timeout(FETCH_DEADLINE, futures::future::join_all(fetches)).await;
         let mut parts = Vec::new();
-        let mut complete = true;
-        for (name, uri) in self.sources.iter() {
-            match self.proxy.fetch_json(uri.clone()).await {
+        for (name, result) in results.unwrap_or_default() {
+            match result {
                 Ok(doc) => parts.push(doc),
-                Err(err) => {
-                    complete = false;
-                    tracing::warn!(service = name, error = %format!("{err:#}"), "API description unavailable");
-                }
+                Err(err) => tracing::warn!(service = name, error = %format!("{err:#}"), "API description unavailable"),
             }
         }
-        let doc: Arc<str> = merge(&parts, &self.issuer).to_string().into();
-        // A document missing a service is not kept: the next request asks again.
-        if complete {
-            *self.merged.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), doc.clone()));
+        if parts.len() == self.sources.len() {
+            cache.doc = Some(merge(&parts, &self.issuer).to_string().into());
+        } else {
+            tracing::warn!("serving the last complete API description");
         }
-        doc
+        cache.doc.clone()
     }
 }
 
 async fn openapi(State(docs): State<Docs>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], docs.merged().await.to_string()).into_response()
+    match docs.merged().await {
+        Some(doc) => ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response(),
+        None => {
+            let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the services have not described their API yet")
+                .with_retry_after(FRESH_FOR.as_secs());
+            ([(header::CACHE_CONTROL, "no-store")], problem).into_response()
+        }
+    }
 }
 
 fn ui_file(docs: &Docs, file: &str) -> Response {

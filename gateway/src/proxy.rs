@@ -22,6 +22,9 @@ use tokio_stream::StreamExt;
 
 use crate::Error;
 
+/// The largest document [`Proxy::fetch_json`] reads.
+const MAX_DOCUMENT: usize = 2 << 20;
+
 /// The prefix clients use and backends never see.
 pub const API_PREFIX: &str = "/api";
 
@@ -94,7 +97,8 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// A small JSON document from a backend (its API description), within the response timeout.
+    /// A small JSON document from a backend (its API description), at most [`MAX_DOCUMENT`]
+    /// bytes, within the response timeout.
     pub async fn fetch_json(&self, uri: Uri) -> anyhow::Result<serde_json::Value> {
         let request = Request::get(uri).body(Body::empty()).context("invalid request")?;
         let response = tokio::time::timeout(self.response_timeout, self.client.request(request))
@@ -102,10 +106,13 @@ impl Proxy {
             .context("timed out")?
             .context("request failed")?;
         anyhow::ensure!(response.status().is_success(), "status {}", response.status());
-        let body = tokio::time::timeout(self.response_timeout, http_body_util::BodyExt::collect(response.into_body()))
+        let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        anyhow::ensure!(json, "not application/json");
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT);
+        let body = tokio::time::timeout(self.response_timeout, http_body_util::BodyExt::collect(limited))
             .await
             .context("timed out")?
-            .context("body failed")?;
+            .map_err(|e| anyhow::anyhow!("body failed: {e}"))?;
         serde_json::from_slice(&body.to_bytes()).context("not JSON")
     }
 }

@@ -86,3 +86,21 @@ async fn preflights_are_answered_without_a_token_for_allowed_origins_only_and_ne
     assert!(exposed.contains("ratelimit") && exposed.contains("x-total-count") && exposed.contains("location"), "{exposed}");
     assert_eq!(backend.count(), 1);
 }
+
+#[tokio::test]
+async fn the_api_description_is_503_until_every_service_has_described_itself_and_the_ui_is_served() {
+    let kc = Keycloak::shared_for_tests();
+    // Nothing listens behind this gateway.
+    let gw = spawn_gateway(kc, "http://127.0.0.1:9", |_| {}).await;
+
+    let doc = reqwest::get(format!("{gw}/api/openapi.json")).await.unwrap();
+    assert_eq!(doc.status(), 503, "never a document missing a service");
+    assert_eq!(doc.headers()["cache-control"], "no-store");
+    assert_eq!(doc.headers()["content-type"], "application/problem+json");
+
+    let ui = reqwest::get(format!("{gw}/api/docs")).await.unwrap();
+    assert_eq!(ui.status(), 200, "redirected to the UI, no token needed");
+    assert!(ui.text().await.unwrap().contains("swagger-ui"));
+    let init = reqwest::get(format!("{gw}/api/docs/swagger-initializer.js")).await.unwrap().text().await.unwrap();
+    assert!(init.contains("/api/openapi.json") && init.contains("patient-web"), "the UI reads our document and signs in with patient-web");
+}

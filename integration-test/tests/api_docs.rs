@@ -85,10 +85,16 @@ async fn the_merged_description_is_public_and_the_docs_try_it_call_succeeds_with
 async fn schemathesis_finds_no_contract_violation_through_the_gateway() {
     let kc = Keycloak::shared_for_tests();
     let (gw, _services) = platform().await;
+    let doc: Value = reqwest::get(format!("{gw}/api/openapi.json")).await.unwrap().json().await.unwrap();
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 5, "the whole API is described: {}", doc["paths"]);
     let st = tokio::task::spawn_blocking(dev_stack::schemathesis::ensure).await.unwrap().expect("schemathesis installs");
+    // Its example cache goes to a directory of its own, not into the work tree.
+    let workdir = std::env::temp_dir().join(format!("schemathesis-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&workdir).unwrap();
     let token = kc.service_token().await.unwrap();
     let mut cmd = Command::new(st);
-    cmd.args(["run", &format!("{gw}/api/openapi.json"), "--url", &format!("{gw}/api")])
+    cmd.current_dir(&workdir)
+        .args(["run", &format!("{gw}/api/openapi.json"), "--url", &format!("{gw}/api")])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
         .args(["--max-examples", "50", "--seed", "20261201", "--no-color"]);
@@ -96,5 +102,9 @@ async fn schemathesis_finds_no_contract_violation_through_the_gateway() {
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}");
     assert!(out.status.success(), "schemathesis found violations:\n{report}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(report.contains("Stateful") && report.contains("passed"), "every phase ran: {report}");
+    for phase in ["Examples", "Coverage", "Fuzzing", "Stateful"] {
+        let line = report.lines().find(|l| l.contains(phase)).unwrap_or_else(|| panic!("no {phase} phase in:\n{report}"));
+        assert!(line.contains('✅'), "the {phase} phase passed: {line}");
+    }
+    let _ = std::fs::remove_dir_all(workdir);
 }

@@ -22,8 +22,8 @@ pub struct PatientRequest {
     /// Required, a valid address; unique across patients (case-insensitively).
     #[schema(required, value_type = String, format = "email", pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub email: Option<String>,
-    /// Required, no control characters.
-    #[schema(required, value_type = String, min_length = 1, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
+    /// Required, at most 500 characters, no control characters.
+    #[schema(required, value_type = String, min_length = 1, max_length = 500, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub address: Option<String>,
     /// Required, `YYYY-MM-DD`, a real date, not in the future.
     #[schema(required, value_type = String, format = "date", pattern = r"^\d{4}-\d{2}-\d{2}$")]

@@ -70,13 +70,13 @@ impl TryFrom<AuditQuery> for Search {
             Some(raw) => {
                 let id = crate::domain::parse_uuid(raw);
                 if id.is_none() {
-                    invalid("patientId", "must be a UUID");
+                    invalid("patientId", "must be a UUID like 123e4567-e89b-12d3-a456-426614174000");
                 }
                 id
             }
         };
         let subject = q.subject.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-        if subject.as_deref().is_some_and(|s| s.chars().any(char::is_control) || s.len() > 255) {
+        if subject.as_deref().is_some_and(|s| s.chars().any(char::is_control) || s.chars().count() > 255) {
             invalid("subject", "must be a subject id without control characters");
         }
         let mut instant = |field: &str, raw: Option<String>| match raw.as_deref() {

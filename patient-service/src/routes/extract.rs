@@ -42,7 +42,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PatientId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path(raw) =
             Path::<String>::from_request_parts(parts, state).await.map_err(|_| Error::BadRequest("missing patient id".into()))?;
-        crate::domain::parse_uuid(&raw).map(Self).ok_or_else(|| Error::BadRequest("patient id must be a UUID".into()))
+        crate::domain::parse_uuid(&raw)
+            .map(Self)
+            .ok_or_else(|| Error::BadRequest("patient id must be a UUID like 123e4567-e89b-12d3-a456-426614174000".into()))
     }
 }
 

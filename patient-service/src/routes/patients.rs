@@ -73,18 +73,15 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
     Ok(Json(patient.into()))
 }
 
-/// Creates a patient: opens its billing account, then inserts the patient, its event and its
-/// audit record.
-///
-/// Open the billing account, then insert the patient, its event and its audit record in one
-/// transaction.
-///
-/// No database connection is held while billing is called: a slow billing must not drain the
-/// pool under every other endpoint. If billing fails, nothing was written here. With an
-/// `Idempotency-Key` the patient id is reserved with the key, so a retry (after a 503, a timeout
-/// or a lost response) reuses it: billing, idempotent per patient id, opens no second account,
-/// and a create that already committed is replayed. Emails are checked before billing is
-/// called, so the common conflict never reaches billing at all.
+/// Creates a patient and opens its billing account; nothing is saved when billing is unavailable.
+//
+// Open the billing account, then insert the patient, its event and its audit record in one
+// transaction. No database connection is held while billing is called: a slow billing must not
+// drain the pool under every other endpoint. If billing fails, nothing was written here. With an
+// `Idempotency-Key` the patient id is reserved with the key, so a retry (after a 503, a timeout
+// or a lost response) reuses it: billing, idempotent per patient id, opens no second account,
+// and a create that already committed is replayed. Emails are checked before billing is called,
+// so the common conflict never reaches billing at all.
 #[utoipa::path(post, path = "/patients", tag = "patients", request_body = PatientRequest,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r#"^"?[ !#-\[\]-~]+"?$"#,
         description = "Makes a retry safe: the same key and body replay the first 201 for 24 h (visible ASCII, no quote or backslash)")),
@@ -228,7 +225,7 @@ async fn remove(
     Ok((StatusCode::NO_CONTENT, Extension(AuditedInTransaction)))
 }
 
-/// The patient's billing account, read from billing-service over gRPC.
+/// The patient's billing account.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct BillResponse {
