@@ -67,11 +67,29 @@ impl Edge {
 }
 
 /// One span per request naming the route template, never the concrete path or query (they may
-/// carry ids, names or emails).
+/// carry ids, names or emails), with the request id and the W3C trace id, so every log line of
+/// the request can be found from either.
 fn span(req: &Request) -> tracing::Span {
     let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-    tracing::info_span!("http", method = %req.method(), route, request_id)
+    let trace_id = trace_id(req.headers()).unwrap_or("");
+    tracing::info_span!("http", method = %req.method(), route, request_id, trace_id)
+}
+
+/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero).
+pub fn trace_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let valid = version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some(trace)
 }
 
 async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
@@ -119,6 +137,29 @@ mod tests {
         let made = send(&app, HttpRequest::post("/echo/43").body(Body::empty()).unwrap()).await;
         assert_eq!(made.headers()["x-request-id"].len(), 36, "a UUID");
         assert_eq!(metrics.get("http_requests_total{method=\"POST\",route=\"/echo/{id}\",status=\"200\"}"), 2);
+    }
+
+    #[test]
+    fn trace_ids_only_from_valid_traceparents() {
+        let id = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("traceparent", v.parse().unwrap());
+            trace_id(&h).map(str::to_owned)
+        };
+        assert_eq!(
+            id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "garbage",
+        ] {
+            assert_eq!(id(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

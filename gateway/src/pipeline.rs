@@ -20,7 +20,7 @@ use verifier::{
 use crate::{
     limit::{Decision, Limiter},
     metrics::{ALLOWED, FORBIDDEN, NOT_ROUTED, RATE_LIMITED, UNAUTHENTICATED, UPSTREAM_FAILURES},
-    proxy::{Proxy, API_PREFIX, X_REQUEST_ID},
+    proxy::{new_traceparent, Proxy, API_PREFIX, TRACEPARENT, X_REQUEST_ID},
     Error,
 };
 
@@ -37,8 +37,8 @@ pub struct Gateway {
 }
 
 /// The handler of every API request.
-#[tracing::instrument(skip_all, fields(method = %req.method(), request_id, subject))]
-pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, req: Request) -> Response {
+#[tracing::instrument(skip_all, fields(method = %req.method(), request_id, trace_id, subject))]
+pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -46,6 +46,11 @@ pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<S
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is a header value"));
     tracing::Span::current().record("request_id", request_id.to_str().unwrap_or_default());
+    // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts).
+    if common::edge::trace_id(req.headers()).is_none() {
+        req.headers_mut().insert(TRACEPARENT.clone(), new_traceparent());
+    }
+    tracing::Span::current().record("trace_id", common::edge::trace_id(req.headers()).unwrap_or_default());
     let mut response = match run(&g, client, req, &request_id).await {
         Ok(response) => response,
         Err(err) => {

@@ -1,5 +1,5 @@
 //! Forwarding to a backend: `/api` stripped, bodies streamed both ways, hop-by-hop headers
-//! dropped, `X-Forwarded-*`, `x-request-id` and `traceparent` set, the bearer token forwarded;
+//! dropped, `X-Forwarded-*` and `x-request-id` set, `traceparent` (made by the pipeline) carried, the bearer token forwarded;
 //! bounded connect and response times, and a response body that stalls longer than the response
 //! timeout between two chunks is cut (the client sees the connection end, never a hang).
 
@@ -33,7 +33,7 @@ const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -65,9 +65,6 @@ impl Proxy {
         headers.remove(header::HOST);
         set_forwarded(headers, client, original_host);
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        if !headers.contains_key(&TRACEPARENT) {
-            headers.insert(TRACEPARENT.clone(), new_traceparent());
-        }
         *req.uri_mut() = uri;
 
         let response = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
@@ -160,7 +157,7 @@ fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, original_host: Opt
 
 /// A new W3C trace context (version 00, sampled) for requests that arrive without one.
 /// (uuid's `fast-rng`: a thread-local CSPRNG, not one `getrandom` syscall per id.)
-fn new_traceparent() -> HeaderValue {
+pub fn new_traceparent() -> HeaderValue {
     let trace = uuid::Uuid::new_v4().simple();
     let span = uuid::Uuid::new_v4().as_u64_pair().0;
     HeaderValue::from_str(&format!("00-{trace}-{span:016x}-01")).expect("hex is a valid header value")

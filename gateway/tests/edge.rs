@@ -102,5 +102,28 @@ async fn the_api_description_is_503_until_every_service_has_described_itself_and
     assert_eq!(ui.status(), 200, "redirected to the UI, no token needed");
     assert!(ui.text().await.unwrap().contains("swagger-ui"));
     let init = reqwest::get(format!("{gw}/api/docs/swagger-initializer.js")).await.unwrap().text().await.unwrap();
-    assert!(init.contains("/api/openapi.json") && init.contains("patient-web"), "the UI reads our document and signs in with patient-web");
+    assert!(
+        init.contains("/api/openapi.json") && init.contains("patient-web"),
+        "the UI reads our document and signs in with patient-web"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_traceparent_is_continued_and_an_invalid_one_restarts_the_trace() {
+    let kc = Keycloak::shared_for_tests();
+    let backend = Backend::spawn().await;
+    let gw = spawn_gateway(kc, &backend.url, |_| {}).await;
+    let token = service_token(kc).await;
+    let send = |traceparent: &'static str| {
+        let (url, token) = (format!("{gw}/api/patients"), token.clone());
+        async move { reqwest::Client::new().get(url).bearer_auth(token).header("traceparent", traceparent).send().await.unwrap() }
+    };
+
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(send(valid).await.status(), 200);
+    assert_eq!(backend.last().headers["traceparent"], valid, "the caller's trace continues");
+
+    assert_eq!(send("00-00000000000000000000000000000000-00f067aa0ba902b7-01").await.status(), 200);
+    let restarted = backend.last().headers["traceparent"].to_str().unwrap().to_owned();
+    assert!(restarted.starts_with("00-") && restarted.len() == 55 && !restarted.starts_with("00-0000"), "{restarted}");
 }

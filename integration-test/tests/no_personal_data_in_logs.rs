@@ -58,6 +58,14 @@ async fn logs_never_contain_names_emails_or_addresses() {
     let found = client.get(format!("{base}/patients?name=Journey%20Patient&email=journey2@example.org")).send().await.unwrap();
     assert_eq!(found.status(), 200);
     assert_eq!(client.get(format!("{base}/patients/{id}/bill")).send().await.unwrap().status(), 200);
+    // Every log line of a request carries its W3C trace id.
+    let traced = client
+        .get(format!("{base}/patients/{id}"))
+        .header("traceparent", "00-5ea1c0ffee5ea1c0ffee5ea1c0ffee00-00f067aa0ba902b7-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 200);
     assert_eq!(client.delete(format!("{base}/patients/{id}")).send().await.unwrap().status(), 204);
     produce_raw(&args.kafka_bootstrap_servers, &topic, "k", b"Journey Patient 9 journey9@example.org garbage").await;
     eventually(Duration::from_secs(60), "analytics and billing caught up", || async {
@@ -70,6 +78,8 @@ async fn logs_never_contain_names_emails_or_addresses() {
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("patient created") && logs.contains("billing account ready"), "the capture works");
     assert!(logs.contains("dead-letter"), "the garbage record was handled and logged");
+    let traced: Vec<&str> = logs.lines().filter(|l| l.contains("trace_id") && l.contains("5ea1c0ffee5ea1c0ffee5ea1c0ffee00")).collect();
+    assert!(traced.iter().any(|l| l.contains("/patients/{id}")), "the request's log lines carry its trace id: {traced:?}");
     let secrets = [
         "Journey Patient",
         "journey1@example.org",
