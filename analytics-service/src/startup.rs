@@ -42,13 +42,9 @@ impl Application {
             tracing::warn!("Kafka disabled: no events are consumed");
             None
         } else {
-            let dead_letter_topic = settings.kafka.dead_letter_topic();
-            settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic, &dead_letter_topic]).await;
-            let consumer = settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?;
-            let dead_letters = settings
-                .kafka
-                .dead_letters(&settings.group_id, metrics.clone(), "analytics_events_total{result=\"dead_lettered\"}")
-                .context("failed to create the dead-letter producer")?;
+            let series = "analytics_events_total{result=\"dead_lettered\"}";
+            let (consumer, dead_letters) =
+                settings.kafka.consumer_with_dead_letters(&settings.group_id, metrics.clone(), series).await?;
             let handler = AnalyticsHandler { db: pool.clone(), dead_letters, metrics: metrics.clone() };
             Some((consumer, handler))
         };

@@ -59,16 +59,12 @@ impl Application {
         }
         let consumer = match settings.kafka.kafka_disabled {
             true => None,
-            false => {
-                let dead_letter_topic = settings.kafka.dead_letter_topic();
-                settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic, &dead_letter_topic]).await;
-                let consumer = settings.kafka.consumer(&settings.group_id).context("failed to create the Kafka consumer")?;
-                let dead_letters = settings
+            false => Some(
+                settings
                     .kafka
-                    .dead_letters(&settings.group_id, metrics.clone(), "billing_events_dead_lettered_total")
-                    .context("failed to create the dead-letter producer")?;
-                Some((consumer, dead_letters))
-            }
+                    .consumer_with_dead_letters(&settings.group_id, metrics.clone(), "billing_events_dead_lettered_total")
+                    .await?,
+            ),
         };
         let auth = settings.oidc.start(metrics.clone()).await?;
         let pending_window = settings.pending_account_window();

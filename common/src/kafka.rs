@@ -7,6 +7,7 @@
 
 use std::{future::Future, time::Duration};
 
+use anyhow::Context;
 use clap::Args;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -61,6 +62,20 @@ impl KafkaArgs {
     /// The dead-letter topic of the events topic.
     pub fn dead_letter_topic(&self) -> String {
         format!("{}.DLT", self.kafka_topic)
+    }
+
+    /// A consumer of `group` on the events topic and its dead-letter writer (counting into
+    /// `series`), both topics created when missing.
+    pub async fn consumer_with_dead_letters(
+        &self,
+        group: &str,
+        metrics: std::sync::Arc<crate::metrics::Registry>,
+        series: &'static str,
+    ) -> anyhow::Result<(StreamConsumer, DeadLetters)> {
+        self.ensure_topics(&[&self.kafka_topic, &self.dead_letter_topic()]).await;
+        let consumer = self.consumer(group).context("failed to create the Kafka consumer")?;
+        let dead_letters = self.dead_letters(group, metrics, series).context("failed to create the dead-letter producer")?;
+        Ok((consumer, dead_letters))
     }
 
     /// The dead-letter topic's writer for consumer `group`, counting into `series`.

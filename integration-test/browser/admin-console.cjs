@@ -5,34 +5,16 @@
 //
 // Env: KC_URL, KC_ADMIN, KC_ADMIN_PASSWORD, REALM, CHROMIUM, SCREENSHOT_DIR; NODE_PATH must
 // reach playwright-core (the test harness installs it into the cache).
-const { chromium } = require("playwright-core");
+const { env, session } = require("./session.cjs");
 
 (async () => {
 
 const [command, username, ...rest] = process.argv.slice(2);
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
 const kc = env("KC_URL");
 const realm = env("REALM");
-const shots = env("SCREENSHOT_DIR");
-let step = 0;
+const { page, shot, run } = await session(command, { width: 1400, height: 900 });
 
-const browser = await chromium.launch({
-  executablePath: env("CHROMIUM"),
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
-const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-page.setDefaultTimeout(30_000);
-const shot = async (name) => page.screenshot({ path: `${shots}/${command}-${String(++step).padStart(2, "0")}-${name}.png`, fullPage: true });
-
-try {
+await run(async () => {
   await page.goto(`${kc}/admin/master/console/#/${realm}/users`);
   await page.locator("#username").fill(env("KC_ADMIN"));
   await page.locator("#password").fill(env("KC_ADMIN_PASSWORD"));
@@ -97,11 +79,6 @@ try {
   } else {
     throw new Error(`unknown command ${command}`);
   }
-} catch (err) {
-  await shot("failure").catch(() => {});
-  console.error(err);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});
+
 })();

@@ -4,31 +4,13 @@
 // Prints the status the UI shows. Screenshots go to $SCREENSHOT_DIR.
 //
 // Env: GATEWAY_URL, TOKEN, CHROMIUM, SCREENSHOT_DIR; NODE_PATH must reach playwright-core.
-const { chromium } = require("playwright-core");
+const { env, session } = require("./session.cjs");
 
 (async () => {
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
-const shots = env("SCREENSHOT_DIR");
-let step = 0;
+const { page, shot, run } = await session("docs", { width: 1400, height: 1000 });
 
-const browser = await chromium.launch({
-  executablePath: env("CHROMIUM"),
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
-const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-page.setDefaultTimeout(30_000);
-const shot = async (name) => page.screenshot({ path: `${shots}/docs-${String(++step).padStart(2, "0")}-${name}.png`, fullPage: true });
-
-try {
+await run(async () => {
   await page.goto(`${env("GATEWAY_URL")}/api/docs`);
   await page.locator(".swagger-ui .info .title").filter({ hasText: "Patient platform API" }).waitFor();
   await page.locator("#operations-patients-list").waitFor();
@@ -49,12 +31,6 @@ try {
   await status.waitFor();
   await shot("tried");
   console.log(`status ${(await status.innerText()).trim()}`);
-} catch (err) {
-  await shot("failure").catch(() => {});
-  console.error(err);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});
 
 })();

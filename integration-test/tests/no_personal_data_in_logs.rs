@@ -78,7 +78,8 @@ async fn logs_never_contain_names_emails_or_addresses() {
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("patient created") && logs.contains("billing account ready"), "the capture works");
     assert!(logs.contains("dead-letter"), "the garbage record was handled and logged");
-    let traced: Vec<&str> = logs.lines().filter(|l| l.contains("trace_id") && l.contains("5ea1c0ffee5ea1c0ffee5ea1c0ffee00")).collect();
+    let traced: Vec<&str> =
+        logs.lines().filter(|l| l.contains("trace_id") && l.contains("5ea1c0ffee5ea1c0ffee5ea1c0ffee00")).collect();
     assert!(traced.iter().any(|l| l.contains("/patients/{id}")), "the request's log lines carry its trace id: {traced:?}");
     let secrets = [
         "Journey Patient",
