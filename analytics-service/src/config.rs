@@ -38,7 +38,7 @@ impl Settings {
             oidc,
             db: DbArgs::from_url(database_url),
             kafka,
-            log: LogArgs { log_filter: "info".into(), log_json: false },
+            log: LogArgs::quiet(),
             edge: EdgeArgs::default(),
         }
     }

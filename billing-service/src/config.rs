@@ -48,7 +48,7 @@ impl Settings {
             oidc,
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
-            log: LogArgs { log_filter: "info".into(), log_json: false },
+            log: LogArgs::quiet(),
             edge: EdgeArgs::default(),
         }
     }

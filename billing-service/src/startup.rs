@@ -90,6 +90,12 @@ impl Application {
         let reflection_v1 = reflection().build_v1().context("failed to build reflection v1")?;
         let reflection_v1alpha = reflection().build_v1alpha().context("failed to build reflection v1alpha")?;
         let grpc = tonic::transport::Server::builder()
+            // One span per call, a child of the caller's (W3C trace context in the metadata).
+            .trace_fn(|req| {
+                let span = tracing::info_span!("grpc", path = %req.uri().path());
+                common::telemetry::continue_trace(&span, req.headers());
+                span
+            })
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -73,7 +73,9 @@ fn span(req: &Request) -> tracing::Span {
     let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
     let trace_id = trace_id(req.headers()).unwrap_or("");
-    tracing::info_span!("http", method = %req.method(), route, request_id, trace_id)
+    let span = tracing::info_span!("http", method = %req.method(), route, request_id, trace_id);
+    crate::telemetry::continue_trace(&span, req.headers());
+    span
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero).

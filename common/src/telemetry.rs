@@ -1,14 +1,20 @@
-//! One tracing set-up for every service: `RUST_LOG`-style filter, text or JSON lines on stdout.
+//! One tracing set-up for every service: `RUST_LOG`-style filter, text or JSON lines on stdout,
+//! and — when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — every span exported over OTLP/HTTP with
+//! the service's name, W3C trace context carried in and out ([`continue_trace`], [`inject`]).
 //!
 //! Services log identifiers (patient ids, account ids, event ids), never names, emails or
-//! addresses: the log pipeline is not a place for personal data.
+//! addresses: the log pipeline is not a place for personal data, and neither are span fields.
 
 use std::io::IsTerminal;
 
 use clap::Args;
-use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+use opentelemetry::{propagation::TextMapCompositePropagator, trace::TracerProvider as _, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-/// Logging settings, flattened into each service's settings.
+/// Logging and tracing settings, flattened into each service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Filter directives, e.g. `info,sqlx=warn` (same syntax as `RUST_LOG`).
@@ -17,16 +23,99 @@ pub struct LogArgs {
     /// Emit JSON lines instead of human-readable text (for log shippers).
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// OTLP/HTTP endpoint of a trace backend (e.g. `http://127.0.0.1:4318`); unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(args: &LogArgs) {
+impl LogArgs {
+    /// Text logs at `info`, no trace export (tests, tools).
+    pub fn quiet() -> Self {
+        Self { log_filter: "info".into(), log_json: false, otlp_endpoint: None }
+    }
+}
+
+/// Flushes exported spans when dropped (keep it for the life of `main`).
+#[must_use = "spans are flushed when this is dropped"]
+pub struct Telemetry(Option<SdkTracerProvider>);
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            if let Err(err) = provider.shutdown() {
+                eprintln!("trace export did not shut down cleanly: {err}");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber (and the trace exporter, when configured) for `service`.
+/// Call once, from `main`.
+pub fn init(args: &LogArgs, service: &'static str) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+    ]));
     let filter = EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    if args.log_json {
-        registry.with(fmt::layer().json().flatten_event(true)).init();
+    let provider = args.otlp_endpoint.as_deref().and_then(|endpoint| match exporter(endpoint, service) {
+        Ok(provider) => Some(provider),
+        Err(err) => {
+            eprintln!("no trace export to {endpoint}: {err:#}");
+            None
+        }
+    });
+    let traces = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let logs = if args.log_json {
+        fmt::layer().json().flatten_event(true).boxed()
     } else {
         // Colours only for a person at a terminal, never into log files.
-        registry.with(fmt::layer().with_ansi(std::io::stdout().is_terminal())).init();
+        fmt::layer().with_ansi(std::io::stdout().is_terminal()).boxed()
+    };
+    tracing_subscriber::registry().with(filter).with(logs).with(traces).init();
+    Telemetry(provider)
+}
+
+fn exporter(endpoint: &str, service: &'static str) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder().with_attributes([KeyValue::new("service.name", service)]).build())
+        .build())
+}
+
+/// Makes `span` a child of the W3C trace context in `headers` (a `traceparent`), if any.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let _ = span.set_parent(parent);
+}
+
+/// Writes the current span's context into `headers` as `traceparent` when spans are recorded;
+/// leaves them alone otherwise.
+pub fn inject(headers: &mut http::HeaderMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
     }
 }

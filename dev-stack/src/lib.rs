@@ -15,6 +15,7 @@ pub mod browser;
 pub mod containers;
 pub mod download;
 pub mod grpcurl;
+pub mod jaeger;
 pub mod java;
 pub mod kafka;
 pub mod keycloak;

@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use common::metrics::Registry;
+use tracing::Instrument;
 use verifier::{
     access::{Rule, Service},
     jwks::KeyStore,
@@ -36,9 +37,19 @@ pub struct Gateway {
     pub metrics: Arc<Registry>,
 }
 
-/// The handler of every API request.
-#[tracing::instrument(skip_all, fields(method = %req.method(), request_id, trace_id, subject))]
+/// The handler of every API request, in a span that continues the caller's trace.
 pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
+    // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts).
+    if common::edge::trace_id(req.headers()).is_none() {
+        req.headers_mut().insert(TRACEPARENT.clone(), new_traceparent());
+    }
+    let span = tracing::info_span!("gateway", method = %req.method(), request_id = tracing::field::Empty,
+        trace_id = common::edge::trace_id(req.headers()).unwrap_or_default(), subject = tracing::field::Empty);
+    common::telemetry::continue_trace(&span, req.headers());
+    handle_in_span(g, client, req).instrument(span).await
+}
+
+async fn handle_in_span(g: Gateway, client: SocketAddr, req: Request) -> Response {
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -46,11 +57,6 @@ pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<S
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is a header value"));
     tracing::Span::current().record("request_id", request_id.to_str().unwrap_or_default());
-    // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts).
-    if common::edge::trace_id(req.headers()).is_none() {
-        req.headers_mut().insert(TRACEPARENT.clone(), new_traceparent());
-    }
-    tracing::Span::current().record("trace_id", common::edge::trace_id(req.headers()).unwrap_or_default());
     let mut response = match run(&g, client, req, &request_id).await {
         Ok(response) => response,
         Err(err) => {

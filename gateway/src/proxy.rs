@@ -65,6 +65,8 @@ impl Proxy {
         headers.remove(header::HOST);
         set_forwarded(headers, client, original_host);
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        // The backend's spans are children of the gateway's (when spans are exported).
+        common::telemetry::inject(headers);
         *req.uri_mut() = uri;
 
         let response = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {

@@ -27,10 +27,8 @@ use std::{
 use dev_stack::{
     containers::{backend, Backend},
     kafka::Kafka,
-    keycloak::{Keycloak, REALM},
-    net::free_port,
-    services::{self, Infrastructure, ServiceDirs, ServicePorts, ServiceSpec},
-    PgCluster,
+    keycloak::Keycloak,
+    services, PgCluster,
 };
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
@@ -38,7 +36,7 @@ use rdkafka::{
 };
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use support::{decode, eventually};
+use support::{decode, eventually, RealServices, SERVICES};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +54,6 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(20);
 /// The bound on convergence after each fault.
 const CONVERGE: Duration = Duration::from_secs(120);
-
-const SERVICES: [&str; 4] = ["billing-service", "patient-service", "analytics-service", "gateway"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -105,24 +101,13 @@ struct Record {
 struct Platform {
     pg: PgCluster,
     kafka: Kafka,
-    dirs: ServiceDirs,
-    specs: Vec<ServiceSpec>,
+    services: RealServices,
     gateway: String,
     patients_db: PgPool,
     billing_db: PgPool,
 }
 
 impl Platform {
-    fn spec(&self, name: &str) -> &ServiceSpec {
-        self.specs.iter().find(|s| s.name == name).unwrap()
-    }
-
-    fn start(&self, name: &str) {
-        let spec = self.spec(name);
-        services::start_for_test(spec, &self.dirs).unwrap();
-        services::wait_ready(spec, &self.dirs, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e:#}"));
-    }
-
     /// Injects the fault, keeps the component down for [`DOWN_FOR`], brings it back.
     fn inject(&mut self, fault: Fault) {
         match fault {
@@ -137,41 +122,26 @@ impl Platform {
                 self.kafka.start().unwrap();
             }
             Fault::Kill(service) => {
-                assert!(services::kill(service, &self.dirs), "{service} was running");
+                assert!(services::kill(service, &self.services.dirs), "{service} was running");
                 std::thread::sleep(DOWN_FOR);
-                self.start(service);
+                self.services.start(service);
             }
             Fault::Term(service) => {
-                let log_before = std::fs::metadata(self.dirs.log_file(service)).map(|m| m.len()).unwrap_or(0) as usize;
+                let log_before = std::fs::metadata(self.services.dirs.log_file(service)).map(|m| m.len()).unwrap_or(0) as usize;
                 let started = Instant::now();
-                assert!(services::stop(service, &self.dirs, GRACE), "{service} was running");
+                assert!(services::stop(service, &self.services.dirs, GRACE), "{service} was running");
                 let took = started.elapsed();
                 assert!(took < GRACE, "{service} did not finish within {GRACE:?} of SIGTERM");
                 // A clean stop: the signal seen, every task stopped, none failed.
-                let log = std::fs::read(self.dirs.log_file(service)).unwrap();
+                let log = std::fs::read(self.services.dirs.log_file(service)).unwrap();
                 let shutdown = String::from_utf8_lossy(&log[log_before..]);
                 assert!(shutdown.contains("received SIGTERM"), "{service} did not see SIGTERM:\n{shutdown}");
                 assert!(!shutdown.contains("failed; stopping the others"), "{service} stopped uncleanly:\n{shutdown}");
                 std::thread::sleep(DOWN_FOR.saturating_sub(took));
-                self.start(service);
+                self.services.start(service);
             }
         }
     }
-}
-
-/// The directory with the services' binaries: cargo puts them next to `deps/`, where this test
-/// binary lives (`cargo xtask test` builds them first).
-fn binaries() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    for name in SERVICES {
-        assert!(
-            dir.join(name).exists(),
-            "{} is missing: run `cargo xtask test` (or `cargo build --workspace --bins` first)",
-            dir.join(name).display()
-        );
-    }
-    dir
 }
 
 async fn start_platform() -> Platform {
@@ -180,40 +150,20 @@ async fn start_platform() -> Platform {
         pg.ensure_database(db).await.unwrap();
     }
     let kafka = tokio::task::spawn_blocking(Kafka::start_ephemeral).await.unwrap().unwrap();
-    let kc = tokio::task::spawn_blocking(Keycloak::shared_for_tests).await.unwrap();
-    let ports = ServicePorts {
-        patient: free_port().unwrap(),
-        billing_grpc: free_port().unwrap(),
-        billing_http: free_port().unwrap(),
-        analytics: free_port().unwrap(),
-        gateway: free_port().unwrap(),
-    };
-    let url = |db: &str| pg.url(db);
-    let infra = Infrastructure {
-        database_url: &url,
-        kafka_bootstrap: kafka.bootstrap_servers(),
-        keycloak_port: kc.http_port(),
-        realm: REALM,
-    };
-    let mut specs = services::platform(ports, &infra);
-    for spec in &mut specs {
-        spec.env.push(("SEED_DEMO_DATA".into(), "false".into()));
-        spec.env.push(("PENDING_ACCOUNT_WINDOW_SECS".into(), PENDING_WINDOW_SECS.to_string()));
-    }
-    let state = dev_stack::fresh_test_dir("patient-platform-test-faults-");
-    let dirs = ServiceDirs { run: state.join("run"), logs: state.join("logs"), bin: binaries() };
+    tokio::task::spawn_blocking(Keycloak::shared_for_tests).await.unwrap();
+    let env = [("PENDING_ACCOUNT_WINDOW_SECS", PENDING_WINDOW_SECS.to_string())];
+    let services = RealServices::new(&pg, kafka.bootstrap_servers(), &env, "patient-platform-test-faults-");
     let platform = Platform {
         patients_db: PgPool::connect_lazy(&pg.url("patient_service")).unwrap(),
         billing_db: PgPool::connect_lazy(&pg.url("billing_service")).unwrap(),
         pg,
         kafka,
-        dirs,
-        specs,
-        gateway: format!("http://127.0.0.1:{}", ports.gateway),
+        gateway: services.gateway.clone(),
+        services,
     };
     tokio::task::block_in_place(|| {
         for name in SERVICES {
-            platform.start(name);
+            platform.services.start(name);
         }
     });
     platform

@@ -163,6 +163,12 @@ impl BillingClient {
         let mut request = Request::new(message);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         request.metadata_mut().insert("authorization", value);
+        // Billing's spans are children of this call's (W3C trace context in the metadata).
+        let mut trace = axum::http::HeaderMap::new();
+        common::telemetry::inject(&mut trace);
+        if let Some(Ok(traceparent)) = trace.get("traceparent").map(|v| MetadataValue::try_from(v.as_bytes())) {
+            request.metadata_mut().insert("traceparent", traceparent);
+        }
         Ok(request)
     }
 }

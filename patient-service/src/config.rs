@@ -91,7 +91,7 @@ impl Settings {
             client,
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
-            log: LogArgs { log_filter: "info".into(), log_json: false },
+            log: LogArgs::quiet(),
         }
     }
 

@@ -238,3 +238,70 @@ pub fn artifacts_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The platform's four real binaries (billing, patients, analytics, gateway) on free ports, as
+/// `cargo xtask up` wires them, in front of `pg`, a broker and the shared Keycloak; `env` is
+/// added to every service's environment. Not started yet: see [`RealServices::start`].
+pub struct RealServices {
+    pub dirs: dev_stack::services::ServiceDirs,
+    pub specs: Vec<dev_stack::services::ServiceSpec>,
+    pub gateway: String,
+}
+
+/// The binaries' names, in start order.
+pub const SERVICES: [&str; 4] = ["billing-service", "patient-service", "analytics-service", "gateway"];
+
+impl RealServices {
+    pub fn new(pg: &dev_stack::PgCluster, kafka_bootstrap: String, env: &[(&str, String)], state_prefix: &str) -> Self {
+        use dev_stack::{keycloak::Keycloak, net::free_port, services};
+        let kc = Keycloak::shared_for_tests();
+        let ports = services::ServicePorts {
+            patient: free_port().unwrap(),
+            billing_grpc: free_port().unwrap(),
+            billing_http: free_port().unwrap(),
+            analytics: free_port().unwrap(),
+            gateway: free_port().unwrap(),
+        };
+        let url = |db: &str| pg.url(db);
+        let infra = services::Infrastructure {
+            database_url: &url,
+            kafka_bootstrap,
+            keycloak_port: kc.http_port(),
+            realm: dev_stack::keycloak::REALM,
+        };
+        let mut specs = services::platform(ports, &infra);
+        for spec in &mut specs {
+            spec.env.push(("SEED_DEMO_DATA".into(), "false".into()));
+            spec.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        }
+        let state = dev_stack::fresh_test_dir(state_prefix);
+        let dirs = services::ServiceDirs { run: state.join("run"), logs: state.join("logs"), bin: binaries() };
+        Self { dirs, specs, gateway: format!("http://127.0.0.1:{}", ports.gateway) }
+    }
+
+    pub fn spec(&self, name: &str) -> &dev_stack::services::ServiceSpec {
+        self.specs.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// Starts one service (tied to this test process) and waits until it is ready.
+    pub fn start(&self, name: &str) {
+        let spec = self.spec(name);
+        dev_stack::services::start_for_test(spec, &self.dirs).unwrap();
+        dev_stack::services::wait_ready(spec, &self.dirs, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+/// The directory with the services' binaries: cargo puts them next to `deps/`, where this test
+/// binary lives (`cargo xtask test` builds them first).
+fn binaries() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    for name in SERVICES {
+        assert!(
+            dir.join(name).exists(),
+            "{} is missing: run `cargo xtask test` (or `cargo build --workspace --bins` first)",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
