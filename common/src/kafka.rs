@@ -16,6 +16,7 @@ use rdkafka::{
     ClientConfig, Message,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Kafka settings, flattened into each service's settings.
 #[derive(Debug, Clone, Args)]
@@ -176,9 +177,15 @@ pub async fn consume(consumer: &StreamConsumer, handler: &impl RecordHandler, st
             },
         };
         let record = message.detach();
+        // One span per record, in the trace of the change that produced it.
+        let span =
+            tracing::info_span!("consume", topic = record.topic(), partition = record.partition(), offset = record.offset());
+        if let Some(tp) = header(&record, "traceparent") {
+            crate::telemetry::continue_trace_from(&span, tp);
+        }
         let mut backoff = Duration::from_millis(200);
         loop {
-            match handler.handle(&record).await {
+            match handler.handle(&record).instrument(span.clone()).await {
                 Ok(()) => break,
                 Err(err) => {
                     tracing::warn!(

@@ -98,6 +98,22 @@ pub fn inject(headers: &mut http::HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
 }
 
+/// Makes `span` a child of a stored W3C `traceparent` (an outbox row's, a Kafka record's).
+pub fn continue_trace_from(span: &tracing::Span, traceparent: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(traceparent) {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", value);
+        continue_trace(span, &headers);
+    }
+}
+
+/// The current span's context as a W3C `traceparent`, when spans are recorded.
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject(&mut headers);
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {

@@ -1,7 +1,9 @@
 //! One create is one trace in a real trace backend: the four real binaries export their spans
 //! over OTLP to Jaeger (built from its Go module by the launcher); the trace of a POST through
-//! the gateway, fetched from Jaeger's query API, holds spans of the gateway, patient-service and
-//! billing-service, each service's first span a child of its caller's span.
+//! the gateway, fetched from Jaeger's query API, holds the spans of all six participants —
+//! gateway, patient-service, billing (gRPC), the outbox relay, analytics' consumer and billing's
+//! consumer — each one's first span a child of its caller's (HTTP, gRPC metadata, outbox row,
+//! Kafka record header).
 
 mod support;
 
@@ -52,8 +54,12 @@ async fn a_create_is_one_trace_across_gateway_patient_service_and_billing_in_jae
     let trace = eventually(Duration::from_secs(60), "the trace in Jaeger", || async {
         let body: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
         let trace = body["data"].get(0)?.clone();
+        let consumed = trace["spans"].as_array()?.iter().filter(|s| s["operationName"] == "consume").count();
         let services = service_names(&trace);
-        ["gateway", "patient-service", "billing-service"].iter().all(|s| services.contains(&s.to_string())).then_some(trace)
+        let all = ["gateway", "patient-service", "billing-service", "analytics-service"]
+            .iter()
+            .all(|s| services.contains(&s.to_string()));
+        (all && consumed >= 2).then_some(trace)
     })
     .await;
 
@@ -90,6 +96,13 @@ async fn a_create_is_one_trace_across_gateway_patient_service_and_billing_in_jae
         Some("patient-service"),
         "billing's span is a child of patient-service's call"
     );
+    // The event: published by the relay in the create's trace, consumed by both groups.
+    let publish = entry("patient-service", "publish");
+    assert_eq!(parent_of(publish).and_then(|p| span_service(&p)), Some("patient-service"), "the relay continues the create");
+    for consumer in ["analytics-service", "billing-service"] {
+        let consume = entry(consumer, "consume");
+        assert_eq!(parent_of(consume), Some(publish["spanID"].clone()), "{consumer} consumes the published record");
+    }
     assert!(spans.iter().all(|s| s["traceID"] == trace_id.as_str()), "one trace");
 }
 

@@ -158,7 +158,13 @@ impl Relay {
         let key = row.patient_id.to_string();
         let event_id = row.event_id.to_string();
         let mut headers = OwnedHeaders::new().insert(Header { key: "event-id", value: Some(event_id.as_str()) });
+        // A publish span in the change's trace; the record carries it to the consumers.
+        let span = tracing::info_span!("publish", event_id = %row.event_id);
         if let Some(tp) = &row.traceparent {
+            common::telemetry::continue_trace_from(&span, tp);
+        }
+        let traceparent = span.in_scope(common::telemetry::current_traceparent).or_else(|| row.traceparent.clone());
+        if let Some(tp) = &traceparent {
             headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_str()) });
         }
         let record = FutureRecord::to(&self.topic).key(&key).payload(&row.payload).headers(headers);

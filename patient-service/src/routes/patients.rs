@@ -156,7 +156,8 @@ async fn create_patient(
     }
     let new = valid.new_patient(id).ok_or(Error::Validation(missing_registered_date()))?;
     state.billing.create_account(id, valid).await?;
-    let event = outbox::NewEvent::new(EventType::Created, &new, traceparent(headers));
+    let trace = traceparent(headers);
+    let event = outbox::NewEvent::new(EventType::Created, &new, trace.as_deref());
     let location = format!("{}/patients/{id}", forwarded_prefix(headers));
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::insert_with_event(&mut *tx, &new, &event).await?;
@@ -198,7 +199,7 @@ async fn update(
     let valid = body.validate(PatientInput::Update, today()).map_err(Error::Validation)?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::update(&mut tx, id, &valid).await?.ok_or(Error::NotFound)?;
-    outbox::record(&mut tx, EventType::Updated, &patient, traceparent(&headers)).await?;
+    outbox::record(&mut tx, EventType::Updated, &patient, traceparent(&headers).as_deref()).await?;
     audit.record(&mut *tx, StatusCode::OK, Some(id)).await?;
     tx.commit().await.context("failed to commit patient update")?;
     tracing::info!("patient updated");
@@ -217,7 +218,7 @@ async fn remove(
 ) -> Result<impl IntoResponse> {
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::delete(&mut tx, id).await?.ok_or(Error::NotFound)?;
-    outbox::record(&mut tx, EventType::Deleted, &patient, traceparent(&headers)).await?;
+    outbox::record(&mut tx, EventType::Deleted, &patient, traceparent(&headers).as_deref()).await?;
     idempotency::forget_patient(&mut *tx, id).await?;
     audit.record(&mut *tx, StatusCode::NO_CONTENT, Some(id)).await?;
     tx.commit().await.context("failed to commit patient delete")?;
@@ -289,6 +290,7 @@ fn forwarded_prefix(headers: &HeaderMap) -> &str {
 }
 
 /// The W3C trace context of the request, carried onto the event.
-fn traceparent(headers: &HeaderMap) -> Option<&str> {
-    headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 128)
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    common::telemetry::current_traceparent()
+        .or_else(|| headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 128).map(str::to_owned))
 }
