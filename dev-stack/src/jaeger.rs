@@ -37,12 +37,24 @@ impl Jaeger {
         Ok(jaeger)
     }
 
-    /// Starts Jaeger detached (the dev stack), its files in `dir`; returns its pid.
-    pub fn start_detached(dir: &std::path::Path, otlp_port: u16, query_port: u16) -> anyhow::Result<(Self, u32)> {
+    /// The dev stack's Jaeger, detached, its files and pid in `dir`; reused when it runs.
+    pub fn start_persistent(dir: &std::path::Path, otlp_port: u16, query_port: u16) -> anyhow::Result<Self> {
         let jaeger = Self { otlp_port, query_port };
+        if read_pid(dir).is_some() {
+            return Ok(jaeger);
+        }
         let pid = process::spawn_detached(jaeger.command(dir)?)?;
+        fs::write(dir.join("jaeger.pid"), pid.to_string())?;
         jaeger.wait_ready(dir, pid)?;
-        Ok((jaeger, pid))
+        Ok(jaeger)
+    }
+
+    /// Stops the dev stack's Jaeger; whether one was running.
+    pub fn stop_persistent(dir: &std::path::Path) -> bool {
+        let Some(pid) = read_pid(dir) else { return false };
+        process::terminate(pid, Duration::from_secs(10));
+        let _ = fs::remove_file(dir.join("jaeger.pid"));
+        true
     }
 
     /// Where services send spans: `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -118,6 +130,11 @@ exporters:
             otlp = self.otlp_port
         )
     }
+}
+
+fn read_pid(dir: &std::path::Path) -> Option<u32> {
+    let pid = fs::read_to_string(dir.join("jaeger.pid")).ok()?.trim().parse().ok()?;
+    process::pid_alive(pid).then_some(pid)
 }
 
 /// Path of the jaeger binary, building it on first use (Go from Debian's `golang-go` when no Go

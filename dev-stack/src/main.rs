@@ -6,6 +6,7 @@ use std::{process::Command, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dev_stack::{
+    jaeger::Jaeger,
     kafka::Kafka,
     keycloak::Keycloak,
     paths, postgres,
@@ -52,6 +53,12 @@ struct Ports {
     keycloak_port: u16,
     #[arg(long, env = "DEV_KEYCLOAK_MANAGEMENT_PORT", default_value_t = 9000)]
     keycloak_management_port: u16,
+    /// Jaeger's UI and query API.
+    #[arg(long, env = "DEV_JAEGER_UI_PORT", default_value_t = 16686)]
+    jaeger_ui_port: u16,
+    /// Where the services send their spans (OTLP/HTTP).
+    #[arg(long, env = "DEV_JAEGER_OTLP_PORT", default_value_t = 4318)]
+    jaeger_otlp_port: u16,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +161,10 @@ fn keycloak_dir() -> std::path::PathBuf {
     paths::state_dir().join("keycloak")
 }
 
+fn jaeger_dir() -> std::path::PathBuf {
+    paths::state_dir().join("jaeger")
+}
+
 fn dirs() -> ServiceDirs {
     ServiceDirs::under(&paths::state_dir())
 }
@@ -184,6 +195,14 @@ fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
         ports.keycloak_port
     );
     Keycloak::start_persistent(&keycloak_dir(), ports.keycloak_port, ports.keycloak_management_port)?;
+
+    println!(
+        "==> Jaeger (traces; {}) UI on :{}, OTLP on :{}",
+        dev_stack::jaeger::VERSION,
+        ports.jaeger_ui_port,
+        ports.jaeger_otlp_port
+    );
+    Jaeger::start_persistent(&jaeger_dir(), ports.jaeger_otlp_port, ports.jaeger_ui_port)?;
 
     let profile = if release { "release" } else { "debug" };
     println!("==> building the services ({profile})");
@@ -220,7 +239,11 @@ fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
         keycloak_port: ports.keycloak_port,
         realm: REALM,
     };
-    services::platform(service_ports, &infra)
+    let mut specs = services::platform(service_ports, &infra);
+    for spec in &mut specs {
+        spec.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://127.0.0.1:{}", ports.jaeger_otlp_port)));
+    }
+    specs
 }
 
 fn print_usage(ports: &Ports, grpcurl: &str) {
@@ -252,9 +275,13 @@ The patient platform is up.
   4. Users and roles: Keycloak admin console http://localhost:{kc}/admin  (admin / admin)
      Dev users of realm {REALM}: clinician/clinician-dev, analyst/analyst-dev, admin/admin-dev
 
+  5. Traces: every request is one trace across the services, Kafka included — Jaeger UI
+     http://localhost:{jaeger}  (log lines name their trace_id)
+
   Logs: cargo xtask logs [service]  ({logs})   Status: cargo xtask status   Stop: cargo xtask down
 "#,
         logs = dirs().logs.display(),
+        jaeger = ports.jaeger_ui_port,
     );
 }
 
@@ -280,6 +307,9 @@ fn down() -> anyhow::Result<()> {
     if Keycloak::stop_persistent(&keycloak_dir()) {
         println!("==> stopped Keycloak");
     }
+    if Jaeger::stop_persistent(&jaeger_dir()) {
+        println!("==> stopped Jaeger");
+    }
     if Kafka::stop_persistent(&kafka_dir()) {
         println!("==> stopped Kafka");
     }
@@ -304,6 +334,8 @@ fn status(ports: &Ports) -> anyhow::Result<()> {
     println!("keycloak          {kc} (http://localhost:{}/admin)", ports.keycloak_port);
     let kafka = if dev_stack::net::port_in_use(ports.kafka_port) { "running" } else { "stopped" };
     println!("kafka             {kafka} (127.0.0.1:{})", ports.kafka_port);
+    let jaeger = if services::http_status(ports.jaeger_ui_port, "/api/services") == Some(200) { "ready" } else { "stopped" };
+    println!("jaeger            {jaeger} (http://localhost:{})", ports.jaeger_ui_port);
     for (name, port) in [
         ("billing-service", ports.billing_http_port),
         ("patient-service", ports.patient_port),
