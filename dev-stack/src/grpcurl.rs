@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::Context;
 
-use crate::process::{self, run_checked};
+use crate::process::run_checked;
 
 /// The pinned grpcurl version.
 pub const VERSION: &str = "v1.9.3";
@@ -18,9 +18,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
-    if Command::new("go").arg("version").output().is_err() && process::is_root() {
-        crate::postgres::apt_install(&["golang-go"])?;
-    }
+    crate::go::ensure()?;
     eprintln!("dev-stack: installing grpcurl {VERSION} with go install (once per machine)");
     run_checked(
         Command::new("go")

@@ -145,9 +145,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
-    if Command::new("go").arg("version").output().is_err() && process::is_root() {
-        crate::postgres::apt_install(&["golang-go"])?;
-    }
+    crate::go::ensure()?;
     eprintln!("dev-stack: building Jaeger {VERSION} with go (once per machine, about 5 minutes)");
     fs::create_dir_all(&dir)?;
     let go = |args: &[&str], what: &str| {

@@ -14,6 +14,7 @@
 pub mod browser;
 pub mod containers;
 pub mod download;
+pub mod go;
 pub mod grpcurl;
 pub mod jaeger;
 pub mod java;
