@@ -178,9 +178,11 @@ pub async fn consume(consumer: &StreamConsumer, handler: &impl RecordHandler, st
         };
         let record = message.detach();
         // One span per record, in the trace of the change that produced it.
-        let span =
-            tracing::info_span!("consume", topic = record.topic(), partition = record.partition(), offset = record.offset());
-        if let Some(tp) = header(&record, "traceparent") {
+        let traceparent = header(&record, "traceparent");
+        let trace_id = traceparent.and_then(crate::edge::trace_id_of).unwrap_or_default();
+        let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
+        let span = tracing::info_span!("consume", topic, partition, offset, trace_id);
+        if let Some(tp) = traceparent {
             crate::telemetry::continue_trace_from(&span, tp);
         }
         let mut backoff = Duration::from_millis(200);

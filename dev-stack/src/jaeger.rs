@@ -18,6 +18,8 @@ const TEST_DIR_PREFIX: &str = "patient-platform-test-jaeger-";
 pub struct Jaeger {
     otlp_port: u16,
     query_port: u16,
+    /// The query API's gRPC side (unused here, but it always listens).
+    query_grpc_port: u16,
 }
 
 impl Jaeger {
@@ -30,7 +32,7 @@ impl Jaeger {
     /// A private Jaeger on free ports, tied to this process' lifetime.
     pub fn start_ephemeral() -> anyhow::Result<Self> {
         let dir = process::fresh_test_dir(TEST_DIR_PREFIX);
-        let jaeger = Self { otlp_port: net::free_port()?, query_port: net::free_port()? };
+        let jaeger = Self { otlp_port: net::free_port()?, query_port: net::free_port()?, query_grpc_port: net::free_port()? };
         let cmd = jaeger.command(&dir)?;
         let pid = process::spawn_tied_to_this_process(cmd, libc::SIGKILL)?;
         jaeger.wait_ready(&dir, pid)?;
@@ -39,7 +41,8 @@ impl Jaeger {
 
     /// The dev stack's Jaeger, detached, its files and pid in `dir`; reused when it runs.
     pub fn start_persistent(dir: &std::path::Path, otlp_port: u16, query_port: u16) -> anyhow::Result<Self> {
-        let jaeger = Self { otlp_port, query_port };
+        // The dev stack's query gRPC port sits next to the UI's (16686 → 16685, Jaeger's default).
+        let jaeger = Self { otlp_port, query_port, query_grpc_port: query_port.saturating_sub(1) };
         if read_pid(dir).is_some() {
             return Ok(jaeger);
         }
@@ -126,7 +129,7 @@ exporters:
     trace_storage: memory_store
 "#,
             query = self.query_port,
-            query_grpc = net::free_port().unwrap_or(0),
+            query_grpc = self.query_grpc_port,
             otlp = self.otlp_port
         )
     }

@@ -202,7 +202,14 @@ fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
         ports.jaeger_ui_port,
         ports.jaeger_otlp_port
     );
-    Jaeger::start_persistent(&jaeger_dir(), ports.jaeger_otlp_port, ports.jaeger_ui_port)?;
+    // Traces are optional: without Jaeger the services run and simply export nothing.
+    let traces = match Jaeger::start_persistent(&jaeger_dir(), ports.jaeger_otlp_port, ports.jaeger_ui_port) {
+        Ok(_) => true,
+        Err(err) => {
+            eprintln!("warning: no trace backend, the services export no spans: {err:#}");
+            false
+        }
+    };
 
     let profile = if release { "release" } else { "debug" };
     println!("==> building the services ({profile})");
@@ -214,7 +221,7 @@ fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
     cargo(&build)?;
 
     let dirs = dirs().with_profile(profile);
-    for spec in specs(ports, &pg) {
+    for spec in specs(ports, &pg, traces) {
         let pid = services::start(&spec, &dirs)?;
         services::wait_ready(&spec, &dirs, Duration::from_secs(60))?;
         println!("==> {} ready (pid {pid}, log {})", spec.name, dirs.log_file(spec.name).display());
@@ -224,7 +231,7 @@ fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
+fn specs(ports: &Ports, pg: &PgCluster, traces: bool) -> Vec<ServiceSpec> {
     let service_ports = ServicePorts {
         patient: ports.patient_port,
         billing_grpc: ports.billing_grpc_port,
@@ -240,7 +247,7 @@ fn specs(ports: &Ports, pg: &PgCluster) -> Vec<ServiceSpec> {
         realm: REALM,
     };
     let mut specs = services::platform(service_ports, &infra);
-    for spec in &mut specs {
+    for spec in specs.iter_mut().filter(|_| traces) {
         spec.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://127.0.0.1:{}", ports.jaeger_otlp_port)));
     }
     specs

@@ -39,13 +39,24 @@ pub struct Gateway {
 
 /// The handler of every API request, in a span that continues the caller's trace.
 pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
-    // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts).
-    if common::edge::trace_id(req.headers()).is_none() {
-        req.headers_mut().insert(TRACEPARENT.clone(), new_traceparent());
-    }
     let span = tracing::info_span!("gateway", method = %req.method(), request_id = tracing::field::Empty,
-        trace_id = common::edge::trace_id(req.headers()).unwrap_or_default(), subject = tracing::field::Empty);
-    common::telemetry::continue_trace(&span, req.headers());
+        trace_id = tracing::field::Empty, subject = tracing::field::Empty);
+    // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts,
+    // its trace state dropped).
+    let headers = req.headers_mut();
+    if common::edge::trace_id(headers).is_some() {
+        common::telemetry::continue_trace(&span, headers);
+    } else {
+        headers.remove(&TRACEPARENT);
+        headers.remove("tracestate");
+    }
+    // The backends continue this span when spans are recorded; otherwise the caller's trace, or
+    // a fresh one.
+    span.in_scope(|| common::telemetry::inject(headers));
+    if common::edge::trace_id(headers).is_none() {
+        headers.insert(TRACEPARENT.clone(), new_traceparent());
+    }
+    span.record("trace_id", common::edge::trace_id(headers).unwrap_or_default());
     handle_in_span(g, client, req).instrument(span).await
 }
 

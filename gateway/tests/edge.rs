@@ -124,6 +124,6 @@ async fn a_valid_traceparent_is_continued_and_an_invalid_one_restarts_the_trace(
     assert_eq!(backend.last().headers["traceparent"], valid, "the caller's trace continues");
 
     assert_eq!(send("00-00000000000000000000000000000000-00f067aa0ba902b7-01").await.status(), 200);
-    let restarted = backend.last().headers["traceparent"].to_str().unwrap().to_owned();
-    assert!(restarted.starts_with("00-") && restarted.len() == 55 && !restarted.starts_with("00-0000"), "{restarted}");
+    let restarted = backend.last().headers.clone();
+    assert!(common::edge::trace_id(&restarted).is_some(), "a new, valid trace: {:?}", restarted.get("traceparent"));
 }
