@@ -92,7 +92,7 @@ impl Application {
         let grpc = tonic::transport::Server::builder()
             // One span per call, a child of the caller's (W3C trace context in the metadata).
             .trace_fn(|req| {
-                let trace_id = common::edge::trace_id(req.headers()).unwrap_or_default();
+                let trace_id = common::telemetry::trace_id(req.headers()).unwrap_or_default();
                 let span = tracing::info_span!("grpc", path = %req.uri().path(), trace_id);
                 common::telemetry::continue_trace(&span, req.headers());
                 span

@@ -1,8 +1,9 @@
 //! One HTTP edge for every service: the layers every API gets, stacked in one `ServiceBuilder`
-//! that reads top to bottom (request id → trace span → request id echoed → body limit), then
-//! per route request counting around a time limit, the operational routes beside the API (`/health/live`, `/health/ready` with the
-//! service's own checks, `/metrics`) and request counting by route template. A service builds its
-//! pure `app(state) -> Router` and hands it to [`Edge::wrap`]; tests drive the result in-process.
+//! that reads top to bottom (request id → trace span → request id echoed → body limit), then per
+//! route request counting (by route template) around a time limit, and the operational routes
+//! beside the API (`/health/live`, `/health/ready` with the service's own checks, `/metrics`). A
+//! service builds its pure `app(state) -> Router` and hands it to [`Edge::wrap`]; tests drive the
+//! result in-process.
 
 use std::{sync::Arc, time::Duration};
 
@@ -72,30 +73,10 @@ impl Edge {
 fn span(req: &Request) -> tracing::Span {
     let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let trace_id = trace_id(req.headers()).unwrap_or("");
+    let trace_id = crate::telemetry::trace_id(req.headers()).unwrap_or("");
     let span = tracing::info_span!("http", method = %req.method(), route, request_id, trace_id);
     crate::telemetry::continue_trace(&span, req.headers());
     span
-}
-
-/// The trace id of a request's valid W3C `traceparent`.
-pub fn trace_id(headers: &axum::http::HeaderMap) -> Option<&str> {
-    trace_id_of(headers.get("traceparent")?.to_str().ok()?)
-}
-
-/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero).
-pub fn trace_id_of(value: &str) -> Option<&str> {
-    let mut parts = value.split('-');
-    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let valid = version == "00"
-        && parts.next().is_none()
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    valid.then_some(trace)
 }
 
 async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
@@ -143,29 +124,6 @@ mod tests {
         let made = send(&app, HttpRequest::post("/echo/43").body(Body::empty()).unwrap()).await;
         assert_eq!(made.headers()["x-request-id"].len(), 36, "a UUID");
         assert_eq!(metrics.get("http_requests_total{method=\"POST\",route=\"/echo/{id}\",status=\"200\"}"), 2);
-    }
-
-    #[test]
-    fn trace_ids_only_from_valid_traceparents() {
-        let id = |v: &str| {
-            let mut h = axum::http::HeaderMap::new();
-            h.insert("traceparent", v.parse().unwrap());
-            trace_id(&h).map(str::to_owned)
-        };
-        assert_eq!(
-            id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
-            "garbage",
-        ] {
-            assert_eq!(id(bad), None, "{bad}");
-        }
     }
 
     #[tokio::test]

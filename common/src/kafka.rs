@@ -179,7 +179,7 @@ pub async fn consume(consumer: &StreamConsumer, handler: &impl RecordHandler, st
         let record = message.detach();
         // One span per record, in the trace of the change that produced it.
         let traceparent = header(&record, "traceparent");
-        let trace_id = traceparent.and_then(crate::edge::trace_id_of).unwrap_or_default();
+        let trace_id = traceparent.and_then(crate::telemetry::trace_id_of).unwrap_or_default();
         let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
         let span = tracing::info_span!("consume", topic, partition, offset, trace_id);
         if let Some(tp) = traceparent {
@@ -295,7 +295,7 @@ impl DeadLetters {
 
 /// The SQLSTATE of an error the database will raise again for the same record: a data exception
 /// (class 22, e.g. a date out of range, a NUL in text) or an integrity constraint violation (23).
-pub fn rejected(err: &anyhow::Error) -> Option<String> {
+fn rejected(err: &anyhow::Error) -> Option<String> {
     let code = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>())?.as_database_error()?.code()?.into_owned();
     (code.starts_with("22") || code.starts_with("23")).then_some(code)
 }

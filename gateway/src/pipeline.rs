@@ -44,7 +44,7 @@ pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<S
     // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts,
     // its trace state dropped).
     let headers = req.headers_mut();
-    if common::edge::trace_id(headers).is_some() {
+    if common::telemetry::trace_id(headers).is_some() {
         common::telemetry::continue_trace(&span, headers);
     } else {
         headers.remove(&TRACEPARENT);
@@ -53,10 +53,10 @@ pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<S
     // The backends continue this span when spans are recorded; otherwise the caller's trace, or
     // a fresh one.
     span.in_scope(|| common::telemetry::inject(headers));
-    if common::edge::trace_id(headers).is_none() {
+    if common::telemetry::trace_id(headers).is_none() {
         headers.insert(TRACEPARENT.clone(), new_traceparent());
     }
-    span.record("trace_id", common::edge::trace_id(headers).unwrap_or_default());
+    span.record("trace_id", common::telemetry::trace_id(headers).unwrap_or_default());
     handle_in_span(g, client, req).instrument(span).await
 }
 

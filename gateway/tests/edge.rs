@@ -125,5 +125,5 @@ async fn a_valid_traceparent_is_continued_and_an_invalid_one_restarts_the_trace(
 
     assert_eq!(send("00-00000000000000000000000000000000-00f067aa0ba902b7-01").await.status(), 200);
     let restarted = backend.last().headers.clone();
-    assert!(common::edge::trace_id(&restarted).is_some(), "a new, valid trace: {:?}", restarted.get("traceparent"));
+    assert!(common::telemetry::trace_id(&restarted).is_some(), "a new, valid trace: {:?}", restarted.get("traceparent"));
 }

@@ -159,7 +159,7 @@ impl Relay {
         let event_id = row.event_id.to_string();
         let mut headers = OwnedHeaders::new().insert(Header { key: "event-id", value: Some(event_id.as_str()) });
         // A publish span in the change's trace; the record carries it to the consumers.
-        let trace_id = row.traceparent.as_deref().and_then(common::edge::trace_id_of).unwrap_or_default();
+        let trace_id = row.traceparent.as_deref().and_then(common::telemetry::trace_id_of).unwrap_or_default();
         let span = tracing::info_span!("publish", event_id = %row.event_id, trace_id);
         if let Some(tp) = &row.traceparent {
             common::telemetry::continue_trace_from(&span, tp);
