@@ -351,17 +351,28 @@ async fn reconcile(platform: &Platform, records: &[Record], token: &str) -> Reco
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    // The final state.
-    let patients: HashMap<String, (String, String, i64)> =
-        sqlx::query_as::<_, (String, String, String, i64)>("SELECT id::text, email, address, version FROM patients")
-            .fetch_all(&platform.patients_db)
+    // The final state. Billing follows the topic: an account voided while its patient's event was
+    // held up (Kafka down longer than the window) is revived when the event arrives, so billing
+    // has settled once it agrees with the patients, or the bound is reached.
+    let deadline = Instant::now() + CONVERGE;
+    let (patients, accounts) = loop {
+        let patients: HashMap<String, (String, String, i64)> =
+            sqlx::query_as::<_, (String, String, String, i64)>("SELECT id::text, email, address, version FROM patients")
+                .fetch_all(&platform.patients_db)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, email, address, version)| (id, (email, address, version)))
+                .collect();
+        let accounts: Vec<(String, String)> = sqlx::query_as("SELECT patient_id::text, status FROM billing_accounts")
+            .fetch_all(&platform.billing_db)
             .await
-            .unwrap()
-            .into_iter()
-            .map(|(id, email, address, version)| (id, (email, address, version)))
-            .collect();
-    let accounts: Vec<(String, String)> =
-        sqlx::query_as("SELECT patient_id::text, status FROM billing_accounts").fetch_all(&platform.billing_db).await.unwrap();
+            .unwrap();
+        if billing_disagreements(&patients, &accounts).is_empty() || Instant::now() > deadline {
+            break (patients, accounts);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
 
     let mut r = Reconciliation { voided: accounts.iter().filter(|(_, status)| status == "VOIDED").count(), ..Default::default() };
     let accepted = ledger.accepted_ids();
@@ -430,20 +441,9 @@ async fn reconcile(platform: &Platform, records: &[Record], token: &str) -> Reco
         }
     }
     // Orphaned accounts, unbilled patients, deleted patients' accounts still open.
-    let mut active: HashMap<&str, usize> = HashMap::new();
-    for (patient, status) in &accounts {
-        match (patients.contains_key(patient), status.as_str()) {
-            (true, "ACTIVE") => *active.entry(patient.as_str()).or_default() += 1,
-            (false, "ACTIVE" | "PENDING") => {
-                r.orphaned += 1;
-                r.note(format!("account of {patient} is {status} without a patient"));
-            }
-            _ => {}
-        }
-    }
-    for p in patients.keys().filter(|p| active.get(p.as_str()) != Some(&1)) {
+    for why in billing_disagreements(&patients, &accounts) {
         r.orphaned += 1;
-        r.note(format!("patient {p} has no ACTIVE account"));
+        r.note(why);
     }
     // Per-patient order on the topic, one event per change, analytics' counts.
     let mut per_patient: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
@@ -502,6 +502,24 @@ async fn reconcile(platform: &Platform, records: &[Record], token: &str) -> Reco
         r.note(format!("analytics has {} active patients, the database {}", summary["activePatients"], patients.len()));
     }
     r
+}
+
+/// Where billing disagrees with the patients: an ACTIVE or PENDING account without a patient, a
+/// patient without exactly one ACTIVE account.
+fn billing_disagreements(patients: &HashMap<String, (String, String, i64)>, accounts: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut active: HashMap<&str, usize> = HashMap::new();
+    for (patient, status) in accounts {
+        match (patients.contains_key(patient), status.as_str()) {
+            (true, "ACTIVE") => *active.entry(patient.as_str()).or_default() += 1,
+            (false, "ACTIVE" | "PENDING") => out.push(format!("account of {patient} is {status} without a patient")),
+            _ => {}
+        }
+    }
+    for p in patients.keys().filter(|p| active.get(p.as_str()) != Some(&1)) {
+        out.push(format!("patient {p} has no ACTIVE account"));
+    }
+    out
 }
 
 /// One record of the topic.

@@ -37,6 +37,7 @@ impl Application {
         verifier::metrics::register(&metrics);
         let auth = settings.oidc.start(metrics.clone()).await?;
         let token = Arc::new(ServiceToken::new(settings.oidc.clone(), settings.client.clone())?);
+        token.prefetch();
         let billing = BillingClient::new(
             &settings.billing_grpc_url,
             settings.billing_connect_timeout(),

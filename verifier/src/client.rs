@@ -66,6 +66,18 @@ impl ServiceToken {
         Ok(Self { http, oidc, client, state: Mutex::new(State::default()) })
     }
 
+    /// Fetches the first token in the background, so the first call to another service does not
+    /// pay for discovery and the grant inside its own deadline. A failure is only logged: the
+    /// next [`ServiceToken::bearer`] tries again.
+    pub fn prefetch(self: &std::sync::Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.bearer().await {
+                tracing::warn!(error = %format!("{err:#}"), client_id = %this.client.client_id, "service token prefetch failed; retried on first use");
+            }
+        });
+    }
+
     /// A valid access token, from the cache unless it is about to expire.
     pub async fn bearer(&self) -> anyhow::Result<Secret> {
         let mut state = self.state.lock().await;

@@ -88,6 +88,7 @@ async fn check(verifier: &Verifier, roles: MethodRoles, head: &http::request::Pa
     let required = roles(head.uri.path()).ok_or_else(|| Status::unimplemented("unknown method"))?;
     let principal = verifier.verify_headers(&head.headers).await.map_err(|e| match e {
         AuthError::InvalidRequest(_) => Status::invalid_argument(e.to_string()),
+        AuthError::KeysUnavailable => Status::unavailable(e.to_string()),
         _ => Status::unauthenticated(e.to_string()),
     })?;
     let missing: Vec<&str> = required.iter().copied().filter(|r| !principal.roles.contains(*r)).collect();

@@ -6,7 +6,9 @@
 //!   holding the lock. A `kid` still unknown after a SUCCESSFUL fetch is remembered as unknown
 //!   for a while, so a flood of forged key ids cannot turn into a flood of fetches; a failed
 //!   fetch proves nothing about the `kid` and is not remembered against it.
-//! - A failed fetch never drops keys: tokens keep verifying while Keycloak is down.
+//! - A failed fetch never drops keys: tokens keep verifying while Keycloak is down. A `kid` we
+//!   could not look up because the realm did not answer is [`KeyLookup::Unavailable`] (503 and
+//!   retry), never "unknown" (401): an outage of the realm must not tell clients their token is bad.
 //! - A key the realm stops publishing is dropped together with every token it verified.
 //! - Keys are parsed once, when fetched; an unchanged key keeps its parsed form across refreshes.
 //! - Entries the gateway cannot use (`use: enc`, other key types or algorithms) are skipped one
@@ -67,7 +69,17 @@ pub struct JwksSettings {
 #[derive(Default)]
 struct FetchState {
     jwks_uri: Option<String>,
-    last_attempt: Option<Instant>,
+    /// When the last fetch started, and whether it succeeded.
+    last_attempt: Option<(Instant, bool)>,
+}
+
+/// Why [`KeyStore::key_for`] has no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLookup {
+    /// The realm's current key set does not have it.
+    Unknown,
+    /// The key set could not be fetched (the realm is down or slow): nothing is known.
+    Unavailable,
 }
 
 pub struct KeyStore {
@@ -123,35 +135,36 @@ impl KeyStore {
     }
 
     /// The key for `kid`, refetching the JWKS once (shared by all waiters) when it is unknown.
-    pub async fn key_for(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+    pub async fn key_for(&self, kid: &str) -> Result<Arc<VerifyKey>, KeyLookup> {
         if let Some(key) = self.keys.get(kid) {
-            return Some(key);
+            return Ok(key);
         }
         if self.unknown.contains_key(kid) {
-            return None;
+            return Err(KeyLookup::Unknown);
         }
         // Single flight: wait for a fetch in progress (bounded), then decide.
-        let mut state = tokio::time::timeout(self.settings.fetch_timeout, self.fetch.lock()).await.ok()?;
+        let mut state =
+            tokio::time::timeout(self.settings.fetch_timeout, self.fetch.lock()).await.map_err(|_| KeyLookup::Unavailable)?;
         // Whoever held the lock before us may have fetched exactly this key.
         if let Some(key) = self.keys.get(kid) {
-            return Some(key);
+            return Ok(key);
         }
         if self.unknown.contains_key(kid) {
-            return None;
+            return Err(KeyLookup::Unknown);
         }
-        // Rate limit: inside the cooldown the answer is "unknown", at once.
-        if state.last_attempt.is_some_and(|t| t.elapsed() < self.settings.min_refetch) {
-            return None;
+        // Rate limit: inside the cooldown the answer is at once: "unknown" after a fetch that
+        // succeeded without it, "unavailable" after one that failed.
+        if let Some((_, ok)) = state.last_attempt.filter(|(at, _)| at.elapsed() < self.settings.min_refetch) {
+            return Err(if ok { KeyLookup::Unknown } else { KeyLookup::Unavailable });
         }
-        let fetched = self.refresh_locked(&mut state).await.is_ok();
-        let found = self.keys.get(kid);
-        if found.is_none() {
+        if self.refresh_locked(&mut state).await.is_err() {
+            return Err(KeyLookup::Unavailable);
+        }
+        self.keys.get(kid).ok_or_else(|| {
             tracing::info!("token with an unknown key id rejected");
-            if fetched {
-                self.unknown.insert(kid.to_owned(), ());
-            }
-        }
-        found
+            self.unknown.insert(kid.to_owned(), ());
+            KeyLookup::Unknown
+        })
     }
 
     /// Refetches the JWKS now (the background refresh).
@@ -161,8 +174,9 @@ impl KeyStore {
     }
 
     async fn refresh_locked(&self, state: &mut FetchState) -> anyhow::Result<usize> {
-        state.last_attempt = Some(Instant::now());
+        let started = Instant::now();
         let result = self.fetch_keys(state).await;
+        state.last_attempt = Some((started, result.is_ok()));
         match &result {
             Ok(n) => {
                 self.metrics.inc(JWKS_FETCH_SUCCESS);

@@ -37,4 +37,8 @@ pub enum AuthError {
     /// `Authorization` headers: which one would a later hop read?
     #[error("malformed credentials: {0}")]
     InvalidRequest(&'static str),
+    /// The token names a signing key we do not hold and the realm cannot be asked right now:
+    /// nothing is known about the token (503, retry), it is not declared invalid.
+    #[error("the identity provider's signing keys are unavailable; retry later")]
+    KeysUnavailable,
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::{
     cache::{CachedToken, TokenCache},
-    jwks::{KeyStore, VerifyKey},
+    jwks::{KeyLookup, KeyStore, VerifyKey},
     metrics::{TOKEN_CACHE_HIT, TOKEN_CACHE_MISS},
     AuthError,
 };
@@ -131,7 +131,10 @@ impl Verifier {
             return Err(AuthError::InvalidToken("algorithm not allowed"));
         }
         let kid = header.kid.ok_or(AuthError::InvalidToken("token has no key id"))?;
-        let key = self.keys.key_for(&kid).await.ok_or(AuthError::InvalidToken("unknown signing key"))?;
+        let key = self.keys.key_for(&kid).await.map_err(|why| match why {
+            KeyLookup::Unknown => AuthError::InvalidToken("unknown signing key"),
+            KeyLookup::Unavailable => AuthError::KeysUnavailable,
+        })?;
         if key.algorithm != header.alg {
             return Err(AuthError::InvalidToken("algorithm does not match the key"));
         }

@@ -20,6 +20,9 @@ use crate::{
 /// The `realm` of our `WWW-Authenticate` challenges.
 pub const REALM: &str = "patient-platform";
 
+/// `Retry-After` of a 503 while the realm's keys cannot be fetched.
+const RETRY_KEYS_AFTER_SECS: u64 = 2;
+
 /// Why a request is refused before it reaches a handler.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
@@ -40,6 +43,7 @@ impl Denied {
     pub fn status(&self) -> StatusCode {
         match self {
             Denied::Unauthenticated(AuthError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
+            Denied::Unauthenticated(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Denied::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Denied::Forbidden(_) => StatusCode::FORBIDDEN,
             Denied::NotFound => StatusCode::NOT_FOUND,
@@ -60,14 +64,18 @@ impl Denied {
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"missing role\", scope=\"{}\"",
                 roles.join(" ")
             ),
-            Denied::NotFound | Denied::MethodNotAllowed(_) => return None,
+            Denied::Unauthenticated(AuthError::KeysUnavailable) | Denied::NotFound | Denied::MethodNotAllowed(_) => return None,
         })
     }
 }
 
 impl IntoResponse for Denied {
     fn into_response(self) -> Response {
-        let mut response = Problem::new(self.status(), self.to_string()).into_response();
+        let mut problem = Problem::new(self.status(), self.to_string());
+        if matches!(self, Denied::Unauthenticated(AuthError::KeysUnavailable)) {
+            problem = problem.with_retry_after(RETRY_KEYS_AFTER_SECS);
+        }
+        let mut response = problem.into_response();
         if let Some(value) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }

@@ -4,10 +4,12 @@ mod support;
 
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use dev_stack::tokens::TestKey;
 use support::Provider;
 use verifier::{
     metrics::{TOKEN_CACHE_HIT, TOKEN_CACHE_MISS},
+    web::Denied,
     AuthError,
 };
 
@@ -162,7 +164,7 @@ async fn forged_kids_inside_the_cooldown_are_rejected_at_once_without_a_fetch() 
 }
 
 #[tokio::test]
-async fn a_failed_fetch_does_not_mark_the_kid_unknown() {
+async fn a_failed_fetch_does_not_mark_the_kid_unknown_and_answers_unavailable_not_invalid() {
     let provider = Provider::start().await;
     let (old, rotated) = (TestKey::generate(), TestKey::generate());
     provider.publish(&[(&old, "old")]);
@@ -173,7 +175,15 @@ async fn a_failed_fetch_does_not_mark_the_kid_unknown() {
     provider.fail(true);
     provider.publish(&[(&old, "old"), (&rotated, "rotated")]);
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(f.verifier.verify(&token).await, Err(AuthError::InvalidToken("unknown signing key")));
+    // The realm did not answer: nothing is known about the token, so it is not called invalid
+    // (401 would tell the client to drop a good token) but unavailable (503, retry) ...
+    assert_eq!(f.verifier.verify(&token).await, Err(AuthError::KeysUnavailable));
+    let denied = Denied::from(AuthError::KeysUnavailable).into_response();
+    assert_eq!(denied.status(), 503);
+    assert!(denied.headers().contains_key("retry-after") && !denied.headers().contains_key("www-authenticate"));
+    // ... also inside the cooldown that follows the failed fetch.
+    assert_eq!(f.verifier.verify(&token).await, Err(AuthError::KeysUnavailable));
+    assert_eq!(provider.fetches(), 2, "the cooldown holds after a failure too");
 
     provider.fail(false);
     tokio::time::sleep(Duration::from_millis(250)).await;
