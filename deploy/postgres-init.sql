@@ -3,4 +3,5 @@
 CREATE DATABASE patient_service;
 CREATE DATABASE billing_service;
 CREATE DATABASE analytics_service;
+CREATE DATABASE appointment_service;
 CREATE DATABASE keycloak;

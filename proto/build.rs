@@ -11,8 +11,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("descriptor.bin"))
-        .compile_protos(&["billing_service.proto", "patient_event.proto"], &["."])?;
+        .compile_protos(&["billing_service.proto", "patient_event.proto", "appointment_event.proto"], &["."])?;
     println!("cargo:rerun-if-changed=billing_service.proto");
     println!("cargo:rerun-if-changed=patient_event.proto");
+    println!("cargo:rerun-if-changed=appointment_event.proto");
     Ok(())
 }

@@ -28,7 +28,7 @@ impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
         println!("==> infrastructure: PostgreSQL, Kafka, Keycloak (free ports, private dirs)");
         let pg = PgCluster::start_ephemeral()?;
-        for db in ["patient_service", "billing_service", "analytics_service", "relay_bench"] {
+        for db in ["patient_service", "billing_service", "analytics_service", "appointment_service", "relay_bench"] {
             pg.ensure_database(db).await?;
         }
         let kafka = Kafka::start_ephemeral()?;
@@ -38,6 +38,7 @@ impl Stack {
             billing_grpc: free_port()?,
             billing_http: free_port()?,
             analytics: free_port()?,
+            appointment: free_port()?,
             gateway: free_port()?,
         };
         let state: PathBuf = std::env::temp_dir().join(format!("patient-platform-bench-{}", std::process::id()));

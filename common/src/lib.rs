@@ -6,11 +6,14 @@ pub mod breaker;
 pub mod db;
 pub mod edge;
 pub mod email;
+pub mod extract;
 pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod metrics;
 pub mod openapi;
+#[cfg(feature = "kafka")]
+pub mod outbox;
 pub mod problem;
 pub mod secret;
 pub mod shutdown;

@@ -1,6 +1,6 @@
 //! What every service's OpenAPI document shares: the bearer-token security scheme, the problem
-//! body, the responses any operation can give (401, 403 from the service's own check, 500) and
-//! the `/openapi.json` route, rendered once.
+//! body, the responses any operation can give (401, 403 from the service's own check, 500; 413
+//! and 415 where it takes a JSON body) and the `/openapi.json` route, rendered once.
 
 use std::sync::Arc;
 
@@ -62,6 +62,15 @@ fn add_common_responses(op: &mut Operation) {
         ("500", "An internal error; nothing is revealed"),
     ] {
         op.responses.responses.entry(status.into()).or_insert_with(|| problem_response(description).into());
+    }
+    // What the shared body extractor (`crate::extract::AppJson`) answers for any JSON body.
+    if op.request_body.is_some() {
+        for (status, description) in [
+            ("413", "The body is larger than the limit"),
+            ("415", "The body is not declared as JSON (Content-Type: application/json)"),
+        ] {
+            op.responses.responses.entry(status.into()).or_insert_with(|| problem_response(description).into());
+        }
     }
 }
 

@@ -29,6 +29,11 @@ pub struct Problem {
     /// Per-field messages of a validation failure, keyed by JSON field name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<BTreeMap<String, String>>,
+    /// Extension members (RFC 9457 §3.2) a service documents for its own problems, e.g. the id
+    /// of the appointment a booking conflicts with.
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(ignore)]
+    pub extensions: BTreeMap<&'static str, serde_json::Value>,
     #[serde(skip)]
     retry_after_secs: Option<u64>,
 }
@@ -42,6 +47,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: None,
+            extensions: BTreeMap::new(),
             retry_after_secs: None,
         }
     }
@@ -49,6 +55,12 @@ impl Problem {
     /// Adds the per-field `errors` object.
     pub fn with_errors(mut self, errors: BTreeMap<String, String>) -> Self {
         self.errors = Some(errors);
+        self
+    }
+
+    /// Adds an extension member.
+    pub fn with_extension(mut self, name: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(name, value.into());
         self
     }
 

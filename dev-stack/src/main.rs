@@ -17,9 +17,9 @@ use dev_stack::{
 /// Password of the dev cluster's superuser: a local, loopback-only development database.
 const DEV_PG_PASSWORD: &str = "postgres-dev";
 /// The databases of the services, one each.
-const DATABASES: [&str; 3] = ["patient_service", "billing_service", "analytics_service"];
+const DATABASES: [&str; 4] = ["patient_service", "billing_service", "analytics_service", "appointment_service"];
 /// Services in start order (billing first: patient-service calls it; the gateway last).
-const SERVICES: [&str; 4] = ["billing-service", "patient-service", "analytics-service", "gateway"];
+const SERVICES: [&str; 5] = ["billing-service", "patient-service", "analytics-service", "appointment-service", "gateway"];
 /// The realm the platform trusts.
 use dev_stack::keycloak::REALM;
 
@@ -43,6 +43,8 @@ struct Ports {
     billing_http_port: u16,
     #[arg(long, env = "DEV_ANALYTICS_PORT", default_value_t = 4002)]
     analytics_port: u16,
+    #[arg(long, env = "DEV_APPOINTMENT_PORT", default_value_t = 4003)]
+    appointment_port: u16,
     #[arg(long, env = "DEV_GATEWAY_PORT", default_value_t = 4004)]
     gateway_port: u16,
     #[arg(long, env = "DEV_KAFKA_PORT", default_value_t = 9092)]
@@ -170,8 +172,8 @@ fn dirs() -> ServiceDirs {
 }
 
 /// The services of the workspace, as `cargo build` package arguments.
-const SERVICE_PACKAGES: [&str; 8] =
-    ["-p", "billing-service", "-p", "patient-service", "-p", "analytics-service", "-p", "gateway"];
+const SERVICE_PACKAGES: [&str; 10] =
+    ["-p", "billing-service", "-p", "patient-service", "-p", "analytics-service", "-p", "appointment-service", "-p", "gateway"];
 
 fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
     println!("==> PostgreSQL on 127.0.0.1:{} (data in {})", ports.pg_port, pg_dir().display());
@@ -237,6 +239,7 @@ fn specs(ports: &Ports, pg: &PgCluster, traces: bool) -> Vec<ServiceSpec> {
         billing_grpc: ports.billing_grpc_port,
         billing_http: ports.billing_http_port,
         analytics: ports.analytics_port,
+        appointment: ports.appointment_port,
         gateway: ports.gateway_port,
     };
     let database_url = |db: &str| pg.url(db);
@@ -271,6 +274,12 @@ The patient platform is up.
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/patients/<id>/bill
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/analytics/summary
     API description: http://localhost:{gw}/api/openapi.json   try it in a browser: http://localhost:{gw}/api/docs
+
+     Appointments (a clinician's Keycloak user id; the answer's X-Consistency-Token lets a query wait for it):
+    curl -si -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' http://localhost:{gw}/api/appointments \
+      -d '{{"patientId":"<id>","clinicianId":"<keycloak user id>","startsAt":"2027-06-07T09:00:00Z","endsAt":"2027-06-07T09:30:00Z"}}'
+    curl -s -H "Authorization: Bearer $TOKEN" -H "X-Wait-For: <X-Consistency-Token>" \
+      'http://localhost:{gw}/api/appointments/schedule?clinicianId=<keycloak user id>&date=2027-06-07&view=week'
 
   3. Billing over gRPC (reflection and health need no token; every BillingService call does):
     {grpcurl} -plaintext localhost:{g} list
@@ -347,6 +356,7 @@ fn status(ports: &Ports) -> anyhow::Result<()> {
         ("billing-service", ports.billing_http_port),
         ("patient-service", ports.patient_port),
         ("analytics-service", ports.analytics_port),
+        ("appointment-service", ports.appointment_port),
         ("gateway", ports.gateway_port),
     ] {
         let state = match (dirs().running_pid(name), services::http_status(port, "/health/ready")) {

@@ -70,6 +70,7 @@ pub struct ServicePorts {
     pub billing_grpc: u16,
     pub billing_http: u16,
     pub analytics: u16,
+    pub appointment: u16,
     pub gateway: u16,
 }
 
@@ -82,7 +83,7 @@ pub struct Infrastructure<'a> {
     pub realm: &'a str,
 }
 
-/// The four services wired to each other and to `infra` (billing first: patient-service calls
+/// The five services wired to each other and to `infra` (billing first: patient-service calls
 /// it; the gateway last). Used by `cargo xtask up` and by the benchmark.
 pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceSpec> {
     let (realm, kc) = (infra.realm, infra.keycloak_port);
@@ -128,11 +129,20 @@ pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceS
             ready_port: ports.analytics,
         },
         ServiceSpec {
+            name: "appointment-service",
+            env: env(&[
+                ("DATABASE_URL", (infra.database_url)("appointment_service")),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.appointment)),
+            ]),
+            ready_port: ports.appointment,
+        },
+        ServiceSpec {
             name: "gateway",
             env: env(&[
                 ("HTTP_ADDR", format!("127.0.0.1:{}", ports.gateway)),
                 ("PATIENT_SERVICE_URL", format!("http://127.0.0.1:{}", ports.patient)),
                 ("ANALYTICS_SERVICE_URL", format!("http://127.0.0.1:{}", ports.analytics)),
+                ("APPOINTMENT_SERVICE_URL", format!("http://127.0.0.1:{}", ports.appointment)),
             ]),
             ready_port: ports.gateway,
         },

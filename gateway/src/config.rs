@@ -23,6 +23,9 @@ pub struct Settings {
     /// analytics-service base URL.
     #[arg(long, env = "ANALYTICS_SERVICE_URL", default_value = "http://127.0.0.1:4002")]
     pub analytics_service_url: String,
+    /// appointment-service base URL.
+    #[arg(long, env = "APPOINTMENT_SERVICE_URL", default_value = "http://127.0.0.1:4003")]
+    pub appointment_service_url: String,
     /// TCP connect timeout towards a backend.
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
     pub upstream_connect_timeout_ms: u64,
@@ -50,7 +53,8 @@ impl Settings {
         s.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         s.oidc = OidcArgs::for_issuer(issuer_url);
         s.patient_service_url = backend.clone();
-        s.analytics_service_url = backend;
+        s.analytics_service_url = backend.clone();
+        s.appointment_service_url = backend;
         s
     }
 

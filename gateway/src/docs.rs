@@ -62,7 +62,7 @@ pub struct Docs {
 }
 
 impl Docs {
-    pub fn new(proxy: Proxy, services: [(&'static str, &Uri); 2], issuer: &str) -> anyhow::Result<Self> {
+    pub fn new(proxy: Proxy, services: [(&'static str, &Uri); 3], issuer: &str) -> anyhow::Result<Self> {
         let sources = services
             .iter()
             .map(|(name, base)| {
@@ -159,7 +159,7 @@ fn merge(parts: &[Value], issuer: &str) -> Value {
             "title": "Patient platform API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Every call needs a Keycloak access token of the platform's realm. \
-                Services: patients (and their billing accounts and audit trail), analytics."
+                Services: patients (and their billing accounts and audit trail), analytics, appointments."
         },
         "servers": [{"url": "/api"}],
         "paths": paths,

@@ -34,6 +34,7 @@ pub struct Gateway {
     pub proxy: Proxy,
     pub patients: Uri,
     pub analytics: Uri,
+    pub appointments: Uri,
     pub metrics: Arc<Registry>,
 }
 
@@ -135,6 +136,7 @@ async fn forward(
     let base = match rule.service {
         Service::Patients => &g.patients,
         Service::Analytics => &g.analytics,
+        Service::Appointments => &g.appointments,
     };
     g.proxy.forward(base, req, client, request_id).await
 }

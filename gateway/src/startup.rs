@@ -45,6 +45,7 @@ impl Application {
             proxy: Proxy::new(Settings::ms(settings.upstream_connect_timeout_ms), Settings::ms(settings.upstream_timeout_ms)),
             patients: parse(&settings.patient_service_url)?,
             analytics: parse(&settings.analytics_service_url)?,
+            appointments: parse(&settings.appointment_service_url)?,
             metrics,
         };
         let listener = TcpListener::bind(settings.http_addr)
@@ -52,7 +53,11 @@ impl Application {
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
         let docs = Docs::new(
             gateway.proxy.clone(),
-            [("patient-service", &gateway.patients), ("analytics-service", &gateway.analytics)],
+            [
+                ("patient-service", &gateway.patients),
+                ("analytics-service", &gateway.analytics),
+                ("appointment-service", &gateway.appointments),
+            ],
             &settings.oidc.issuer_url,
         )?;
         Ok(Self { listener, gateway, auth, docs, cors: settings.cors_allowed_origins.layer() })

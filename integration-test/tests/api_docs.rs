@@ -14,31 +14,41 @@ use support::*;
 
 const REALM: &str = "patient-management";
 
-/// The three services behind a gateway; returns the gateway's URL and the running services.
-async fn platform() -> (String, [Running; 3]) {
+/// The four services behind a gateway; returns the gateway's URL and the running services.
+async fn platform() -> (String, [Running; 4]) {
     let kc = Keycloak::shared_for_tests();
     let (billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
     let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
     let analytics = spawn_analytics(None, KafkaArgs::disabled()).await;
+    let appointments = spawn_appointments(KafkaArgs::disabled(), "appointment").await;
     let mut settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
     settings.analytics_service_url = format!("http://127.0.0.1:{}", analytics.port);
+    settings.appointment_service_url = format!("http://127.0.0.1:{}", appointments.port);
     let app = gateway::startup::Application::build(settings).await.unwrap();
     let gw = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    (gw, [billing, patients, analytics])
+    (gw, [billing, patients, analytics, appointments])
 }
 
 #[tokio::test]
 async fn the_merged_description_is_public_and_the_docs_try_it_call_succeeds_with_a_token() {
     let kc = Keycloak::shared_for_tests();
-    let (gw, [_billing, patients, _analytics]) = platform().await;
+    let (gw, [_billing, patients, _analytics, _appointments]) = platform().await;
 
     let resp = reqwest::get(format!("{gw}/api/openapi.json")).await.unwrap();
     assert_eq!(resp.status(), 200, "public, no token");
     let doc: Value = resp.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     assert_eq!(doc["servers"][0]["url"], "/api");
-    for path in ["/patients", "/patients/{id}", "/patients/{id}/bill", "/audit", "/analytics/summary"] {
+    for path in [
+        "/patients",
+        "/patients/{id}",
+        "/patients/{id}/bill",
+        "/audit",
+        "/analytics/summary",
+        "/appointments",
+        "/appointments/schedule",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} from the services' own documents");
     }
     let create = &doc["paths"]["/patients"]["post"]["responses"];
@@ -86,7 +96,7 @@ async fn schemathesis_finds_no_contract_violation_through_the_gateway() {
     let kc = Keycloak::shared_for_tests();
     let (gw, _services) = platform().await;
     let doc: Value = reqwest::get(format!("{gw}/api/openapi.json")).await.unwrap().json().await.unwrap();
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 5, "the whole API is described: {}", doc["paths"]);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 14, "the whole API is described: {}", doc["paths"]);
     let st = tokio::task::spawn_blocking(dev_stack::schemathesis::ensure).await.unwrap().expect("schemathesis installs");
     // Its example cache goes to a directory of its own, not into the work tree.
     let workdir = std::env::temp_dir().join(format!("schemathesis-{}", uuid::Uuid::new_v4().simple()));

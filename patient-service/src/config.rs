@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, outbox::RelayArgs, telemetry::LogArgs};
 use verifier::{client::ClientArgs, settings::OidcArgs};
 
 #[derive(Debug, Clone, Parser)]
@@ -30,12 +30,9 @@ pub struct Settings {
     /// Insert the 15 well-known demo patients at start (skips those already present).
     #[arg(long, env = "SEED_DEMO_DATA", default_value_t = false)]
     pub seed_demo_data: bool,
-    /// Outbox rows published per relay transaction.
-    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 100)]
-    pub outbox_batch_size: i64,
-    /// How often the relay looks for new outbox rows when idle.
-    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 200)]
-    pub outbox_poll_ms: u64,
+    /// How the outbox relay publishes.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// The realm whose tokens callers present.
     #[command(flatten)]
     pub oidc: OidcArgs,
@@ -85,8 +82,7 @@ impl Settings {
             billing_resilience: Resilience::parse_from(["patient-service"]),
             edge: EdgeArgs::default(),
             seed_demo_data: false,
-            outbox_batch_size: 100,
-            outbox_poll_ms: 50,
+            relay: RelayArgs::eager(),
             oidc,
             client,
             db: DbArgs::from_url(database_url),

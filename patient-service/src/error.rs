@@ -34,10 +34,6 @@ pub enum Error {
     /// The first request with this `Idempotency-Key` is still being processed.
     #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
     IdempotencyKeyInUse,
-    #[error("request body is too large")]
-    PayloadTooLarge,
-    #[error("request body must be JSON (Content-Type: application/json)")]
-    UnsupportedMediaType,
     /// Billing did not answer in time or at all: nothing was persisted, retrying is safe.
     #[error("billing service is unavailable; nothing was saved, retry later")]
     BillingUnavailable,
@@ -72,8 +68,6 @@ impl IntoResponse for Error {
             Error::NotFound | Error::NotFoundDetail(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
             Error::EmailTaken | Error::IdempotencyKeyInUse => Problem::new(StatusCode::CONFLICT, self.to_string()),
             Error::IdempotencyKeyReused => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
-            Error::PayloadTooLarge => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
-            Error::UnsupportedMediaType => Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, self.to_string()),
             Error::BillingUnavailable => {
                 tracing::warn!("billing unavailable; request rolled back");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after(RETRY_AFTER_SECS)

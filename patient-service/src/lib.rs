@@ -11,7 +11,6 @@ pub mod domain;
 pub mod error;
 pub mod idempotency;
 pub mod outbox;
-pub mod relay;
 pub mod repo;
 pub mod routes;
 pub mod startup;

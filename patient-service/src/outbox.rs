@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 use crate::domain::Patient;
 
+/// patient-service's outbox: keyed by patient, so a patient's events stay in order.
+pub const OUTBOX: common::outbox::Outbox = common::outbox::Outbox { key_column: "patient_id", lock_key: 0x0070_6174_6965_6e74 };
+
 /// Kinds of patient events (`event_type` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {

@@ -1,6 +1,6 @@
 //! Builds patient-service from its settings; `main` and the tests share this path.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
@@ -13,7 +13,6 @@ use crate::{
     billing::BillingClient,
     config::Settings,
     demo,
-    relay::Relay,
     routes::{self, AppState},
     MIGRATOR,
 };
@@ -23,7 +22,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     pool: sqlx::PgPool,
-    relay: Option<Relay>,
+    relay: Option<common::outbox::Relay>,
     auth: Auth,
 }
 
@@ -52,20 +51,7 @@ impl Application {
         if !settings.kafka.kafka_disabled {
             settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic]).await;
         }
-        let relay = match settings.kafka.kafka_disabled {
-            true => {
-                tracing::warn!("Kafka disabled: outbox events are kept but not published");
-                None
-            }
-            false => Some(Relay {
-                db: pool.clone(),
-                producer: settings.kafka.producer().context("failed to create the Kafka producer")?,
-                topic: settings.kafka.kafka_topic.clone(),
-                batch_size: settings.outbox_batch_size,
-                idle_poll: Duration::from_millis(settings.outbox_poll_ms),
-                metrics: metrics.clone(),
-            }),
-        };
+        let relay = settings.relay.relay(crate::outbox::OUTBOX, &pool, &settings.kafka, &metrics)?;
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;

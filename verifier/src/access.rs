@@ -9,6 +9,7 @@ use http::Method;
 pub enum Service {
     Patients,
     Analytics,
+    Appointments,
 }
 
 /// What a matched path requires.
@@ -32,6 +33,8 @@ pub const DELETE: &[&str] = &["patients.delete"];
 pub const BILL: &[&str] = &["patients.read", "billing.read"];
 pub const ANALYTICS: &[&str] = &["analytics.read"];
 pub const AUDIT: &[&str] = &["audit.read"];
+pub const APPOINTMENTS_READ: &[&str] = &["appointments.read"];
+pub const APPOINTMENTS_WRITE: &[&str] = &["appointments.write"];
 
 pub const BILLING_READ: &[&str] = &["billing.read"];
 pub const BILLING_WRITE: &[&str] = &["billing.write"];
@@ -82,6 +85,7 @@ pub fn rule_for(method: &Method, path: &str) -> Access {
     let deeper = count > MAX_SEGMENTS;
     let patients = |roles| Access::Rule(Rule { service: Service::Patients, roles });
     let analytics = Access::Rule(Rule { service: Service::Analytics, roles: ANALYTICS });
+    let appointments = |roles| Access::Rule(Rule { service: Service::Appointments, roles });
     match (segments, method) {
         (["analytics", _, ..], &Method::GET) if deeper => analytics,
         (["analytics", _, ..], _) if deeper => Access::MethodNotAllowed,
@@ -95,6 +99,16 @@ pub fn rule_for(method: &Method, path: &str) -> Access {
         (["patients", _], _) => Access::MethodNotAllowed,
         (["patients", _, "bill"], &Method::GET) => patients(BILL),
         (["patients", _, "bill"], _) => Access::MethodNotAllowed,
+        (["appointments"], &Method::POST) => appointments(APPOINTMENTS_WRITE),
+        (["appointments"], _) => Access::MethodNotAllowed,
+        (["appointments", "schedule" | "upcoming"], &Method::GET) => appointments(APPOINTMENTS_READ),
+        (["appointments", "schedule" | "upcoming"], _) => Access::MethodNotAllowed,
+        (["appointments", _], &Method::GET) => appointments(APPOINTMENTS_READ),
+        (["appointments", _], _) => Access::MethodNotAllowed,
+        (["appointments", _, "reschedule" | "cancel" | "check-in" | "complete" | "no-show"], &Method::POST) => {
+            appointments(APPOINTMENTS_WRITE)
+        }
+        (["appointments", _, "reschedule" | "cancel" | "check-in" | "complete" | "no-show"], _) => Access::MethodNotAllowed,
         (["audit"], &Method::GET) => patients(AUDIT),
         (["audit"], _) => Access::MethodNotAllowed,
         (["analytics", _, ..], &Method::GET) => analytics,
@@ -135,6 +149,17 @@ mod tests {
         assert_eq!(roles(rule_for(&Method::GET, "/analytics/a/b/c/d/e")), ANALYTICS);
         assert_eq!(roles(rule_for(&Method::GET, "/audit")), AUDIT);
         assert_eq!(rule_for(&Method::POST, "/audit"), Access::MethodNotAllowed);
+        assert_eq!(roles(rule_for(&Method::POST, "/appointments")), APPOINTMENTS_WRITE);
+        assert_eq!(roles(rule_for(&Method::GET, "/appointments/1")), APPOINTMENTS_READ);
+        assert_eq!(roles(rule_for(&Method::GET, "/appointments/schedule")), APPOINTMENTS_READ);
+        assert_eq!(roles(rule_for(&Method::GET, "/appointments/upcoming")), APPOINTMENTS_READ);
+        for command in ["reschedule", "cancel", "check-in", "complete", "no-show"] {
+            assert_eq!(roles(rule_for(&Method::POST, &format!("/appointments/1/{command}"))), APPOINTMENTS_WRITE);
+            assert_eq!(allowed_methods(&format!("/appointments/1/{command}")), "POST");
+        }
+        assert_eq!(allowed_methods("/appointments"), "POST");
+        assert_eq!(allowed_methods("/appointments/schedule"), "GET");
+        assert_eq!(rule_for(&Method::GET, "/appointments/1/other"), Access::NotFound);
     }
 
     #[test]

@@ -150,6 +150,16 @@ pub async fn spawn_analytics_with(
     spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
 }
 
+/// appointment-service following `kafka`'s patient topic, publishing to `appointment_topic`.
+pub async fn spawn_appointments(kafka: KafkaArgs, appointment_topic: &str) -> Running {
+    let (url, db) = fresh_db("appointments").await;
+    let mut settings = appointment_service::config::Settings::for_test(&url, kafka, oidc());
+    settings.appointment_topic = appointment_topic.to_owned();
+    let app = appointment_service::startup::Application::build(settings).await.unwrap();
+    let port = app.port();
+    spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
+}
+
 pub fn patient_body(n: usize) -> Value {
     json!({
         "name": format!("Journey Patient {n}"),
@@ -260,6 +270,7 @@ impl RealServices {
             billing_grpc: free_port().unwrap(),
             billing_http: free_port().unwrap(),
             analytics: free_port().unwrap(),
+            appointment: free_port().unwrap(),
             gateway: free_port().unwrap(),
         };
         let url = |db: &str| pg.url(db);

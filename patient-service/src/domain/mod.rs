@@ -7,8 +7,4 @@ mod patient;
 pub use fields::{Address, BirthDate, PatientName};
 pub use patient::{Patient, PatientInput, PatientRequest, PatientResponse, ValidPatient};
 
-/// A UUID in its canonical hyphenated form only (as the API documents it), not the other forms
-/// `uuid` also parses (simple, braced, URN).
-pub fn parse_uuid(raw: &str) -> Option<uuid::Uuid> {
-    (raw.len() == 36).then(|| uuid::Uuid::try_parse(raw).ok()).flatten()
-}
+pub use common::extract::canonical_uuid as parse_uuid;

@@ -54,7 +54,7 @@ async fn list(
     let total = repo::count(&state.db, &req.filter).await?;
     let patients = repo::list(&state.db, &req.filter, req.size, req.offset()).await?;
     let body: Vec<PatientResponse> = patients.into_iter().map(Into::into).collect();
-    let link = req.link_header(&format!("{}/patients", forwarded_prefix(&headers)), total);
+    let link = req.link_header(&format!("{}/patients", common::extract::forwarded_prefix(&headers)), total);
     Ok((
         [
             (X_TOTAL_COUNT.clone(), HeaderValue::from(total)),
@@ -158,7 +158,7 @@ async fn create_patient(
     state.billing.create_account(id, valid).await?;
     let trace = traceparent(headers);
     let event = outbox::NewEvent::new(EventType::Created, &new, trace.as_deref());
-    let location = format!("{}/patients/{id}", forwarded_prefix(headers));
+    let location = format!("{}/patients/{id}", common::extract::forwarded_prefix(headers));
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let patient = repo::insert_with_event(&mut *tx, &new, &event).await?;
     let body = PatientResponse::from(patient);
@@ -264,29 +264,6 @@ fn missing_registered_date() -> std::collections::BTreeMap<String, String> {
 
 fn today() -> chrono::NaiveDate {
     Utc::now().date_naive()
-}
-
-/// The path prefix a reverse proxy stripped (the gateway strips `/api`), so `Location` and
-/// `Link` point where the client can follow them. Only a plain absolute path is accepted: every
-/// segment non-empty and not `.`/`..`, so `//host` (a network-path reference to another site)
-/// can never become a `Location`.
-fn forwarded_prefix(headers: &HeaderMap) -> &str {
-    let plain = |p: &str| {
-        p.strip_prefix('/').is_some_and(|rest| {
-            rest.split('/').all(|segment| {
-                !segment.is_empty()
-                    && segment != "."
-                    && segment != ".."
-                    && segment.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            })
-        })
-    };
-    headers
-        .get("x-forwarded-prefix")
-        .and_then(|v| v.to_str().ok())
-        .map(|p| p.trim_end_matches('/'))
-        .filter(|p| plain(p))
-        .unwrap_or("")
 }
 
 /// The W3C trace context of the request, carried onto the event.

@@ -143,7 +143,7 @@ async fn events_carry_the_patients_sequence_and_the_relay_claims_one_per_patient
     // Nothing sent yet: the relay may take A's first event and B's, never A's later ones.
     let mut tx = app.db.begin().await.unwrap();
     let claimed: Vec<String> =
-        patient_service::relay::claim(&mut tx, 100).await.unwrap().iter().map(|r| r.patient_id.to_string()).collect();
+        patient_service::outbox::OUTBOX.claim(&mut tx, 100).await.unwrap().iter().map(|r| r.key.to_string()).collect();
     assert_eq!(claimed, [a.clone(), b]);
     tx.rollback().await.unwrap();
 }

@@ -1,18 +1,21 @@
-//! The outbox relay: publishes unsent outbox rows to Kafka in id order and marks them sent only
-//! after the broker acknowledged them.
+//! The transactional outbox's relay, shared by every service that publishes events: unsent rows
+//! of the service's `outbox` table go to Kafka in id order and are marked sent (their payload
+//! dropped) only after the broker acknowledged them.
 //!
 //! - Rows are claimed with `FOR UPDATE SKIP LOCKED`, so two replicas never publish the same row;
 //!   a transaction-scoped advisory lock lets one replica publish at a time, which keeps events of
-//!   one patient in order across replicas too.
-//! - The producer is idempotent (acks=all), keyed by patient id: a patient's events share a
-//!   partition and arrive in order.
+//!   one aggregate in order across replicas too.
+//! - The producer is idempotent (acks=all), keyed by the aggregate's id (the table's key column:
+//!   `patient_id`, `appointment_id`): an aggregate's events share a partition and arrive in order.
+//! - The table: `id bigserial`, `event_id uuid`, the key column (uuid), `payload bytea` (NULL once
+//!   sent), `traceparent text`, `sent_at timestamptz`, with an index on (key, id) of unsent rows.
 //! - Kafka down: the batch fails after the delivery timeout, nothing is marked, the relay backs
 //!   off and tries again; the API is unaffected. Delivery is at-least-once (a crash between the
 //!   broker's ack and our commit re-sends); consumers de-duplicate on the event id.
 
 use std::{sync::Arc, time::Duration};
 
-use common::metrics::Registry;
+use crate::metrics::Registry;
 
 use anyhow::Context;
 use rdkafka::{
@@ -23,41 +26,94 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Arbitrary, fixed key of the advisory lock that serialises publishing across replicas.
-const RELAY_LOCK_KEY: i64 = 0x0070_6174_6965_6e74; // "patient"
+/// Which outbox: the column holding the aggregate id (the record key), and the advisory lock
+/// that serialises publishing across replicas (any fixed number, distinct per service).
+#[derive(Debug, Clone, Copy)]
+pub struct Outbox {
+    pub key_column: &'static str,
+    pub lock_key: i64,
+}
 
 /// An unsent outbox row, claimed for publishing.
 #[derive(Debug, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
     pub event_id: Uuid,
-    pub patient_id: Uuid,
+    /// The aggregate's id: the record key.
+    pub key: Uuid,
     pub payload: Vec<u8>,
     pub traceparent: Option<String>,
 }
 
-/// Locks up to `limit` unsent rows, oldest first, at most ONE per patient: a patient's event is
-/// never claimed while an earlier one of that patient is unsent, so however the broker fails,
-/// a later event can never be acknowledged before an earlier one of the same patient.
-pub async fn claim(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
-    sqlx::query_as(
-        r#"
-        SELECT id, event_id, patient_id, payload, traceparent
-        FROM outbox o
-        WHERE sent_at IS NULL
-          AND NOT EXISTS (SELECT 1 FROM outbox earlier
-                          WHERE earlier.patient_id = o.patient_id AND earlier.sent_at IS NULL AND earlier.id < o.id)
-        ORDER BY id
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
-        "#,
-    )
-    .bind(limit)
-    .fetch_all(&mut **tx)
-    .await
+impl Outbox {
+    /// Locks up to `limit` unsent rows, oldest first, at most ONE per aggregate: an aggregate's
+    /// event is never claimed while an earlier one of it is unsent, so however the broker fails,
+    /// a later event can never be acknowledged before an earlier one of the same aggregate.
+    pub async fn claim(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+        // The column name is a constant of the service, never input.
+        let key = self.key_column;
+        sqlx::query_as(&format!(
+            r#"
+            SELECT id, event_id, {key} AS key, payload, traceparent
+            FROM outbox o
+            WHERE sent_at IS NULL
+              AND NOT EXISTS (SELECT 1 FROM outbox earlier
+                              WHERE earlier.{key} = o.{key} AND earlier.sent_at IS NULL AND earlier.id < o.id)
+            ORDER BY id
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+            "#
+        ))
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+    }
+}
+
+/// The relay's knobs, the same for every service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    /// Outbox rows published per relay transaction.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 100)]
+    pub outbox_batch_size: i64,
+    /// How often the relay looks for new outbox rows when idle.
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 200)]
+    pub outbox_poll_ms: u64,
+}
+
+impl RelayArgs {
+    /// For tests: a short idle poll, so events leave at once.
+    pub fn eager() -> Self {
+        Self { outbox_batch_size: 100, outbox_poll_ms: 50 }
+    }
+
+    /// The relay of `outbox` in `db`, publishing to `kafka`'s topic; None when Kafka is disabled
+    /// (events then wait in the outbox).
+    pub fn relay(
+        &self,
+        outbox: Outbox,
+        db: &PgPool,
+        kafka: &crate::kafka::KafkaArgs,
+        metrics: &Arc<Registry>,
+    ) -> anyhow::Result<Option<Relay>> {
+        if kafka.kafka_disabled {
+            tracing::warn!("Kafka disabled: outbox events are kept but not published");
+            return Ok(None);
+        }
+        Ok(Some(Relay {
+            outbox,
+            db: db.clone(),
+            producer: kafka.producer().context("failed to create the Kafka producer")?,
+            topic: kafka.kafka_topic.clone(),
+            batch_size: self.outbox_batch_size,
+            idle_poll: Duration::from_millis(self.outbox_poll_ms),
+            metrics: metrics.clone(),
+        }))
+    }
 }
 
 pub struct Relay {
+    pub outbox: Outbox,
     pub db: PgPool,
     pub producer: FutureProducer,
     pub topic: String,
@@ -105,14 +161,14 @@ impl Relay {
     async fn publish_batch(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await.context("failed to begin relay transaction")?;
         let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK_KEY)
+            .bind(self.outbox.lock_key)
             .fetch_one(&mut *tx)
             .await
             .context("failed to take the relay lock")?;
         if !leader {
             return Ok(0);
         }
-        let rows = claim(&mut tx, self.batch_size).await.context("failed to claim outbox rows")?;
+        let rows = self.outbox.claim(&mut tx, self.batch_size).await.context("failed to claim outbox rows")?;
         tracing::Span::current().record("rows", rows.len());
         if rows.is_empty() {
             return Ok(0);
@@ -155,16 +211,16 @@ impl Relay {
     }
 
     fn send(&self, row: &OutboxRow) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-        let key = row.patient_id.to_string();
+        let key = row.key.to_string();
         let event_id = row.event_id.to_string();
         let mut headers = OwnedHeaders::new().insert(Header { key: "event-id", value: Some(event_id.as_str()) });
         // A publish span in the change's trace; the record carries it to the consumers.
-        let trace_id = row.traceparent.as_deref().and_then(common::telemetry::trace_id_of).unwrap_or_default();
+        let trace_id = row.traceparent.as_deref().and_then(crate::telemetry::trace_id_of).unwrap_or_default();
         let span = tracing::info_span!("publish", event_id = %row.event_id, trace_id);
         if let Some(tp) = &row.traceparent {
-            common::telemetry::continue_trace_from(&span, tp);
+            crate::telemetry::continue_trace_from(&span, tp);
         }
-        let traceparent = span.in_scope(common::telemetry::current_traceparent).or_else(|| row.traceparent.clone());
+        let traceparent = span.in_scope(crate::telemetry::current_traceparent).or_else(|| row.traceparent.clone());
         if let Some(tp) = &traceparent {
             headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_str()) });
         }

@@ -1,0 +1,111 @@
+//! The read side: schedules from the projection of the `appointment` topic, their freshness
+//! headers, and read-your-writes through a command's consistency token.
+
+use chrono::Duration as Span;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{problem, rfc3339, tomorrow_at, TestApp};
+
+/// GET `path` waiting for `token`; the entries and the response's headers.
+async fn query(app: &TestApp, path: &str, token: Option<&str>) -> (Vec<Value>, reqwest::header::HeaderMap) {
+    let mut req = app.client.get(app.url(path));
+    if let Some(token) = token {
+        req = req.header("x-wait-for", token);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let headers = resp.headers().clone();
+    (resp.json().await.unwrap(), headers)
+}
+
+#[tokio::test]
+async fn a_query_waits_for_the_commands_token_and_reports_its_freshness() {
+    let app = TestApp::spawn().await;
+    let patient = app.known_patient().await;
+    let clinician = Uuid::new_v4();
+    let day = tomorrow_at(0).date_naive();
+    let booked = app.book(patient, clinician, tomorrow_at(9), 30).await;
+    let token = booked.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+    // Read-your-writes: the first query after the command already shows it.
+    let schedule = format!("/appointments/schedule?clinicianId={clinician}&date={day}");
+    let (entries, headers) = query(&app, &schedule, Some(&token)).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["id"], id.as_str());
+    assert_eq!(entries[0]["status"], "BOOKED");
+    assert!(headers["x-projection-position"].to_str().unwrap().parse::<i64>().unwrap() >= 1);
+    assert!(headers.contains_key("x-projection-last-event-at"));
+    assert_eq!(headers["x-total-count"], "1");
+
+    // Rescheduled to the next day: gone from this day, on the week, with the new time.
+    let next_day = tomorrow_at(9) + Span::days(1);
+    let body = json!({"startsAt": rfc3339(next_day), "endsAt": rfc3339(next_day + Span::minutes(30))});
+    let moved = app.command(&id, "reschedule", None, Some(body)).await;
+    let token = moved.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let (entries, _) = query(&app, &schedule, Some(&token)).await;
+    assert!(entries.is_empty(), "{entries:?}");
+    let (week, _) = query(&app, &format!("{schedule}&view=week"), Some(&token)).await;
+    assert_eq!(week.len(), 1);
+    assert_eq!(week[0]["version"], 2);
+    let (upcoming, _) = query(&app, &format!("/appointments/upcoming?patientId={patient}"), Some(&token)).await;
+    assert_eq!(upcoming.len(), 1);
+
+    // Cancelled: still on the clinician's week (as CANCELLED), no longer upcoming.
+    let cancelled = app.command(&id, "cancel", None, None).await;
+    let token = cancelled.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let (week, _) = query(&app, &format!("{schedule}&view=week"), Some(&token)).await;
+    assert_eq!(week[0]["status"], "CANCELLED");
+    let (upcoming, _) = query(&app, &format!("/appointments/upcoming?patientId={patient}"), Some(&token)).await;
+    assert!(upcoming.is_empty());
+
+    // A token the projection never reaches: 503 after the bounded wait, not a stale 200.
+    let unreachable = app.client.get(app.url(&schedule)).header("x-wait-for", format!("{id}:99")).send().await.unwrap();
+    assert_eq!(problem(unreachable, 503).await["status"], 503);
+    problem(app.client.get(app.url(&schedule)).header("x-wait-for", "nonsense").send().await.unwrap(), 400).await;
+    for bad in [
+        "/appointments/schedule",
+        "/appointments/schedule?clinicianId=x",
+        &format!("{schedule}&view=month"),
+        &format!("{schedule}&size=0"),
+        "/appointments/upcoming",
+    ] {
+        problem(app.client.get(app.url(bad)).send().await.unwrap(), 400).await;
+    }
+}
+
+#[tokio::test]
+async fn every_change_is_one_record_on_the_appointment_topic_keyed_and_in_order() {
+    let app = TestApp::spawn().await;
+    let patient = app.known_patient().await;
+    let booked = app.book(patient, Uuid::new_v4(), tomorrow_at(13), 30).await;
+    let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.command(&id, "check-in", None, None).await.status(), 200);
+    assert_eq!(app.command(&id, "complete", None, None).await.status(), 200);
+
+    let seen: Vec<(u64, String, String)> = app
+        .appointment_events(3)
+        .await
+        .into_iter()
+        .map(|(key, e)| {
+            assert_eq!(key, id);
+            assert_eq!(e.patient_id, patient.to_string());
+            (e.sequence, e.event_type, e.status)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "APPOINTMENT_BOOKED".into(), "BOOKED".into()),
+            (2, "APPOINTMENT_CHECKED_IN".into(), "CHECKED_IN".into()),
+            (3, "APPOINTMENT_COMPLETED".into(), "COMPLETED".into())
+        ]
+    );
+    // Published rows keep no payload.
+    let unscrubbed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE payload IS NOT NULL AND sent_at IS NOT NULL")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(unscrubbed, 0);
+}

@@ -1,0 +1,90 @@
+//! The replica of patients: a deleted patient cannot book, and their future appointments are
+//! cancelled (with events, and visible on the read side); old or repeated events change nothing.
+
+use std::time::Duration;
+
+use chrono::Duration as Span;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, problem, read_topic, tomorrow_at, TestApp};
+
+#[tokio::test]
+async fn a_deleted_patient_loses_future_appointments_and_cannot_book() {
+    let app = TestApp::spawn().await;
+    let patient = app.known_patient().await;
+    let bystander = app.known_patient().await;
+    let clinician = Uuid::new_v4();
+    let first = app.book(patient, clinician, tomorrow_at(9), 30).await.json::<Value>().await.unwrap();
+    let second = app.book(patient, clinician, tomorrow_at(10), 30).await.json::<Value>().await.unwrap();
+    let kept = app.book(bystander, clinician, tomorrow_at(11), 30).await.json::<Value>().await.unwrap();
+
+    app.publish_patient(patient, "PATIENT_DELETED", 2).await;
+    for a in [&first, &second] {
+        let id = a["id"].as_str().unwrap().to_owned();
+        eventually(Duration::from_secs(30), "the appointment is cancelled", || async {
+            (app.status_of(&id).await == "CANCELLED").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(app.status_of(kept["id"].as_str().unwrap()).await, "BOOKED");
+
+    // The read side shows it: nothing upcoming for the patient, the slots free again.
+    eventually(Duration::from_secs(30), "the projection shows the cancellations", || async {
+        let resp = app.client.get(app.url(&format!("/appointments/upcoming?patientId={patient}"))).send().await.unwrap();
+        resp.json::<Vec<Value>>().await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    let day = tomorrow_at(0).date_naive();
+    let schedule: Vec<Value> = app
+        .client
+        .get(app.url(&format!("/appointments/schedule?clinicianId={clinician}&date={day}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&str> = schedule.iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["CANCELLED", "CANCELLED", "BOOKED"]);
+
+    // Booking for the deleted patient: 422; a stale PATIENT_UPDATED does not bring them back.
+    problem(app.book(patient, clinician, tomorrow_at(15), 30).await, 422).await;
+    app.publish_patient(patient, "PATIENT_UPDATED", 1).await;
+    app.publish_patient(bystander, "PATIENT_UPDATED", 2).await;
+    eventually(Duration::from_secs(30), "the bystander's update is applied", || async {
+        let seq: i64 =
+            sqlx::query_scalar("SELECT sequence FROM patients WHERE id = $1").bind(bystander).fetch_one(&app.db).await.unwrap();
+        (seq == 2).then_some(())
+    })
+    .await;
+    problem(app.book(patient, clinician, tomorrow_at(15) + Span::hours(1), 30).await, 422).await;
+    // Its cancellations are events like any other, with the reason: 3 bookings, 2 cancellations.
+    let events = app.appointment_events(5).await;
+    let cancellations: Vec<_> = events.iter().filter(|(_, e)| e.event_type == "APPOINTMENT_CANCELLED").collect();
+    assert_eq!(cancellations.len(), 2);
+    for (key, e) in cancellations {
+        assert_eq!(e.cancel_reason, "PATIENT_DELETED");
+        assert_eq!(e.sequence, 2);
+        assert!([&first, &second].iter().any(|a| a["id"] == key.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_patient_record_goes_to_the_dead_letter_topic_and_the_replica_goes_on() {
+    let app = TestApp::spawn().await;
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &app.bootstrap).create().unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&app.patient_topic).key("x").payload(&b"\xff\xff not protobuf"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // The next patient still arrives, and the bad record waits on the dead-letter topic.
+    app.known_patient().await;
+    let dead = read_topic(&app.bootstrap, &format!("{}.DLT", app.patient_topic), 1).await;
+    assert_eq!(common::kafka::header(&dead[0], "dlt-group"), Some("appointment-service"));
+    assert_eq!(common::kafka::header(&dead[0], "dlt-reason"), Some("not a PatientEvent"));
+}
