@@ -1,5 +1,5 @@
 # One recipe for every service image: `docker build --build-arg SERVICE=<name> .`
-# (docker-compose.yml builds all five). Multi-stage: a Rust build stage, then a small Debian
+# (docker-compose.yml builds all six). Multi-stage: a Rust build stage, then a small Debian
 # runtime running as an unprivileged user.
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build

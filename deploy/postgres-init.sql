@@ -4,4 +4,5 @@ CREATE DATABASE patient_service;
 CREATE DATABASE billing_service;
 CREATE DATABASE analytics_service;
 CREATE DATABASE appointment_service;
+CREATE DATABASE notification_service;
 CREATE DATABASE keycloak;

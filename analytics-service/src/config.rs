@@ -12,6 +12,9 @@ pub struct Settings {
     /// Where the HTTP API listens.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:4002")]
     pub http_addr: SocketAddr,
+    /// Topic of appointment events (the patient topic is `KAFKA_TOPIC`).
+    #[arg(long, env = "APPOINTMENT_TOPIC", default_value = "appointment")]
+    pub appointment_topic: String,
     /// Consumer group of this service.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "analytics-service")]
     pub group_id: String,
@@ -34,6 +37,8 @@ impl Settings {
     pub fn for_test(database_url: impl Into<String>, kafka: KafkaArgs, oidc: OidcArgs) -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            // A topic of its own per test, unless the test shares one with appointment-service.
+            appointment_topic: format!("appointment-{}", uuid::Uuid::new_v4().simple()),
             group_id: "analytics-service".into(),
             oidc,
             db: DbArgs::from_url(database_url),

@@ -29,10 +29,19 @@ pub struct AnalyticsHandler {
     pub dead_letters: DeadLetters,
     /// `analytics_events_total{result="applied|duplicate|dead_lettered"}`.
     pub metrics: Arc<Registry>,
+    /// Records of this topic are appointment events ([`crate::appointments`]).
+    pub appointment_topic: String,
 }
 
 impl RecordHandler for AnalyticsHandler {
     async fn handle(&self, record: &OwnedMessage) -> anyhow::Result<()> {
+        if record.topic() == self.appointment_topic {
+            return match crate::appointments::parse(record.payload().unwrap_or_default()) {
+                Ok(Some(event)) => self.dead_letters.apply_or_dead_letter(record, || self.count_appointment(&event)).await,
+                Ok(None) => Ok(()),
+                Err(reason) => self.dead_letters.send(record, reason).await,
+            };
+        }
         let origin = Origin { topic: record.topic(), partition: record.partition(), offset: record.offset() };
         let event = match parse(record.payload().unwrap_or_default(), &origin) {
             Ok(event) => event,
@@ -61,6 +70,19 @@ impl Origin<'_> {
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x3f6c_1d2e_8a4b_4c7d_9e0f_5a6b_7c8d_9e0f);
 
 impl AnalyticsHandler {
+    #[tracing::instrument(skip_all, fields(event_id = %event.event_id, kind = %event.event_type))]
+    async fn count_appointment(&self, event: &crate::appointments::Event) -> anyhow::Result<()> {
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let fresh = crate::appointments::apply(&mut tx, event).await?;
+        tx.commit().await.context("failed to commit event")?;
+        self.metrics.inc(if fresh {
+            "analytics_events_total{result=\"applied\"}"
+        } else {
+            "analytics_events_total{result=\"duplicate\"}"
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(skip_all, fields(event_id = %event.event_id, patient_id = %event.patient_id, kind = event.kind.as_str()))]
     async fn apply(&self, event: &Event) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;

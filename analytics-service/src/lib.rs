@@ -2,6 +2,7 @@
 //! own database, each event counted once even across crashes and redeliveries; undecodable
 //! records go to the dead-letter topic; `GET /analytics/summary` serves the aggregates.
 
+pub mod appointments;
 pub mod config;
 pub mod consumer;
 pub mod error;

@@ -153,6 +153,8 @@ pub struct Summary {
     pub active_patients: i64,
     pub registrations_per_month: BTreeMap<String, i64>,
     pub age_bands: BTreeMap<&'static str, i64>,
+    /// Per month of their start (`YYYY-MM`): appointments booked, cancelled, not attended.
+    pub appointments_per_month: BTreeMap<String, crate::appointments::Month>,
 }
 
 /// Age bands of active patients (SPEC §8), by age today.
@@ -190,5 +192,6 @@ pub async fn summary(pool: &PgPool) -> sqlx::Result<Summary> {
         active_patients: active,
         registrations_per_month: months.into_iter().collect(),
         age_bands,
+        appointments_per_month: crate::appointments::per_month(pool).await?,
     })
 }

@@ -30,7 +30,8 @@ pub fn router(db: PgPool, verifier: Arc<Verifier>) -> Router {
 )]
 pub struct ApiDoc;
 
-/// Patients created, updated, deleted and active; registrations per month; age bands.
+/// Patients created, updated, deleted and active; registrations per month; age bands;
+/// appointments booked, cancelled and not attended per month.
 #[utoipa::path(get, path = "/analytics/summary", tag = "analytics",
     responses((status = 200, description = "The aggregates", body = repo::Summary)))]
 #[tracing::instrument(skip_all)]

@@ -43,9 +43,15 @@ impl Application {
             None
         } else {
             let series = "analytics_events_total{result=\"dead_lettered\"}";
+            let topics = [settings.kafka.kafka_topic.as_str(), settings.appointment_topic.as_str()];
             let (consumer, dead_letters) =
-                settings.kafka.consumer_with_dead_letters(&settings.group_id, metrics.clone(), series).await?;
-            let handler = AnalyticsHandler { db: pool.clone(), dead_letters, metrics: metrics.clone() };
+                settings.kafka.consumer_of_topics_with_dead_letters(&settings.group_id, &topics, metrics.clone(), series).await?;
+            let handler = AnalyticsHandler {
+                db: pool.clone(),
+                dead_letters,
+                metrics: metrics.clone(),
+                appointment_topic: settings.appointment_topic.clone(),
+            };
             Some((consumer, handler))
         };
         let listener = TcpListener::bind(settings.http_addr)

@@ -70,6 +70,6 @@ impl Settings {
 
     /// The same broker, on the appointment topic.
     pub fn appointment_kafka(&self) -> KafkaArgs {
-        KafkaArgs { kafka_topic: self.appointment_topic.clone(), ..self.kafka.clone() }
+        self.kafka.with_topic(&self.appointment_topic)
     }
 }

@@ -15,8 +15,7 @@ use crate::domain::Appointment;
 pub const OUTBOX: Outbox = Outbox { key_column: "appointment_id", lock_key: 0x6170_706f_696e_746d };
 
 /// Why an appointment was cancelled (`cancel_reason`).
-pub const CANCELLED_BY_REQUEST: &str = "REQUESTED";
-pub const CANCELLED_PATIENT_DELETED: &str = "PATIENT_DELETED";
+pub use proto::cancel_reason::{PATIENT_DELETED as CANCELLED_PATIENT_DELETED, REQUESTED as CANCELLED_BY_REQUEST};
 
 /// What a change adds to the appointment's state in its event.
 #[derive(Debug, Default, Clone, Copy)]

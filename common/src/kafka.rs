@@ -62,7 +62,12 @@ impl KafkaArgs {
 
     /// The dead-letter topic of the events topic.
     pub fn dead_letter_topic(&self) -> String {
-        format!("{}.DLT", self.kafka_topic)
+        dead_letter_topic_of(&self.kafka_topic)
+    }
+
+    /// The same broker, another events topic.
+    pub fn with_topic(&self, topic: &str) -> Self {
+        Self { kafka_topic: topic.to_owned(), ..self.clone() }
     }
 
     /// A consumer of `group` on the events topic and its dead-letter writer (counting into
@@ -73,8 +78,22 @@ impl KafkaArgs {
         metrics: std::sync::Arc<crate::metrics::Registry>,
         series: &'static str,
     ) -> anyhow::Result<(StreamConsumer, DeadLetters)> {
-        self.ensure_topics(&[&self.kafka_topic, &self.dead_letter_topic()]).await;
-        let consumer = self.consumer(group).context("failed to create the Kafka consumer")?;
+        self.consumer_of_topics_with_dead_letters(group, &[&self.kafka_topic], metrics, series).await
+    }
+
+    /// A consumer of `group` on several topics, and the dead-letter writer (a record goes to its
+    /// own topic's `.DLT`); every topic and dead-letter topic created when missing.
+    pub async fn consumer_of_topics_with_dead_letters(
+        &self,
+        group: &str,
+        topics: &[&str],
+        metrics: std::sync::Arc<crate::metrics::Registry>,
+        series: &'static str,
+    ) -> anyhow::Result<(StreamConsumer, DeadLetters)> {
+        let dead: Vec<String> = topics.iter().map(|t| dead_letter_topic_of(t)).collect();
+        let all: Vec<&str> = topics.iter().copied().chain(dead.iter().map(String::as_str)).collect();
+        self.ensure_topics(&all).await;
+        let consumer = self.consumer_of(group, topics).context("failed to create the Kafka consumer")?;
         let dead_letters = self.dead_letters(group, metrics, series).context("failed to create the dead-letter producer")?;
         Ok((consumer, dead_letters))
     }
@@ -89,7 +108,6 @@ impl KafkaArgs {
         metrics.add(series, 0);
         Ok(DeadLetters {
             producer: self.producer()?,
-            topic: self.dead_letter_topic(),
             group: group.to_owned(),
             max_attempts: self.poison_max_attempts.max(1),
             metrics,
@@ -109,8 +127,14 @@ impl KafkaArgs {
             .create()?)
     }
 
-    /// A consumer of `group` that stores offsets only when told to (see [`consume`]).
+    /// A consumer of `group` on the events topic that stores offsets only when told to (see
+    /// [`consume`]).
     pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer> {
+        self.consumer_of(group, &[&self.kafka_topic])
+    }
+
+    /// The same, on `topics`.
+    pub fn consumer_of(&self, group: &str, topics: &[&str]) -> anyhow::Result<StreamConsumer> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka_bootstrap_servers)
             .set("group.id", group)
@@ -122,7 +146,7 @@ impl KafkaArgs {
             .set("isolation.level", "read_committed")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create()?;
-        consumer.subscribe(&[&self.kafka_topic])?;
+        consumer.subscribe(topics)?;
         Ok(consumer)
     }
 
@@ -224,13 +248,17 @@ fn commit_on_exit(consumer: &StreamConsumer) -> anyhow::Result<()> {
     }
 }
 
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic_of(topic: &str) -> String {
+    format!("{topic}.DLT")
+}
+
 /// Records a consumer cannot use go to the dead-letter topic (`<topic>.DLT`) with the reason and
 /// their origin as headers: at once when they cannot be decoded, after `max_attempts` tries when
 /// the database rejects them (a data or constraint error: the same record would fail every time).
 /// Anything else (database down) is the caller's to retry in place: nothing is skipped.
 pub struct DeadLetters {
     pub producer: FutureProducer,
-    pub topic: String,
     /// The consumer group, named in the `dlt-group` header.
     pub group: String,
     /// Tries of a record the database rejects before it is dead-lettered.
@@ -279,8 +307,9 @@ impl DeadLetters {
             .insert(Header { key: "dlt-original-topic", value: Some(record.topic()) })
             .insert(Header { key: "dlt-original-partition", value: Some(partition.as_str()) })
             .insert(Header { key: "dlt-original-offset", value: Some(offset.as_str()) });
+        let topic = dead_letter_topic_of(record.topic());
         let mut out: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).payload(record.payload().unwrap_or_default()).headers(headers);
+            FutureRecord::to(&topic).payload(record.payload().unwrap_or_default()).headers(headers);
         if let Some(key) = record.key() {
             out = out.key(key);
         }

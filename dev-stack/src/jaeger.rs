@@ -4,8 +4,6 @@
 
 use std::{fs, path::PathBuf, process::Command, sync::OnceLock, time::Duration};
 
-use anyhow::Context;
-
 use crate::{net, process};
 
 /// The pinned Go module version of `github.com/jaegertracing/jaeger` (its `cmd/jaeger` is the
@@ -140,26 +138,8 @@ fn read_pid(dir: &std::path::Path) -> Option<u32> {
     process::pid_alive(pid).then_some(pid)
 }
 
-/// Path of the jaeger binary, building it on first use (Go from Debian's `golang-go` when no Go
-/// toolchain is present and we are root). The module pins its dependencies with `go get -tool`.
+/// Path of the jaeger binary, built on first use (see [`crate::go::build`]).
 pub fn ensure() -> anyhow::Result<PathBuf> {
-    let dir = crate::paths::cache_dir().join(format!("jaeger-{VERSION}"));
-    let bin = dir.join("jaeger");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    crate::go::ensure()?;
-    eprintln!("dev-stack: building Jaeger {VERSION} with go (once per machine, about 5 minutes)");
-    fs::create_dir_all(&dir)?;
-    let go = |args: &[&str], what: &str| {
-        process::run_checked(Command::new("go").args(args).current_dir(&dir).env("CGO_ENABLED", "0"), what).map(|_| ())
-    };
-    if !dir.join("go.mod").exists() {
-        go(&["mod", "init", "patient-platform/jaeger"], "go mod init")?;
-    }
-    go(&["get", "-tool", &format!("github.com/jaegertracing/jaeger/cmd/jaeger@{VERSION}")], "go get jaeger")?;
-    go(&["build", "-o", "jaeger.tmp", "github.com/jaegertracing/jaeger/cmd/jaeger"], "go build jaeger")
-        .context("failed to build Jaeger")?;
-    fs::rename(dir.join("jaeger.tmp"), &bin)?;
-    Ok(bin)
+    let package = "github.com/jaegertracing/jaeger/cmd/jaeger";
+    crate::go::build("jaeger", package, package, VERSION, "about 5 minutes")
 }

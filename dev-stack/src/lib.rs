@@ -5,6 +5,7 @@
 //! - [`keycloak`]: Keycloak from Maven Central, realm imported at start.
 //! - [`kafka`]: a single-node KRaft Apache Kafka from Maven Central jars.
 //! - [`grpcurl`]: the grpcurl CLI from its Go module.
+//! - [`jaeger`], [`mailpit`]: the trace backend and the mail server, built from their Go modules.
 //! - [`browser`]: headless Chromium + playwright-core for UI journeys.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
@@ -20,6 +21,7 @@ pub mod jaeger;
 pub mod java;
 pub mod kafka;
 pub mod keycloak;
+pub mod mailpit;
 pub mod net;
 pub mod paths;
 pub mod postgres;

@@ -9,6 +9,7 @@ use dev_stack::{
     jaeger::Jaeger,
     kafka::Kafka,
     keycloak::Keycloak,
+    mailpit::Mailpit,
     paths, postgres,
     services::{self, Infrastructure, ServiceDirs, ServicePorts, ServiceSpec},
     PgCluster,
@@ -17,9 +18,11 @@ use dev_stack::{
 /// Password of the dev cluster's superuser: a local, loopback-only development database.
 const DEV_PG_PASSWORD: &str = "postgres-dev";
 /// The databases of the services, one each.
-const DATABASES: [&str; 4] = ["patient_service", "billing_service", "analytics_service", "appointment_service"];
+const DATABASES: [&str; 5] =
+    ["patient_service", "billing_service", "analytics_service", "appointment_service", "notification_service"];
 /// Services in start order (billing first: patient-service calls it; the gateway last).
-const SERVICES: [&str; 5] = ["billing-service", "patient-service", "analytics-service", "appointment-service", "gateway"];
+const SERVICES: [&str; 6] =
+    ["billing-service", "patient-service", "analytics-service", "appointment-service", "notification-service", "gateway"];
 /// The realm the platform trusts.
 use dev_stack::keycloak::REALM;
 
@@ -45,6 +48,15 @@ struct Ports {
     analytics_port: u16,
     #[arg(long, env = "DEV_APPOINTMENT_PORT", default_value_t = 4003)]
     appointment_port: u16,
+    /// notification-service's health and metrics.
+    #[arg(long, env = "DEV_NOTIFICATION_PORT", default_value_t = 4005)]
+    notification_port: u16,
+    /// The mail server's SMTP port.
+    #[arg(long, env = "DEV_MAILPIT_SMTP_PORT", default_value_t = 1025)]
+    mailpit_smtp_port: u16,
+    /// The mail server's web UI and API.
+    #[arg(long, env = "DEV_MAILPIT_UI_PORT", default_value_t = 8025)]
+    mailpit_ui_port: u16,
     #[arg(long, env = "DEV_GATEWAY_PORT", default_value_t = 4004)]
     gateway_port: u16,
     #[arg(long, env = "DEV_KAFKA_PORT", default_value_t = 9092)]
@@ -163,6 +175,10 @@ fn keycloak_dir() -> std::path::PathBuf {
     paths::state_dir().join("keycloak")
 }
 
+fn mailpit_dir() -> std::path::PathBuf {
+    paths::state_dir().join("mailpit")
+}
+
 fn jaeger_dir() -> std::path::PathBuf {
     paths::state_dir().join("jaeger")
 }
@@ -172,8 +188,20 @@ fn dirs() -> ServiceDirs {
 }
 
 /// The services of the workspace, as `cargo build` package arguments.
-const SERVICE_PACKAGES: [&str; 10] =
-    ["-p", "billing-service", "-p", "patient-service", "-p", "analytics-service", "-p", "appointment-service", "-p", "gateway"];
+const SERVICE_PACKAGES: [&str; 12] = [
+    "-p",
+    "billing-service",
+    "-p",
+    "patient-service",
+    "-p",
+    "analytics-service",
+    "-p",
+    "appointment-service",
+    "-p",
+    "notification-service",
+    "-p",
+    "gateway",
+];
 
 fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
     println!("==> PostgreSQL on 127.0.0.1:{} (data in {})", ports.pg_port, pg_dir().display());
@@ -213,6 +241,14 @@ fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
         }
     };
 
+    println!(
+        "==> Mailpit (mail server; {}) SMTP on :{}, UI on :{}",
+        dev_stack::mailpit::VERSION,
+        ports.mailpit_smtp_port,
+        ports.mailpit_ui_port
+    );
+    Mailpit::start_persistent(&mailpit_dir(), ports.mailpit_smtp_port, ports.mailpit_ui_port)?;
+
     let profile = if release { "release" } else { "debug" };
     println!("==> building the services ({profile})");
     let mut build = vec!["build", "--bins"];
@@ -240,6 +276,7 @@ fn specs(ports: &Ports, pg: &PgCluster, traces: bool) -> Vec<ServiceSpec> {
         billing_http: ports.billing_http_port,
         analytics: ports.analytics_port,
         appointment: ports.appointment_port,
+        notification: ports.notification_port,
         gateway: ports.gateway_port,
     };
     let database_url = |db: &str| pg.url(db);
@@ -248,6 +285,7 @@ fn specs(ports: &Ports, pg: &PgCluster, traces: bool) -> Vec<ServiceSpec> {
         kafka_bootstrap: format!("127.0.0.1:{}", ports.kafka_port),
         keycloak_port: ports.keycloak_port,
         realm: REALM,
+        smtp_port: ports.mailpit_smtp_port,
     };
     let mut specs = services::platform(service_ports, &infra);
     for spec in specs.iter_mut().filter(|_| traces) {
@@ -294,10 +332,14 @@ The patient platform is up.
   5. Traces: every request is one trace across the services, Kafka included — Jaeger UI
      http://localhost:{jaeger}  (log lines name their trace_id)
 
+  6. Mail: every mail the platform sends (welcome, appointment confirmations, reminders) lands in
+     Mailpit: http://localhost:{mail}
+
   Logs: cargo xtask logs [service]  ({logs})   Status: cargo xtask status   Stop: cargo xtask down
 "#,
         logs = dirs().logs.display(),
         jaeger = ports.jaeger_ui_port,
+        mail = ports.mailpit_ui_port,
     );
 }
 
@@ -326,6 +368,9 @@ fn down() -> anyhow::Result<()> {
     if Jaeger::stop_persistent(&jaeger_dir()) {
         println!("==> stopped Jaeger");
     }
+    if Mailpit::stop_persistent(&mailpit_dir()) {
+        println!("==> stopped Mailpit");
+    }
     if Kafka::stop_persistent(&kafka_dir()) {
         println!("==> stopped Kafka");
     }
@@ -352,11 +397,14 @@ fn status(ports: &Ports) -> anyhow::Result<()> {
     println!("kafka             {kafka} (127.0.0.1:{})", ports.kafka_port);
     let jaeger = if services::http_status(ports.jaeger_ui_port, "/api/services") == Some(200) { "ready" } else { "stopped" };
     println!("jaeger            {jaeger} (http://localhost:{})", ports.jaeger_ui_port);
+    let mail = if services::http_status(ports.mailpit_ui_port, "/api/v1/messages") == Some(200) { "ready" } else { "stopped" };
+    println!("mailpit           {mail} (http://localhost:{})", ports.mailpit_ui_port);
     for (name, port) in [
         ("billing-service", ports.billing_http_port),
         ("patient-service", ports.patient_port),
         ("analytics-service", ports.analytics_port),
         ("appointment-service", ports.appointment_port),
+        ("notification-service", ports.notification_port),
         ("gateway", ports.gateway_port),
     ] {
         let state = match (dirs().running_pid(name), services::http_status(port, "/health/ready")) {

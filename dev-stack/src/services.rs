@@ -71,6 +71,7 @@ pub struct ServicePorts {
     pub billing_http: u16,
     pub analytics: u16,
     pub appointment: u16,
+    pub notification: u16,
     pub gateway: u16,
 }
 
@@ -81,9 +82,11 @@ pub struct Infrastructure<'a> {
     pub kafka_bootstrap: String,
     pub keycloak_port: u16,
     pub realm: &'a str,
+    /// The mail server's SMTP port (loopback).
+    pub smtp_port: u16,
 }
 
-/// The five services wired to each other and to `infra` (billing first: patient-service calls
+/// The six services wired to each other and to `infra` (billing first: patient-service calls
 /// it; the gateway last). Used by `cargo xtask up` and by the benchmark.
 pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceSpec> {
     let (realm, kc) = (infra.realm, infra.keycloak_port);
@@ -135,6 +138,16 @@ pub fn platform(ports: ServicePorts, infra: &Infrastructure<'_>) -> Vec<ServiceS
                 ("HTTP_ADDR", format!("127.0.0.1:{}", ports.appointment)),
             ]),
             ready_port: ports.appointment,
+        },
+        ServiceSpec {
+            name: "notification-service",
+            env: env(&[
+                ("DATABASE_URL", (infra.database_url)("notification_service")),
+                ("HTTP_ADDR", format!("127.0.0.1:{}", ports.notification)),
+                ("SMTP_HOST", "127.0.0.1".into()),
+                ("SMTP_PORT", infra.smtp_port.to_string()),
+            ]),
+            ready_port: ports.notification,
         },
         ServiceSpec {
             name: "gateway",

@@ -38,3 +38,11 @@ pub mod appointment_event_type {
     pub const COMPLETED: &str = "APPOINTMENT_COMPLETED";
     pub const NO_SHOW: &str = "APPOINTMENT_NO_SHOW";
 }
+
+/// The `cancel_reason` values of [`appointments::AppointmentEvent`].
+pub mod cancel_reason {
+    /// A caller cancelled it.
+    pub const REQUESTED: &str = "REQUESTED";
+    /// Its patient was deleted.
+    pub const PATIENT_DELETED: &str = "PATIENT_DELETED";
+}

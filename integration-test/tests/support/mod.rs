@@ -160,6 +160,52 @@ pub async fn spawn_appointments(kafka: KafkaArgs, appointment_topic: &str) -> Ru
     spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
 }
 
+/// notification-service on the given database (a restarted instance reuses its predecessor's),
+/// following `kafka`'s patient topic and `appointment_topic`, mailing through `smtp_port`.
+pub async fn spawn_notifications(
+    db_url: Option<String>,
+    kafka: KafkaArgs,
+    appointment_topic: &str,
+    smtp_port: u16,
+    tweak: impl FnOnce(&mut notification_service::config::Settings),
+) -> Running {
+    let (url, db) = match db_url {
+        Some(url) => (url.clone(), PgPool::connect(&url).await.unwrap()),
+        None => fresh_db("notifications").await,
+    };
+    let mut settings = notification_service::config::Settings::for_test(&url, kafka, smtp_port);
+    settings.appointment_topic = appointment_topic.to_owned();
+    tweak(&mut settings);
+    let app = notification_service::startup::Application::build(settings).await.unwrap();
+    let port = app.port();
+    spawn(|stop| app.run_until_stopped(async move { stop.cancelled().await }), port, db, url)
+}
+
+/// One message in the mail server.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub subject: String,
+    pub message_id: String,
+    pub to: String,
+}
+
+/// Every message the mail server holds for `to` (all of them when None).
+pub async fn mails(mailpit: &dev_stack::mailpit::Mailpit, to: Option<&str>) -> Vec<Mail> {
+    let url = format!("{}/api/v1/messages?limit=100000", mailpit.http_url());
+    let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Mail {
+            subject: m["Subject"].as_str().unwrap_or_default().to_owned(),
+            message_id: m["MessageID"].as_str().unwrap_or_default().to_owned(),
+            to: m["To"][0]["Address"].as_str().unwrap_or_default().to_owned(),
+        })
+        .filter(|m| to.is_none_or(|t| m.to.eq_ignore_ascii_case(t)))
+        .collect()
+}
+
 pub fn patient_body(n: usize) -> Value {
     json!({
         "name": format!("Journey Patient {n}"),
@@ -271,6 +317,7 @@ impl RealServices {
             billing_http: free_port().unwrap(),
             analytics: free_port().unwrap(),
             appointment: free_port().unwrap(),
+            notification: free_port().unwrap(),
             gateway: free_port().unwrap(),
         };
         let url = |db: &str| pg.url(db);
@@ -279,6 +326,8 @@ impl RealServices {
             kafka_bootstrap,
             keycloak_port: kc.http_port(),
             realm: dev_stack::keycloak::REALM,
+            // The suites that run the real binaries start the services of SERVICES only.
+            smtp_port: ports.notification,
         };
         let mut specs = services::platform(ports, &infra);
         for spec in &mut specs {

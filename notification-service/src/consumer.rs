@@ -1,0 +1,156 @@
+//! The consumer of the `patient` and `appointment` topics (group `notification-service`): it
+//! keeps the patients' contact details and records the mails each event calls for, in ONE
+//! transaction per record. It never sends: the sender works the queue (record-then-send).
+//!
+//! - PATIENT_CREATED: a welcome mail (one per patient). PATIENT_UPDATED: new contact details.
+//!   PATIENT_DELETED: contact scrubbed, unsent mails cancelled.
+//! - APPOINTMENT_BOOKED / _RESCHEDULED / _CANCELLED: a confirmation, keyed by the event id; a
+//!   booked appointment gets a reminder `REMINDER_BEFORE_SECS` ahead (at once when that is past,
+//!   none once it started), replaced by a reschedule and cancelled by any other change.
+//!   A cancellation because the patient was deleted mails nobody.
+//! - Undecodable records go to their topic's dead-letter topic; a redelivered record records
+//!   nothing new.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use common::kafka::{DeadLetters, RecordHandler};
+use prost::Message as _;
+use proto::{appointment_event_type as appointment, appointments::AppointmentEvent, event_type, events::PatientEvent};
+use rdkafka::{message::OwnedMessage, Message};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::mails::{self, AboutAppointment, Kind};
+
+pub struct Notifier {
+    pub db: PgPool,
+    pub dead_letters: DeadLetters,
+    pub appointment_topic: String,
+    pub reminder_before: chrono::Duration,
+}
+
+/// A patient event, as far as mails care.
+#[derive(Debug)]
+enum PatientChange {
+    Known { patient_id: Uuid, name: String, email: String, sequence: i64, created: bool },
+    Deleted { patient_id: Uuid, sequence: i64 },
+}
+
+fn parse_patient(payload: &[u8]) -> Result<PatientChange, &'static str> {
+    let e = PatientEvent::decode(payload).map_err(|_| "not a PatientEvent")?;
+    let patient_id = common::extract::canonical_uuid(&e.patient_id).ok_or("patientId is not a UUID")?;
+    let sequence = i64::try_from(e.sequence).map_err(|_| "sequence out of range")?;
+    Ok(match e.event_type.as_str() {
+        event_type::PATIENT_CREATED | event_type::PATIENT_UPDATED => PatientChange::Known {
+            patient_id,
+            name: e.name,
+            email: e.email,
+            sequence,
+            created: e.event_type == event_type::PATIENT_CREATED,
+        },
+        event_type::PATIENT_DELETED => PatientChange::Deleted { patient_id, sequence },
+        _ => return Err("unknown event_type"),
+    })
+}
+
+/// An appointment event, as far as mails care.
+#[derive(Debug)]
+struct AppointmentChange {
+    event_id: Uuid,
+    event_type: String,
+    patient_id: Uuid,
+    about: AboutAppointment,
+    status: String,
+    cancel_reason: String,
+}
+
+fn parse_appointment(payload: &[u8]) -> Result<AppointmentChange, &'static str> {
+    let e = AppointmentEvent::decode(payload).map_err(|_| "not an AppointmentEvent")?;
+    let id = |raw: &str| common::extract::canonical_uuid(raw).ok_or("an id is not a UUID");
+    let time = |raw: &str| DateTime::parse_from_rfc3339(raw).map(|t| t.with_timezone(&Utc)).map_err(|_| "a time is not RFC 3339");
+    Ok(AppointmentChange {
+        event_id: id(&e.event_id)?,
+        patient_id: id(&e.patient_id)?,
+        about: AboutAppointment {
+            appointment_id: id(&e.appointment_id)?,
+            version: i64::try_from(e.sequence).map_err(|_| "sequence out of range")?,
+            starts_at: time(&e.starts_at)?,
+            ends_at: time(&e.ends_at)?,
+        },
+        event_type: e.event_type,
+        status: e.status,
+        cancel_reason: e.cancel_reason,
+    })
+}
+
+impl RecordHandler for Notifier {
+    async fn handle(&self, record: &OwnedMessage) -> anyhow::Result<()> {
+        let payload = record.payload().unwrap_or_default();
+        if record.topic() == self.appointment_topic {
+            match parse_appointment(payload) {
+                Ok(change) => self.dead_letters.apply_or_dead_letter(record, || self.on_appointment(&change)).await,
+                Err(reason) => self.dead_letters.send(record, reason).await,
+            }
+        } else {
+            match parse_patient(payload) {
+                Ok(change) => self.dead_letters.apply_or_dead_letter(record, || self.on_patient(&change)).await,
+                Err(reason) => self.dead_letters.send(record, reason).await,
+            }
+        }
+    }
+}
+
+impl Notifier {
+    #[tracing::instrument(skip_all)]
+    async fn on_patient(&self, change: &PatientChange) -> anyhow::Result<()> {
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        match change {
+            PatientChange::Known { patient_id, name, email, sequence, created } => {
+                mails::upsert_contact(&mut tx, *patient_id, name, email, *sequence)
+                    .await
+                    .context("failed to store the contact")?;
+                if *created {
+                    let key = format!("welcome:{patient_id}");
+                    mails::record(&mut tx, &key, Kind::Welcome, *patient_id, None, Utc::now())
+                        .await
+                        .context("failed to record the welcome mail")?;
+                }
+            }
+            PatientChange::Deleted { patient_id, sequence } => {
+                let cancelled =
+                    mails::forget_contact(&mut tx, *patient_id, *sequence).await.context("failed to forget the contact")?;
+                tracing::info!(%patient_id, cancelled, "patient deleted: contact scrubbed, unsent mails cancelled");
+            }
+        }
+        tx.commit().await.context("failed to commit")?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(appointment_id = %change.about.appointment_id, version = change.about.version, event_type = %change.event_type))]
+    async fn on_appointment(&self, change: &AppointmentChange) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let about = change.about;
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let confirmation = match change.event_type.as_str() {
+            appointment::BOOKED => Some(Kind::Booked),
+            appointment::RESCHEDULED => Some(Kind::Rescheduled),
+            appointment::CANCELLED if change.cancel_reason != proto::cancel_reason::PATIENT_DELETED => Some(Kind::Cancelled),
+            _ => None,
+        };
+        if let Some(kind) = confirmation {
+            let key = format!("event:{}", change.event_id);
+            mails::record(&mut tx, &key, kind, change.patient_id, Some(about), now).await.context("failed to record the mail")?;
+        }
+        if change.status == "BOOKED" && about.starts_at > now {
+            let due = (about.starts_at - self.reminder_before).max(now);
+            mails::schedule_reminder(&mut tx, change.patient_id, about, due).await.context("failed to schedule the reminder")?;
+        } else {
+            // Cancelled, checked in, finished, or already started: no reminder (any more).
+            mails::cancel_reminders(&mut tx, about.appointment_id, about.version + 1)
+                .await
+                .context("failed to cancel reminders")?;
+        }
+        tx.commit().await.context("failed to commit")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! The durable mail queue and the contacts: one small function per statement.
+//!
+//! Mails are recorded in the consumer's transaction (the record's offset is stored only after it
+//! commits), keyed by a `dedup_key` derived from the event, so a redelivered event records
+//! nothing new. A reminder is a mail due before its appointment; a newer version of the
+//! appointment replaces it, and a cancelled or finished appointment cancels it.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+/// What a mail is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Welcome,
+    Booked,
+    Rescheduled,
+    Cancelled,
+    Reminder,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Welcome => "WELCOME",
+            Kind::Booked => "BOOKED",
+            Kind::Rescheduled => "RESCHEDULED",
+            Kind::Cancelled => "CANCELLED",
+            Kind::Reminder => "REMINDER",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Kind::Welcome, Kind::Booked, Kind::Rescheduled, Kind::Cancelled, Kind::Reminder].into_iter().find(|k| k.as_str() == raw)
+    }
+
+    /// The templates' file name.
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            Kind::Welcome => "welcome",
+            Kind::Booked => "booked",
+            Kind::Rescheduled => "rescheduled",
+            Kind::Cancelled => "cancelled",
+            Kind::Reminder => "reminder",
+        }
+    }
+}
+
+/// A mail about an appointment.
+#[derive(Debug, Clone, Copy)]
+pub struct AboutAppointment {
+    pub appointment_id: Uuid,
+    pub version: i64,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+/// Records a mail due at `due`, unless one with `dedup_key` exists; whether it was new.
+pub async fn record(
+    tx: &mut Tx<'_>,
+    dedup_key: &str,
+    kind: Kind,
+    patient_id: Uuid,
+    about: Option<AboutAppointment>,
+    due: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        r#"
+        INSERT INTO mails (id, dedup_key, kind, patient_id, appointment_id, appointment_version, starts_at, ends_at, next_attempt_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        ON CONFLICT (dedup_key) DO NOTHING
+        "#,
+    )
+    .bind(Uuid::new_v4())
+    .bind(dedup_key)
+    .bind(kind.as_str())
+    .bind(patient_id)
+    .bind(about.map(|a| a.appointment_id))
+    .bind(about.map(|a| a.version))
+    .bind(about.map(|a| a.starts_at))
+    .bind(about.map(|a| a.ends_at))
+    .bind(due)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The reminder of `about` (due `due`), replacing a pending reminder of an older version; an
+/// event older than what this appointment's mails already describe changes nothing.
+pub async fn schedule_reminder(
+    tx: &mut Tx<'_>,
+    patient_id: Uuid,
+    about: AboutAppointment,
+    due: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    if newer_known(tx, about.appointment_id, about.version).await? {
+        return Ok(());
+    }
+    cancel_reminders(tx, about.appointment_id, about.version).await?;
+    let key = format!("reminder:{}:{}", about.appointment_id, about.version);
+    record(tx, &key, Kind::Reminder, patient_id, Some(about), due).await.map(|_| ())
+}
+
+/// Whether a mail describes a version of the appointment newer than `version`.
+pub async fn newer_known(tx: &mut Tx<'_>, appointment_id: Uuid, version: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM mails WHERE appointment_id = $1 AND appointment_version > $2)")
+        .bind(appointment_id)
+        .bind(version)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// Cancels the appointment's pending reminders of versions before `version`.
+pub async fn cancel_reminders(tx: &mut Tx<'_>, appointment_id: Uuid, version: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE mails SET status = 'CANCELLED' WHERE appointment_id = $1 AND kind = 'REMINDER' AND status = 'PENDING' AND appointment_version < $2",
+    )
+    .bind(appointment_id)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
+/// Stores a patient's contact details unless a newer version is known (sequence 0: a producer
+/// without sequences, applied as it comes); a deleted patient stays deleted.
+pub async fn upsert_contact(tx: &mut Tx<'_>, patient_id: Uuid, name: &str, email: &str, sequence: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"
+        INSERT INTO contacts (patient_id, name, email, sequence) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (patient_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email, sequence = EXCLUDED.sequence,
+                                               updated_at = now()
+        WHERE NOT contacts.deleted AND (contacts.sequence < EXCLUDED.sequence OR EXCLUDED.sequence = 0)
+        "#,
+    )
+    .bind(patient_id)
+    .bind(name)
+    .bind(email)
+    .bind(sequence)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
+/// A deleted patient: name and email scrubbed, their unsent mails cancelled.
+pub async fn forget_contact(tx: &mut Tx<'_>, patient_id: Uuid, sequence: i64) -> sqlx::Result<u64> {
+    sqlx::query(
+        r#"
+        INSERT INTO contacts (patient_id, name, email, sequence, deleted) VALUES ($1, '', '', $2, true)
+        ON CONFLICT (patient_id) DO UPDATE SET name = '', email = '', deleted = true,
+                                               sequence = greatest(contacts.sequence, EXCLUDED.sequence), updated_at = now()
+        "#,
+    )
+    .bind(patient_id)
+    .bind(sequence)
+    .execute(&mut **tx)
+    .await?;
+    Ok(sqlx::query("UPDATE mails SET status = 'CANCELLED' WHERE patient_id = $1 AND status = 'PENDING'")
+        .bind(patient_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+}
+
+/// A mail claimed for sending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub kind: String,
+    pub patient_id: Uuid,
+    pub appointment_id: Option<Uuid>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due mails for `lease`: marked SENDING, so no other sender takes them
+/// meanwhile; a mail whose sender died is due again when the lease ends.
+pub async fn claim_due(db: &PgPool, limit: i64, lease: std::time::Duration) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as(
+        r#"
+        UPDATE mails SET status = 'SENDING', attempts = attempts + 1,
+                         next_attempt_at = now() + make_interval(secs => $2)
+        WHERE id IN (SELECT id FROM mails
+                     WHERE status IN ('PENDING', 'SENDING') AND next_attempt_at <= now()
+                     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+        RETURNING id, kind, patient_id, appointment_id, starts_at, ends_at, attempts, created_at
+        "#,
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// The contact of a patient: None when unknown yet, `Some(None)` when deleted.
+pub async fn contact(db: &PgPool, patient_id: Uuid) -> sqlx::Result<Option<Option<(String, String)>>> {
+    let row: Option<(String, String, bool)> = sqlx::query_as("SELECT name, email, deleted FROM contacts WHERE patient_id = $1")
+        .bind(patient_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|(name, email, deleted)| (!deleted).then_some((name, email))))
+}
+
+/// The end of a claimed mail's attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Sent,
+    /// Try again at this time (`error` names the class of failure, never an address).
+    Retry {
+        at: DateTime<Utc>,
+        error: &'static str,
+    },
+    /// Given up (`error`: why).
+    Failed(&'static str),
+    Cancelled,
+}
+
+/// Records how the attempt ended, if the mail is still this sender's (status SENDING).
+pub async fn finish(db: &PgPool, id: Uuid, outcome: Outcome) -> sqlx::Result<()> {
+    let (status, at, error) = match outcome {
+        Outcome::Sent => ("SENT", None, None),
+        Outcome::Retry { at, error } => ("PENDING", Some(at), Some(error)),
+        Outcome::Failed(error) => ("FAILED", None, Some(error)),
+        Outcome::Cancelled => ("CANCELLED", None, None),
+    };
+    sqlx::query(
+        r#"
+        UPDATE mails SET status = $2, next_attempt_at = coalesce($3, next_attempt_at), last_error = $4,
+                         sent_at = CASE WHEN $2 = 'SENT' THEN now() ELSE sent_at END
+        WHERE id = $1 AND status = 'SENDING'
+        "#,
+    )
+    .bind(id)
+    .bind(status)
+    .bind(at)
+    .bind(error)
+    .execute(db)
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,10 @@
+use clap::Parser;
+use notification_service::{config::Settings, startup::Application};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    let _telemetry = common::telemetry::init(&settings.log, "notification-service");
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(common::shutdown::signal()).await
+}
