@@ -19,6 +19,9 @@ pub fn ensure() -> anyhow::Result<()> {
 /// cache (`<name>-<version>/<name>`), built on first use: a module of our own pins the tool's
 /// dependencies with `go get -tool`, then `go build` (no cgo). `takes` is said while it builds.
 pub fn build(name: &str, module: &str, package: &str, version: &str, takes: &str) -> anyhow::Result<PathBuf> {
+    // Tests of one process may ask at once: one build at a time, the others then find it.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = crate::paths::cache_dir().join(format!("{name}-{version}"));
     let bin = dir.join(name);
     if bin.exists() {
