@@ -157,7 +157,7 @@ pub async fn wait_for(db: &PgPool, token: Token, limit: Duration) -> sqlx::Resul
         if tokio::time::Instant::now() >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

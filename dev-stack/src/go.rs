@@ -2,6 +2,9 @@
 //! Debian's `golang-go` installed when there is none and we are root; and the one way those
 //! tools are built from the Go module proxy at a pinned version into the cache.
 
+// The cross-process build lock is flock(2).
+#![allow(unsafe_code)]
+
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context;
@@ -19,11 +22,17 @@ pub fn ensure() -> anyhow::Result<()> {
 /// cache (`<name>-<version>/<name>`), built on first use: a module of our own pins the tool's
 /// dependencies with `go get -tool`, then `go build` (no cgo). `takes` is said while it builds.
 pub fn build(name: &str, module: &str, package: &str, version: &str, takes: &str) -> anyhow::Result<PathBuf> {
-    // Tests of one process may ask at once: one build at a time, the others then find it.
-    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = crate::paths::cache_dir().join(format!("{name}-{version}"));
     let bin = dir.join(name);
+    if bin.exists() {
+        return Ok(bin);
+    }
+    // Tests (of one process or several) may ask at once: one build at a time, the others wait
+    // and then find it.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _in_this_process = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fs::create_dir_all(crate::paths::cache_dir())?;
+    let _across_processes = lock(&crate::paths::cache_dir().join(format!("{name}-{version}.lock")))?;
     if bin.exists() {
         return Ok(bin);
     }
@@ -41,4 +50,15 @@ pub fn build(name: &str, module: &str, package: &str, version: &str, takes: &str
     go(&["build", "-o", &tmp, package], &format!("go build {name}")).with_context(|| format!("failed to build {name}"))?;
     fs::rename(dir.join(&tmp), &bin)?;
     Ok(bin)
+}
+
+/// An exclusive lock on `path` (created if missing), held until the returned file is dropped.
+fn lock(path: &std::path::Path) -> anyhow::Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock(2) on a descriptor this function owns; the lock ends when it is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        anyhow::bail!("failed to lock {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(file)
 }

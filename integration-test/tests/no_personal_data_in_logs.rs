@@ -42,11 +42,27 @@ async fn logs_never_contain_names_emails_or_addresses() {
     let (_billing, grpc) = spawn_billing(args.clone()).await;
     let patients = spawn_patients(&grpc, args.clone()).await;
     let analytics = spawn_analytics(None, args.clone()).await;
+    // The scheduling side too: appointment-service's replica, and notification-service, which
+    // handles names and addresses to mail them.
+    let appointment_topic = format!("appointment-{}", uuid::Uuid::new_v4().simple());
+    let appointments = spawn_appointments(args.clone(), &appointment_topic).await;
+    let mailpit = dev_stack::mailpit::Mailpit::start_ephemeral().unwrap();
+    let _notifications = spawn_notifications(None, args.clone(), &appointment_topic, mailpit.smtp_port(), |_| {}).await;
     let client = client().await;
     let base = format!("http://127.0.0.1:{}", patients.port);
 
     let id = create_patient(patients.port, &patient_body(1)).await;
-    create_patient(patients.port, &patient_body(2)).await;
+    let second = create_patient(patients.port, &patient_body(2)).await;
+    let starts = chrono::Utc::now() + chrono::Duration::days(3);
+    let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let booking = json!({"patientId": second, "clinicianId": uuid::Uuid::new_v4(), "startsAt": at(starts),
+                         "endsAt": at(starts + chrono::Duration::minutes(30))});
+    eventually(Duration::from_secs(30), "a booking for the second patient", || async {
+        let resp =
+            client.post(format!("http://127.0.0.1:{}/appointments", appointments.port)).json(&booking).send().await.unwrap();
+        (resp.status() == 201).then_some(())
+    })
+    .await;
     let conflict = client.post(format!("{base}/patients")).json(&patient_body(1)).send().await.unwrap();
     assert_eq!(conflict.status(), 409);
     let mut invalid = patient_body(3);
@@ -73,11 +89,17 @@ async fn logs_never_contain_names_emails_or_addresses() {
         (s["patientsDeleted"] == 1 && s["patientsUpdated"] == 1).then_some(())
     })
     .await;
+    // The second patient's welcome and booking mails went out (with their name and address).
+    eventually(Duration::from_secs(60), "the second patient's mails", || async {
+        (mails(&mailpit, Some("journey2@example.org")).await.len() == 2).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("patient created") && logs.contains("billing account ready"), "the capture works");
     assert!(logs.contains("dead-letter"), "the garbage record was handled and logged");
+    assert!(logs.contains("appointment booked") && logs.contains("mail attempt"), "the scheduling side logged");
     let traced: Vec<&str> =
         logs.lines().filter(|l| l.contains("trace_id") && l.contains("5ea1c0ffee5ea1c0ffee5ea1c0ffee00")).collect();
     assert!(traced.iter().any(|l| l.contains("/patients/{id}")), "the request's log lines carry its trace id: {traced:?}");

@@ -1,6 +1,7 @@
 //! notification-service against a real mail server (Mailpit) and real Kafka: exactly one mail per
-//! event when the service is killed mid-stream and its events are delivered again, and nothing
-//! lost nor sent twice while the mail server is down.
+//! event when the service is killed mid-stream and its events are delivered again; nothing lost
+//! nor sent twice while the mail server is down; reminders moved by a reschedule, dropped by a
+//! cancellation, and kept across a restart.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use dev_stack::{kafka::Kafka, mailpit::Mailpit};
 use prost::Message as _;
-use proto::events::PatientEvent;
+use proto::{appointments::AppointmentEvent, events::PatientEvent};
 use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig,
@@ -58,6 +59,11 @@ async fn delivered(mailpit: &Mailpit, events: &[PatientEvent], at_least: usize) 
     .await
 }
 
+/// Short leases, so a mail claimed by a killed instance is soon due again.
+fn quick(settings: &mut notification_service::config::Settings) {
+    settings.sender.sender_lease_ms = 2_000;
+}
+
 #[tokio::test]
 async fn killed_mid_stream_and_fed_the_same_events_again_it_mails_each_patient_once() {
     let mailpit = Mailpit::start_ephemeral().unwrap();
@@ -67,29 +73,149 @@ async fn killed_mid_stream_and_fed_the_same_events_again_it_mails_each_patient_o
     let appointments = format!("appointment-{}", Uuid::new_v4().simple());
     let events = created(40);
 
-    let first = spawn_notifications(None, args.clone(), &appointments, mailpit.smtp_port(), |_| {}).await;
-    publish(&bootstrap, &topic, &events).await;
-    // Some mails are out: kill it mid-stream, as a crash would.
-    delivered(&mailpit, &events, 5).await;
+    let first = spawn_notifications(None, args.clone(), &appointments, mailpit.smtp_port(), quick).await;
+    // A first part is mailed and recorded as sent.
+    publish(&bootstrap, &topic, &events[..10]).await;
+    delivered(&mailpit, &events[..10], 10).await;
+    eventually(Duration::from_secs(30), "the first mails are recorded as sent", || async {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM mails WHERE status = 'SENT'").fetch_one(&first.db).await.unwrap();
+        (sent == 10).then_some(())
+    })
+    .await;
+    // The mail server goes away while nothing is in flight (SMTP cannot tell whether a mail cut
+    // off mid-conversation was stored: see notification-service's sender), the rest of the events
+    // stream in, and the service is killed outright mid-stream: some recorded, some not yet read.
+    mailpit.stop();
+    publish(&bootstrap, &topic, &events[10..]).await;
+    eventually(Duration::from_secs(30), "more mails are recorded", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mails").fetch_one(&first.db).await.unwrap();
+        (n > 12).then_some(())
+    })
+    .await;
     let db_url = first.db_url.clone();
     first.kill().await;
 
     // The same events again (a producer's re-send, a rebalance's redelivery), then a new instance
-    // on the same database and consumer group.
+    // on the same database and consumer group, and the mail server back.
     publish(&bootstrap, &topic, &events).await;
-    let second = spawn_notifications(Some(db_url), args, &appointments, mailpit.smtp_port(), |_| {}).await;
+    mailpit.restart().unwrap();
+    let second = spawn_notifications(Some(db_url), args, &appointments, mailpit.smtp_port(), quick).await;
     let per = delivered(&mailpit, &events, events.len()).await;
-    // Anything that would arrive twice has had time to.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually(Duration::from_secs(30), "every mail is recorded as sent", || async {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM mails WHERE status = 'SENT'").fetch_one(&second.db).await.unwrap();
+        (sent == events.len() as i64).then_some(())
+    })
+    .await;
+    // Anything that would arrive twice has had time to (a lease is 2 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let per_after = delivered(&mailpit, &events, events.len()).await;
     assert_eq!(per, per_after);
     assert_eq!(per.len(), events.len(), "every patient got mail");
     assert!(per.values().all(|n| *n == 1), "one welcome each: {per:?}");
     let all = mails(&mailpit, None).await;
-    let subjects: Vec<&str> = all.iter().filter(|m| per.contains_key(&m.to)).map(|m| m.subject.as_str()).collect();
-    assert!(subjects.iter().all(|s| s.contains("Welcome")), "{subjects:?}");
-    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM mails WHERE status = 'SENT'").fetch_one(&second.db).await.unwrap();
-    assert_eq!(sent, events.len() as i64);
+    assert!(all.iter().filter(|m| per.contains_key(&m.to)).all(|m| m.subject.contains("Welcome")));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM mails").fetch_one(&second.db).await.unwrap();
+    assert_eq!(rows, events.len() as i64, "one mail recorded per patient, re-sent events added none");
+    second.stop().await;
+}
+
+/// An appointment event of `patient`.
+fn appointment_event(
+    patient: &PatientEvent,
+    appointment: Uuid,
+    sequence: u64,
+    kind: &str,
+    starts: chrono::DateTime<chrono::Utc>,
+) -> AppointmentEvent {
+    let status = match kind {
+        "APPOINTMENT_CANCELLED" => "CANCELLED",
+        _ => "BOOKED",
+    };
+    let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    AppointmentEvent {
+        event_id: Uuid::new_v4().to_string(),
+        appointment_id: appointment.to_string(),
+        sequence,
+        event_type: kind.into(),
+        patient_id: patient.patient_id.clone(),
+        clinician_id: Uuid::new_v4().to_string(),
+        starts_at: at(starts),
+        ends_at: at(starts + chrono::Duration::minutes(30)),
+        status: status.into(),
+        occurred_at: at(chrono::Utc::now()),
+        cancel_reason: if status == "CANCELLED" { "REQUESTED".into() } else { String::new() },
+        previous_starts_at: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn reminders_follow_reschedules_and_cancellations_and_survive_a_restart() {
+    use chrono::{Duration as Span, Utc};
+    let mailpit = Mailpit::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let args = kafka_args(&bootstrap, &topic);
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let reminders = |s: &mut notification_service::config::Settings| {
+        quick(s);
+        s.reminder_before_secs = 10;
+    };
+    let first = spawn_notifications(None, args.clone(), &appointments, mailpit.smtp_port(), reminders).await;
+    let patient = created(1).remove(0);
+    publish(&bootstrap, &topic, std::slice::from_ref(&patient)).await;
+
+    // X: booked an hour ahead (its reminder far off), then moved to 20 s ahead (its reminder due
+    // in 10 s, after the restart below). Y: booked 14 s ahead, then cancelled (no reminder).
+    let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+    let now = Utc::now();
+    let moved_to = now + Span::seconds(20);
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    for e in [
+        appointment_event(&patient, x, 1, "APPOINTMENT_BOOKED", now + Span::hours(1)),
+        appointment_event(&patient, x, 2, "APPOINTMENT_RESCHEDULED", moved_to),
+        appointment_event(&patient, y, 1, "APPOINTMENT_BOOKED", now + Span::seconds(14)),
+        appointment_event(&patient, y, 2, "APPOINTMENT_CANCELLED", now + Span::seconds(14)),
+    ] {
+        let payload = e.encode_to_vec();
+        producer
+            .send(FutureRecord::to(&appointments).key(&e.appointment_id).payload(&payload), Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    // Everything recorded (reminders still pending), then a restart: the schedule is durable.
+    eventually(Duration::from_secs(30), "the mails and the reminder are recorded", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mails").fetch_one(&first.db).await.unwrap();
+        (n == 8).then_some(()) // welcome, 4 confirmations, reminders X v1 (cancelled), X v2, Y v1 (cancelled)
+    })
+    .await;
+    let db_url = first.db_url.clone();
+    first.stop().await;
+    let second = spawn_notifications(Some(db_url), args, &appointments, mailpit.smtp_port(), reminders).await;
+
+    let got = eventually(Duration::from_secs(60), "the reminder arrives", || async {
+        let got = mails(&mailpit, Some(&patient.email)).await;
+        got.iter().any(|m| m.subject.contains("Reminder")).then_some(got)
+    })
+    .await;
+    // Past when Y would have been reminded, and X started: nothing more arrives.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let all = mails(&mailpit, Some(&patient.email)).await;
+    assert_eq!(all.len(), got.len(), "{all:?}");
+    let count = |needle: &str| all.iter().filter(|m| m.subject.contains(needle)).count();
+    assert_eq!(
+        (count("Welcome"), count("is booked"), count("has moved"), count("is cancelled"), count("Reminder")),
+        (1, 2, 1, 1, 1),
+        "{all:?}"
+    );
+    let reminder = all.iter().find(|m| m.subject.contains("Reminder")).unwrap();
+    assert!(reminder.subject.contains(&moved_to.format("%Y-%m-%d %H:%M").to_string()), "the new time: {}", reminder.subject);
+    let cancelled: i64 = sqlx::query_scalar("SELECT count(*) FROM mails WHERE kind = 'REMINDER' AND status = 'CANCELLED'")
+        .fetch_one(&second.db)
+        .await
+        .unwrap();
+    assert_eq!(cancelled, 2, "X's first reminder and Y's");
     second.stop().await;
 }
 

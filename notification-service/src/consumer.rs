@@ -29,8 +29,7 @@ pub struct Notifier {
     pub reminder_before: chrono::Duration,
 }
 
-/// A patient event, as far as mails care.
-#[derive(Debug)]
+/// A patient event, as far as mails care (no `Debug`: it holds a name and an email).
 enum PatientChange {
     Known { patient_id: Uuid, name: String, email: String, sequence: i64, created: bool },
     Deleted { patient_id: Uuid, sequence: i64 },

@@ -116,7 +116,10 @@ pub async fn newer_known(tx: &mut Tx<'_>, appointment_id: Uuid, version: i64) ->
 /// Cancels the appointment's pending reminders of versions before `version`.
 pub async fn cancel_reminders(tx: &mut Tx<'_>, appointment_id: Uuid, version: i64) -> sqlx::Result<u64> {
     Ok(sqlx::query(
-        "UPDATE mails SET status = 'CANCELLED' WHERE appointment_id = $1 AND kind = 'REMINDER' AND status = 'PENDING' AND appointment_version < $2",
+        r#"
+        UPDATE mails SET status = 'CANCELLED'
+        WHERE appointment_id = $1 AND kind = 'REMINDER' AND status IN ('PENDING', 'SENDING') AND appointment_version < $2
+        "#,
     )
     .bind(appointment_id)
     .bind(version)
@@ -158,7 +161,7 @@ pub async fn forget_contact(tx: &mut Tx<'_>, patient_id: Uuid, sequence: i64) ->
     .bind(sequence)
     .execute(&mut **tx)
     .await?;
-    Ok(sqlx::query("UPDATE mails SET status = 'CANCELLED' WHERE patient_id = $1 AND status = 'PENDING'")
+    Ok(sqlx::query("UPDATE mails SET status = 'CANCELLED' WHERE patient_id = $1 AND status IN ('PENDING', 'SENDING')")
         .bind(patient_id)
         .execute(&mut **tx)
         .await?
@@ -179,7 +182,9 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` due mails for `lease`: marked SENDING, so no other sender takes them
-/// meanwhile; a mail whose sender died is due again when the lease ends.
+/// meanwhile; a mail whose sender died is due again when the lease ends. A claim is the pair
+/// (id, attempts): a later claim of the same mail has a higher attempt number.
+#[tracing::instrument(skip(db))]
 pub async fn claim_due(db: &PgPool, limit: i64, lease: std::time::Duration) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
         r#"
@@ -197,7 +202,24 @@ pub async fn claim_due(db: &PgPool, limit: i64, lease: std::time::Duration) -> s
     .await
 }
 
+/// Renews this sender's claim on a mail just before sending it; false when the mail is no longer
+/// its to send (cancelled meanwhile, or claimed again by another sender after the lease ended).
+#[tracing::instrument(skip(db))]
+pub async fn renew(db: &PgPool, id: Uuid, attempt: i32, lease: std::time::Duration) -> sqlx::Result<bool> {
+    let renewed = sqlx::query(
+        "UPDATE mails SET next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1 AND status = 'SENDING' AND attempts = $2",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(lease.as_secs_f64())
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(renewed == 1)
+}
+
 /// The contact of a patient: None when unknown yet, `Some(None)` when deleted.
+#[tracing::instrument(skip(db))]
 pub async fn contact(db: &PgPool, patient_id: Uuid) -> sqlx::Result<Option<Option<(String, String)>>> {
     let row: Option<(String, String, bool)> = sqlx::query_as("SELECT name, email, deleted FROM contacts WHERE patient_id = $1")
         .bind(patient_id)
@@ -220,8 +242,9 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// Records how the attempt ended, if the mail is still this sender's (status SENDING).
-pub async fn finish(db: &PgPool, id: Uuid, outcome: Outcome) -> sqlx::Result<()> {
+/// Records how attempt `attempt` ended, if the mail is still that claim's (SENDING, same attempt).
+#[tracing::instrument(skip(db))]
+pub async fn finish(db: &PgPool, id: Uuid, attempt: i32, outcome: Outcome) -> sqlx::Result<()> {
     let (status, at, error) = match outcome {
         Outcome::Sent => ("SENT", None, None),
         Outcome::Retry { at, error } => ("PENDING", Some(at), Some(error)),
@@ -232,13 +255,14 @@ pub async fn finish(db: &PgPool, id: Uuid, outcome: Outcome) -> sqlx::Result<()>
         r#"
         UPDATE mails SET status = $2, next_attempt_at = coalesce($3, next_attempt_at), last_error = $4,
                          sent_at = CASE WHEN $2 = 'SENT' THEN now() ELSE sent_at END
-        WHERE id = $1 AND status = 'SENDING'
+        WHERE id = $1 AND status = 'SENDING' AND attempts = $5
         "#,
     )
     .bind(id)
     .bind(status)
     .bind(at)
     .bind(error)
+    .bind(attempt)
     .execute(db)
     .await
     .map(|_| ())

@@ -5,11 +5,16 @@
 //! - SMTP down or refusing for now: the mail goes back to PENDING, due again after a backoff that
 //!   doubles per attempt (capped); nothing is dropped. A permanent refusal (5xx) or an address
 //!   that cannot be a mailbox is FAILED.
+//! - A claim is renewed right before its mail is sent and the outcome is recorded only for that
+//!   same claim (its attempt number): a mail cancelled meanwhile, or taken over by another sender
+//!   after a lease ran out, is not sent (or recorded) by this one.
 //! - Every attempt of a mail carries the same `Message-ID` (`<mail id@patient-platform>`): the
-//!   mail's idempotency key. A crash after the server accepted a mail but before it was marked
-//!   SENT leaves it SENDING; when the lease ends it is sent again with that same Message-ID, so
-//!   the one duplicate such a crash can cause is recognisable as one by mail systems, which
-//!   de-duplicate on Message-ID. That window is one SMTP reply to one database update wide.
+//!   mail's idempotency key. SMTP has no way to ask whether a message arrived, so one window
+//!   remains: our crash after the server accepted a mail but before it was marked SENT (recording
+//!   SENT is retried while the lease lasts, so a database hiccup alone does not open it), or the
+//!   server dying after it stored a mail but before it said so. The mail is then sent again: at
+//!   most one duplicate per such crash, carrying the same Message-ID, so it can be recognised as
+//!   one (mail stores that de-duplicate on Message-ID drop it; Mailpit shows both).
 //! - A mail whose patient is not known yet waits (the patient's event may come after the
 //!   appointment's); a deleted patient's mail is cancelled. Logs name mail ids and kinds only.
 
@@ -92,8 +97,18 @@ impl Sender {
         let lease = Duration::from_millis(self.args.sender_lease_ms);
         let claimed = mails::claim_due(&self.db, self.args.sender_batch, lease).await.context("failed to claim mails")?;
         for mail in &claimed {
-            let outcome = self.attempt(mail).await?;
-            mails::finish(&self.db, mail.id, outcome).await.context("failed to record the outcome")?;
+            if !mails::renew(&self.db, mail.id, mail.attempts, lease).await.context("failed to renew a claim")? {
+                tracing::info!(mail_id = %mail.id, "mail cancelled or taken over meanwhile; not sent");
+                continue;
+            }
+            let outcome = match self.attempt(mail).await {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    tracing::warn!(mail_id = %mail.id, error = %format!("{err:#}"), "mail attempt failed");
+                    self.retry(mail, "the attempt failed before sending")
+                }
+            };
+            self.record(mail, outcome, lease).await?;
             let result = match outcome {
                 Outcome::Sent => "sent",
                 Outcome::Retry { .. } => "retried",
@@ -104,6 +119,24 @@ impl Sender {
             tracing::info!(mail_id = %mail.id, kind = %mail.kind, attempt = mail.attempts, result, "mail attempt");
         }
         Ok(claimed.len())
+    }
+
+    /// Records the outcome; a SENT one is retried while the claim lasts, since a mail left
+    /// SENDING would be sent again once it ends.
+    async fn record(&self, mail: &Claimed, outcome: Outcome, lease: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + lease;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match mails::finish(&self.db, mail.id, mail.attempts, outcome).await {
+                Ok(()) => return Ok(()),
+                Err(err) if matches!(outcome, Outcome::Sent) && tokio::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(mail_id = %mail.id, error = %err, "recording a sent mail failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(anyhow::Error::new(err).context("failed to record the outcome")),
+            }
+        }
     }
 
     fn retry(&self, mail: &Claimed, error: &'static str) -> Outcome {

@@ -109,3 +109,29 @@ async fn every_change_is_one_record_on_the_appointment_topic_keyed_and_in_order(
         .unwrap();
     assert_eq!(unscrubbed, 0);
 }
+
+#[tokio::test]
+async fn a_schedule_is_paged_by_start_with_its_total() {
+    let app = TestApp::spawn().await;
+    let patient = app.known_patient().await;
+    let clinician = Uuid::new_v4();
+    let mut tokens = Vec::new();
+    for hour in [11, 9, 10] {
+        let resp = app.book(patient, clinician, tomorrow_at(hour), 30).await;
+        tokens.push(resp.headers()["x-consistency-token"].to_str().unwrap().to_owned());
+    }
+    let day = tomorrow_at(0).date_naive();
+    let path = |page: usize| format!("/appointments/schedule?clinicianId={clinician}&date={day}&size=2&page={page}");
+    for token in &tokens {
+        query(&app, &path(0), Some(token)).await;
+    }
+    let (first, headers) = query(&app, &path(0), None).await;
+    assert_eq!(headers["x-total-count"], "3");
+    let (second, _) = query(&app, &path(1), None).await;
+    let starts: Vec<&str> = first.iter().chain(&second).map(|e| e["startsAt"].as_str().unwrap()).collect();
+    assert_eq!(first.len(), 2);
+    assert_eq!(second.len(), 1);
+    assert_eq!(starts, [rfc3339(tomorrow_at(9)), rfc3339(tomorrow_at(10)), rfc3339(tomorrow_at(11))]);
+    let (beyond, _) = query(&app, &path(5), None).await;
+    assert!(beyond.is_empty());
+}
