@@ -5,7 +5,8 @@
 //! - [`keycloak`]: Keycloak from Maven Central, realm imported at start.
 //! - [`kafka`]: a single-node KRaft Apache Kafka from Maven Central jars.
 //! - [`grpcurl`]: the grpcurl CLI from its Go module.
-//! - [`jaeger`], [`mailpit`]: the trace backend and the mail server, built from their Go modules.
+//! - [`jaeger`], [`mailpit`], [`helm`]: the trace backend, the mail server and Helm, built from
+//!   their Go modules; [`python`]: schemathesis and kubernetes-validate from PyPI.
 //! - [`browser`]: headless Chromium + playwright-core for UI journeys.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
@@ -17,6 +18,7 @@ pub mod containers;
 pub mod download;
 pub mod go;
 pub mod grpcurl;
+pub mod helm;
 pub mod jaeger;
 pub mod java;
 pub mod kafka;
@@ -26,7 +28,7 @@ pub mod net;
 pub mod paths;
 pub mod postgres;
 mod process;
-pub mod schemathesis;
+pub mod python;
 pub mod services;
 pub mod tokens;
 

@@ -97,7 +97,7 @@ async fn schemathesis_finds_no_contract_violation_through_the_gateway() {
     let (gw, _services) = platform().await;
     let doc: Value = reqwest::get(format!("{gw}/api/openapi.json")).await.unwrap().json().await.unwrap();
     assert_eq!(doc["paths"].as_object().unwrap().len(), 14, "the whole API is described: {}", doc["paths"]);
-    let st = tokio::task::spawn_blocking(dev_stack::schemathesis::ensure).await.unwrap().expect("schemathesis installs");
+    let st = tokio::task::spawn_blocking(dev_stack::python::schemathesis).await.unwrap().expect("schemathesis installs");
     // Its example cache goes to a directory of its own, not into the work tree.
     let workdir = std::env::temp_dir().join(format!("schemathesis-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&workdir).unwrap();

@@ -150,6 +150,15 @@ async fn a_clinician_books_sees_reschedules_and_cancels_through_the_gateway() {
     assert_eq!(as_clinician(reqwest::Method::POST, "/api/appointments").json(&body).send().await.unwrap().status(), 201);
     expect(&[("is booked", 2), ("Reminder", 1)]).await;
 
+    // 50 clinicians' clients at once for one slot, through the gateway: one 201, 49 × 409.
+    let contested = starts + Span::days(5);
+    let body = json!({"patientId": patient, "clinicianId": me, "startsAt": rfc3339(contested), "endsAt": rfc3339(contested + Span::minutes(20))});
+    let attempts = (0..50).map(|_| as_clinician(reqwest::Method::POST, "/api/appointments").json(&body).send());
+    let statuses: Vec<u16> =
+        futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 49, "{statuses:?}");
+
     // An analyst has no appointment role: refused at the gateway.
     let analyst = kc.user_token(ANALYST).await.unwrap();
     let refused = http.get(format!("{gw}{schedule}")).bearer_auth(&analyst).send().await.unwrap();
@@ -162,7 +171,7 @@ async fn a_clinician_books_sees_reschedules_and_cancels_through_the_gateway() {
     let second = as_clinician(reqwest::Method::POST, "/api/appointments").json(&body).send().await.unwrap();
     assert_eq!(second.status(), 201);
     let second = second.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    expect(&[("is booked", 3)]).await;
+    expect(&[("is booked", 4)]).await;
     let admin = kc.service_token().await.unwrap();
     let deleted = http.delete(format!("{gw}/api/patients/{patient}")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
@@ -180,20 +189,20 @@ async fn a_clinician_books_sees_reschedules_and_cancels_through_the_gateway() {
     .await;
     // Every mail exactly once (a distinct Message-ID each), none about the deletion's cancellation.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let all = expect(&[("Welcome", 1), ("is booked", 3), ("has moved", 1), ("is cancelled", 1), ("Reminder", 1)]).await;
+    let all = expect(&[("Welcome", 1), ("is booked", 4), ("has moved", 1), ("is cancelled", 1), ("Reminder", 1)]).await;
     let ids: std::collections::HashSet<&str> = all.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids.len(), all.len(), "{all:?}");
-    assert_eq!(all.len(), 7, "{all:?}");
+    assert_eq!(all.len(), 8, "{all:?}");
 
-    // Analytics counted the appointments as the write side has them (3 booked; cancelled: one by
-    // request, one or two by the deletion, depending on whether the soon one had started), by
+    // Analytics counted the appointments as the write side has them (4 booked; cancelled: one by
+    // request, two or three by the deletion, depending on whether the soon one had started), by
     // the month they start.
     let (booked, cancelled): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'CANCELLED') FROM appointments")
             .fetch_one(&appointments.db)
             .await
             .unwrap();
-    assert_eq!(booked, 3);
+    assert_eq!(booked, 4);
     eventually(Duration::from_secs(30), "analytics counts the appointments", || async {
         let summary: Value =
             http.get(format!("{gw}/api/analytics/summary")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
