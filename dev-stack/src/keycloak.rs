@@ -97,7 +97,14 @@ impl Keycloak {
         }
         let mut kc =
             Self { home: home.to_path_buf(), http_port, management_port, pid: None, tied_to_process: false, container: None };
+        let changed = realm_changed(home);
         if kc.is_ready() {
+            if changed {
+                eprintln!(
+                    "warning: {REALM_FILE} changed since this Keycloak imported it; `cargo xtask down` and \
+                     `cargo xtask up` apply it"
+                );
+            }
             return Ok(kc);
         }
         for port in [http_port, management_port] {
@@ -105,7 +112,13 @@ impl Keycloak {
                 bail!("port {port} is taken by another program; choose other Keycloak ports");
             }
         }
+        // `--import-realm` skips a realm that exists: a changed dev realm needs a fresh store.
+        if changed && home.join("data/h2").exists() {
+            println!("==> the realm export changed: resetting the dev Keycloak's store (users and roles made in the console are reset)");
+            fs::remove_dir_all(home.join("data/h2"))?;
+        }
         kc.start()?;
+        fs::copy(crate::paths::workspace_root().join(REALM_FILE), home.join(IMPORTED_REALM))?;
         Ok(kc)
     }
 
@@ -268,6 +281,15 @@ fn prepare_home(dist: &Path, home: &Path) -> anyhow::Result<()> {
     }
     process::run_checked(Command::new("cp").arg("-a").arg(dist).arg(home), "copy of the Keycloak distribution")?;
     copy_realm(home)
+}
+
+/// The realm export a persistent Keycloak last imported (to notice a changed one).
+const IMPORTED_REALM: &str = "data/imported-realm.json";
+
+/// Whether the repository's realm export differs from the one this Keycloak imported.
+fn realm_changed(home: &Path) -> bool {
+    let current = fs::read(crate::paths::workspace_root().join(REALM_FILE)).ok();
+    current.is_none() || fs::read(home.join(IMPORTED_REALM)).ok() != current
 }
 
 fn copy_realm(home: &Path) -> anyhow::Result<()> {

@@ -312,8 +312,7 @@ The patient platform is up.
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/patients/<id>/bill
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/analytics/summary
     API description: http://localhost:{gw}/api/openapi.json   try it in a browser: http://localhost:{gw}/api/docs
-
-     Appointments (a clinician's Keycloak user id; the answer's X-Consistency-Token lets a query wait for it):
+    # appointments: clinicianId is a Keycloak user id; the answer's X-Consistency-Token lets a query wait for it
     curl -si -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' http://localhost:{gw}/api/appointments \
       -d '{{"patientId":"<id>","clinicianId":"<keycloak user id>","startsAt":"2027-06-07T09:00:00Z","endsAt":"2027-06-07T09:30:00Z"}}'
     curl -s -H "Authorization: Bearer $TOKEN" -H "X-Wait-For: <X-Consistency-Token>" \

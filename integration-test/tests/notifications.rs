@@ -250,3 +250,26 @@ async fn while_the_mail_server_is_down_mails_wait_and_then_arrive_once() {
     assert!(per.len() == events.len() && per.values().all(|n| *n == 1), "{per:?}");
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_replay_of_old_history_greets_nobody() {
+    let mailpit = Mailpit::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let service = spawn_notifications(None, kafka_args(&bootstrap, &topic), &appointments, mailpit.smtp_port(), quick).await;
+    // Registered two days ago (a new consumer group reading the topic from its beginning), then a
+    // patient registered now.
+    let mut events = created(2);
+    events[0].occurred_at = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+    events[1].occurred_at = chrono::Utc::now().to_rfc3339();
+    publish(&bootstrap, &topic, &events).await;
+    let per = delivered(&mailpit, &events, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(delivered(&mailpit, &events, 1).await, per);
+    assert_eq!(per.keys().collect::<Vec<_>>(), [&events[1].email], "only the new patient is greeted");
+    // The old one is still known, for the mails their future appointments will need.
+    let known: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts").fetch_one(&service.db).await.unwrap();
+    assert_eq!(known, 2);
+    service.stop().await;
+}

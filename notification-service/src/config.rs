@@ -20,6 +20,11 @@ pub struct Settings {
     /// How long before an appointment its reminder is sent.
     #[arg(long, env = "REMINDER_BEFORE_SECS", default_value_t = 86_400)]
     pub reminder_before_secs: u64,
+    /// Events older than this (by their `occurred_at`) update contacts and reminders but mail
+    /// nothing: a new consumer group replaying the topics' history must not greet every patient
+    /// ever registered, nor confirm long-past bookings.
+    #[arg(long, env = "MAIL_MAX_EVENT_AGE_SECS", default_value_t = 86_400)]
+    pub mail_max_event_age_secs: u64,
     /// A directory whose `<kind>.txt` / `<kind>.html` files replace the built-in templates.
     #[arg(long, env = "TEMPLATES_DIR")]
     pub templates_dir: Option<PathBuf>,
@@ -103,6 +108,10 @@ impl Settings {
         settings.sender.sender_retry_max_ms = 2_000;
         settings.log = LogArgs::quiet();
         settings
+    }
+
+    pub fn mail_max_event_age(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.mail_max_event_age_secs).unwrap_or(i64::MAX / 2))
     }
 
     pub fn reminder_before(&self) -> chrono::Duration {

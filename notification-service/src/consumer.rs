@@ -8,6 +8,8 @@
 //!   booked appointment gets a reminder `REMINDER_BEFORE_SECS` ahead (at once when that is past,
 //!   none once it started), replaced by a reschedule and cancelled by any other change.
 //!   A cancellation because the patient was deleted mails nobody.
+//! - Events older than `MAIL_MAX_EVENT_AGE_SECS` (a new consumer group replaying history) keep
+//!   contacts and reminders current but mail nothing else.
 //! - Undecodable records go to their topic's dead-letter topic; a redelivered record records
 //!   nothing new.
 
@@ -27,12 +29,25 @@ pub struct Notifier {
     pub dead_letters: DeadLetters,
     pub appointment_topic: String,
     pub reminder_before: chrono::Duration,
+    /// Older events mail nothing (a replay of history); see `MAIL_MAX_EVENT_AGE_SECS`.
+    pub max_event_age: chrono::Duration,
 }
 
 /// A patient event, as far as mails care (no `Debug`: it holds a name and an email).
 enum PatientChange {
-    Known { patient_id: Uuid, name: String, email: String, sequence: i64, created: bool },
-    Deleted { patient_id: Uuid, sequence: i64 },
+    /// `occurred_at`: None from producers that do not set it (taken as new).
+    Known {
+        patient_id: Uuid,
+        name: String,
+        email: String,
+        sequence: i64,
+        created: bool,
+        occurred_at: Option<DateTime<Utc>>,
+    },
+    Deleted {
+        patient_id: Uuid,
+        sequence: i64,
+    },
 }
 
 fn parse_patient(payload: &[u8]) -> Result<PatientChange, &'static str> {
@@ -46,6 +61,7 @@ fn parse_patient(payload: &[u8]) -> Result<PatientChange, &'static str> {
             email: e.email,
             sequence,
             created: e.event_type == event_type::PATIENT_CREATED,
+            occurred_at: DateTime::parse_from_rfc3339(&e.occurred_at).ok().map(|t| t.with_timezone(&Utc)),
         },
         event_type::PATIENT_DELETED => PatientChange::Deleted { patient_id, sequence },
         _ => return Err("unknown event_type"),
@@ -61,6 +77,7 @@ struct AppointmentChange {
     about: AboutAppointment,
     status: String,
     cancel_reason: String,
+    occurred_at: DateTime<Utc>,
 }
 
 fn parse_appointment(payload: &[u8]) -> Result<AppointmentChange, &'static str> {
@@ -79,6 +96,7 @@ fn parse_appointment(payload: &[u8]) -> Result<AppointmentChange, &'static str> 
         event_type: e.event_type,
         status: e.status,
         cancel_reason: e.cancel_reason,
+        occurred_at: time(&e.occurred_at)?,
     })
 }
 
@@ -100,15 +118,20 @@ impl RecordHandler for Notifier {
 }
 
 impl Notifier {
+    /// Whether an event is recent enough to mail about.
+    fn recent(&self, occurred_at: DateTime<Utc>) -> bool {
+        Utc::now() - occurred_at <= self.max_event_age
+    }
+
     #[tracing::instrument(skip_all)]
     async fn on_patient(&self, change: &PatientChange) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         match change {
-            PatientChange::Known { patient_id, name, email, sequence, created } => {
+            PatientChange::Known { patient_id, name, email, sequence, created, occurred_at } => {
                 mails::upsert_contact(&mut tx, *patient_id, name, email, *sequence)
                     .await
                     .context("failed to store the contact")?;
-                if *created {
+                if *created && occurred_at.is_none_or(|at| self.recent(at)) {
                     let key = format!("welcome:{patient_id}");
                     mails::record(&mut tx, &key, Kind::Welcome, *patient_id, None, Utc::now())
                         .await
@@ -135,7 +158,8 @@ impl Notifier {
             appointment::RESCHEDULED => Some(Kind::Rescheduled),
             appointment::CANCELLED if change.cancel_reason != proto::cancel_reason::PATIENT_DELETED => Some(Kind::Cancelled),
             _ => None,
-        };
+        }
+        .filter(|_| self.recent(change.occurred_at));
         if let Some(kind) = confirmation {
             let key = format!("event:{}", change.event_id);
             mails::record(&mut tx, &key, kind, change.patient_id, Some(about), now).await.context("failed to record the mail")?;

@@ -49,6 +49,7 @@ impl Application {
                 dead_letters,
                 appointment_topic: settings.appointment_topic.clone(),
                 reminder_before: settings.reminder_before(),
+                max_event_age: settings.mail_max_event_age(),
             };
             Some((consumer, notifier))
         };
