@@ -1,8 +1,11 @@
 # One recipe for every service image: `docker build --build-arg SERVICE=<name> .`
 # (docker-compose.yml builds all six). Multi-stage: a Rust build stage, then a small Debian
 # runtime running as an unprivileged user.
-ARG RUST_VERSION=1.95
-FROM rust:${RUST_VERSION}-bookworm AS build
+# Both stages' images are overrides (where no registry is reachable, `docker compose` is given
+# locally built equivalents): a Rust toolchain on Debian bookworm, and a bookworm runtime.
+ARG BUILDER_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+FROM ${BUILDER_IMAGE} AS build
 ARG SERVICE
 WORKDIR /src
 COPY . .
@@ -11,7 +14,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p "${SERVICE}" --bin "${SERVICE}" \
     && cp "target/release/${SERVICE}" /service
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \

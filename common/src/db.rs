@@ -43,6 +43,9 @@ impl DbArgs {
     ) -> anyhow::Result<PgPool> {
         let url = self.database_url.expose();
         let mut owner = PgConnection::connect(url).await.context("failed to connect to PostgreSQL")?;
+        if let Some(role) = runtime_role {
+            ensure_role(&mut owner, role).await?;
+        }
         migrator.run(&mut owner).await.context("failed to apply database migrations")?;
         owner.close().await.context("failed to close the migration connection")?;
         let mut options = PgPoolOptions::new()
@@ -55,6 +58,28 @@ impl DbArgs {
             });
         }
         options.connect(url).await.context("failed to connect to PostgreSQL")
+    }
+}
+
+/// Creates `role` (NOLOGIN) unless it exists, before the migrations that grant it privileges.
+/// Roles belong to the whole cluster: services migrating different databases of one cluster at
+/// the same time (replicas on fresh databases, test suites) would otherwise race in the
+/// migration's own `IF NOT EXISTS` check, and the loser fail on the role's unique name. Here the
+/// loser's duplicate error is that race, and harmless.
+async fn ensure_role(conn: &mut PgConnection, role: &'static str) -> anyhow::Result<()> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(role)
+        .fetch_one(&mut *conn)
+        .await
+        .context("failed to look up the runtime role")?;
+    if exists {
+        return Ok(());
+    }
+    // A constant of the service, never input: safe to splice as an identifier.
+    match conn.execute(format!("CREATE ROLE {role} NOLOGIN").as_str()).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("42710" | "23505")) => Ok(()),
+        Err(err) => Err(anyhow::Error::new(err).context("failed to create the runtime role")),
     }
 }
 

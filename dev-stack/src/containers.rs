@@ -146,3 +146,31 @@ fn remember_for_exit(id: String) {
         unsafe { libc::atexit(remove_all) };
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(crate::paths::workspace_root().join(path)).unwrap()
+    }
+
+    /// docker compose, the chart, the containers backend and the local launchers run the same
+    /// versions (each image an override whose default is the official one).
+    #[test]
+    fn compose_the_chart_and_the_launchers_name_the_same_versions() {
+        let compose = read("docker-compose.yml");
+        let chart = read("deploy/helm/patient-platform/values.yaml");
+        let keycloak = format!("{}:{}", KEYCLOAK_IMAGE.0, KEYCLOAK_IMAGE.1);
+        for image in [
+            format!("{}:{}", POSTGRES_IMAGE.0, POSTGRES_IMAGE.1),
+            format!("{}:{}", KAFKA_IMAGE.0, KAFKA_IMAGE.1),
+            keycloak.clone(),
+            format!("axllent/mailpit:{}", crate::mailpit::VERSION),
+        ] {
+            assert!(compose.contains(&format!(":-{image}}}")), "docker-compose.yml defaults to {image}");
+            assert!(chart.contains(&image), "the chart's values name {image}");
+        }
+        assert!(read("keycloak/Dockerfile").contains(&format!("ARG KEYCLOAK_IMAGE={keycloak}")));
+    }
+}

@@ -7,5 +7,6 @@ mod crud;
 mod helpers;
 mod idempotency;
 mod list;
+mod migrations;
 mod resilience;
 mod settings;
