@@ -63,7 +63,9 @@ fn the_chart_lints_and_renders_valid_manifests_for_bundled_and_external_infrastr
     let docs = render(&helm, &validate, &[]);
     for name in SERVICES {
         let deployment = named(&docs, "Deployment", &format!("pp-{name}"));
-        assert_eq!(deployment["spec"]["replicas"], 2, "{name}");
+        // The autoscaler owns the count (from 2); an upgrade does not reset it.
+        assert!(deployment["spec"].get("replicas").is_none(), "{name}");
+        assert_eq!(named(&docs, "HorizontalPodAutoscaler", &format!("pp-{name}"))["spec"]["minReplicas"], 2, "{name}");
         let pod = &deployment["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health/ready", "{name}");
@@ -80,7 +82,6 @@ fn the_chart_lints_and_renders_valid_manifests_for_bundled_and_external_infrastr
             }
         }
         named(&docs, "PodDisruptionBudget", &format!("pp-{name}"));
-        named(&docs, "HorizontalPodAutoscaler", &format!("pp-{name}"));
     }
     // Consumers scale no further than the topics' partitions.
     assert_eq!(named(&docs, "HorizontalPodAutoscaler", "pp-analytics-service")["spec"]["maxReplicas"], 3);
@@ -120,8 +121,15 @@ fn the_chart_lints_and_renders_valid_manifests_for_bundled_and_external_infrastr
             "smtp.host=smtp.hospital.example",
             "smtp.starttls=true",
             "secrets.existingSecret=patient-platform-credentials",
+            "autoscaling.enabled=false",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
         ],
     );
+    assert_eq!(named(&docs, "Deployment", "pp-gateway")["spec"]["replicas"], 2, "without autoscalers, two replicas");
+    assert!(of_kind(&docs, "HorizontalPodAutoscaler").is_empty());
+    let scraped = &named(&docs, "NetworkPolicy", "pp-billing-service")["spec"]["ingress"][0];
+    assert_eq!(scraped["from"][0]["namespaceSelector"]["matchLabels"]["team"], "monitoring");
+    assert_eq!(scraped["ports"][0]["port"], 4001, "metrics on the HTTP port");
     assert!(of_kind(&docs, "StatefulSet").is_empty());
     assert!(of_kind(&docs, "Secret").is_empty(), "the hospital's own Secret is used");
     assert!(docs.iter().all(|d| d["metadata"]["name"] != "pp-keycloak" && d["metadata"]["name"] != "pp-mailpit"));

@@ -252,7 +252,7 @@ async fn while_the_mail_server_is_down_mails_wait_and_then_arrive_once() {
 }
 
 #[tokio::test]
-async fn a_replay_of_old_history_greets_nobody() {
+async fn a_replay_of_history_from_before_the_first_start_greets_nobody_but_a_late_event_is_mailed() {
     let mailpit = Mailpit::start_ephemeral().unwrap();
     let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
     let topic = unique_topic();
@@ -271,5 +271,17 @@ async fn a_replay_of_old_history_greets_nobody() {
     // The old one is still known, for the mails their future appointments will need.
     let known: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts").fetch_one(&service.db).await.unwrap();
     assert_eq!(known, 2);
+
+    // A service mailing for a week already, down for two days: what happened meanwhile is
+    // consumed late, and still mailed.
+    sqlx::query("UPDATE mailing_since SET since = now() - interval '7 days'").execute(&service.db).await.unwrap();
+    let db_url = service.db_url.clone();
+    service.stop().await;
+    let service =
+        spawn_notifications(Some(db_url), kafka_args(&bootstrap, &topic), &appointments, mailpit.smtp_port(), quick).await;
+    let mut late = created(1);
+    late[0].occurred_at = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+    publish(&bootstrap, &topic, &late).await;
+    assert_eq!(delivered(&mailpit, &late, 1).await.len(), 1, "the late event is mailed");
     service.stop().await;
 }

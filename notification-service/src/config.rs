@@ -20,11 +20,12 @@ pub struct Settings {
     /// How long before an appointment its reminder is sent.
     #[arg(long, env = "REMINDER_BEFORE_SECS", default_value_t = 86_400)]
     pub reminder_before_secs: u64,
-    /// Events older than this (by their `occurred_at`) update contacts and reminders but mail
-    /// nothing: a new consumer group replaying the topics' history must not greet every patient
-    /// ever registered, nor confirm long-past bookings.
-    #[arg(long, env = "MAIL_MAX_EVENT_AGE_SECS", default_value_t = 86_400)]
-    pub mail_max_event_age_secs: u64,
+    /// On the service's first start, how far back events still get mails. Older ones (a new
+    /// consumer group replays the topics' history) update contacts and reminders but must not
+    /// greet every patient ever registered. Fixed at that first start: later events are mailed
+    /// however late they are consumed.
+    #[arg(long, env = "MAIL_BACKFILL_SECS", default_value_t = 86_400)]
+    pub mail_backfill_secs: u64,
     /// A directory whose `<kind>.txt` / `<kind>.html` files replace the built-in templates.
     #[arg(long, env = "TEMPLATES_DIR")]
     pub templates_dir: Option<PathBuf>,
@@ -57,7 +58,7 @@ pub struct SmtpArgs {
     pub smtp_username: Option<String>,
     #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
     pub smtp_password: Option<Secret>,
-    /// Bound of one SMTP conversation.
+    /// Bound of one whole SMTP conversation (connect to the server's last reply).
     #[arg(long, env = "SMTP_TIMEOUT_MS", default_value_t = 10_000)]
     pub smtp_timeout_ms: u64,
     /// The sender of every mail.
@@ -110,8 +111,8 @@ impl Settings {
         settings
     }
 
-    pub fn mail_max_event_age(&self) -> chrono::Duration {
-        chrono::Duration::seconds(i64::try_from(self.mail_max_event_age_secs).unwrap_or(i64::MAX / 2))
+    pub fn mail_backfill(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.mail_backfill_secs).unwrap_or(i64::MAX / 2))
     }
 
     pub fn reminder_before(&self) -> chrono::Duration {

@@ -8,8 +8,8 @@
 //!   booked appointment gets a reminder `REMINDER_BEFORE_SECS` ahead (at once when that is past,
 //!   none once it started), replaced by a reschedule and cancelled by any other change.
 //!   A cancellation because the patient was deleted mails nobody.
-//! - Events older than `MAIL_MAX_EVENT_AGE_SECS` (a new consumer group replaying history) keep
-//!   contacts and reminders current but mail nothing else.
+//! - Events from before the service's first start (less `MAIL_BACKFILL_SECS`: a new consumer
+//!   group replays history) keep contacts and reminders current but mail nothing else.
 //! - Undecodable records go to their topic's dead-letter topic; a redelivered record records
 //!   nothing new.
 
@@ -29,8 +29,8 @@ pub struct Notifier {
     pub dead_letters: DeadLetters,
     pub appointment_topic: String,
     pub reminder_before: chrono::Duration,
-    /// Older events mail nothing (a replay of history); see `MAIL_MAX_EVENT_AGE_SECS`.
-    pub max_event_age: chrono::Duration,
+    /// Events from before this mail nothing (a replay of history); see `MAIL_BACKFILL_SECS`.
+    pub mailing_since: DateTime<Utc>,
 }
 
 /// A patient event, as far as mails care (no `Debug`: it holds a name and an email).
@@ -120,7 +120,7 @@ impl RecordHandler for Notifier {
 impl Notifier {
     /// Whether an event is recent enough to mail about.
     fn recent(&self, occurred_at: DateTime<Utc>) -> bool {
-        Utc::now() - occurred_at <= self.max_event_age
+        occurred_at >= self.mailing_since
     }
 
     #[tracing::instrument(skip_all)]

@@ -57,6 +57,15 @@ pub struct AboutAppointment {
     pub ends_at: DateTime<Utc>,
 }
 
+/// Since when events are mailed about: fixed at the first start (see the `mailing_since` table).
+pub async fn mailing_since(db: &PgPool, backfill: chrono::Duration) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query("INSERT INTO mailing_since (since) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(Utc::now() - backfill)
+        .execute(db)
+        .await?;
+    sqlx::query_scalar("SELECT since FROM mailing_since").fetch_one(db).await
+}
+
 /// Records a mail due at `due`, unless one with `dedup_key` exists; whether it was new.
 pub async fn record(
     tx: &mut Tx<'_>,

@@ -40,6 +40,8 @@ use crate::{
 pub struct Sender {
     pub db: PgPool,
     pub smtp: AsyncSmtpTransport<Tokio1Executor>,
+    /// Bound of one whole SMTP conversation (the transport's own timeout covers connecting only).
+    pub smtp_timeout: Duration,
     pub from: Mailbox,
     pub templates: Templates,
     pub args: SenderArgs,
@@ -74,7 +76,7 @@ impl Sender {
             self.metrics.add(&series(result), 0);
         }
         while !stop.is_cancelled() {
-            let busy = match self.round().await {
+            let busy = match self.round(&stop).await {
                 Ok(n) => n > 0,
                 Err(err) => {
                     tracing::warn!(error = %format!("{err:#}"), "mail queue unavailable; retrying");
@@ -92,11 +94,16 @@ impl Sender {
         Ok(())
     }
 
-    /// One batch of due mails; how many were claimed.
-    async fn round(&self) -> anyhow::Result<usize> {
+    /// One batch of due mails (until `stop`: the rest of the batch is due again when its lease
+    /// ends); how many were claimed.
+    async fn round(&self, stop: &CancellationToken) -> anyhow::Result<usize> {
         let lease = Duration::from_millis(self.args.sender_lease_ms);
         let claimed = mails::claim_due(&self.db, self.args.sender_batch, lease).await.context("failed to claim mails")?;
         for mail in &claimed {
+            if stop.is_cancelled() {
+                break;
+            }
+            let renewed_at = tokio::time::Instant::now();
             if !mails::renew(&self.db, mail.id, mail.attempts, lease).await.context("failed to renew a claim")? {
                 tracing::info!(mail_id = %mail.id, "mail cancelled or taken over meanwhile; not sent");
                 continue;
@@ -108,7 +115,7 @@ impl Sender {
                     self.retry(mail, "the attempt failed before sending")
                 }
             };
-            self.record(mail, outcome, lease).await?;
+            self.record(mail, outcome, renewed_at + lease).await?;
             let result = match outcome {
                 Outcome::Sent => "sent",
                 Outcome::Retry { .. } => "retried",
@@ -121,10 +128,10 @@ impl Sender {
         Ok(claimed.len())
     }
 
-    /// Records the outcome; a SENT one is retried while the claim lasts, since a mail left
-    /// SENDING would be sent again once it ends.
-    async fn record(&self, mail: &Claimed, outcome: Outcome, lease: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + lease;
+    /// Records the outcome; a SENT one is retried while the claim lasts (`claim_ends`), since a
+    /// mail left SENDING would be sent again once it ends.
+    async fn record(&self, mail: &Claimed, outcome: Outcome, claim_ends: tokio::time::Instant) -> anyhow::Result<()> {
+        let deadline = claim_ends;
         let mut wait = Duration::from_millis(100);
         loop {
             match mails::finish(&self.db, mail.id, mail.attempts, outcome).await {
@@ -175,10 +182,14 @@ impl Sender {
                     .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(rendered.html)),
             )
             .context("failed to build the message")?;
-        Ok(match self.smtp.send(message).await {
-            Ok(_) => Outcome::Sent,
-            Err(err) if err.is_permanent() => Outcome::Failed("the mail server refused the mail permanently"),
-            Err(_) => self.retry(mail, "the mail server is unavailable"),
+        // Bounded, and well inside the claim: a stalled server must not hold the mail past its
+        // lease (another sender would take it over while this conversation might still finish).
+        let bound = self.smtp_timeout.min(Duration::from_millis(self.args.sender_lease_ms) / 2);
+        Ok(match tokio::time::timeout(bound, self.smtp.send(message)).await {
+            Ok(Ok(_)) => Outcome::Sent,
+            Ok(Err(err)) if err.is_permanent() => Outcome::Failed("the mail server refused the mail permanently"),
+            Ok(Err(_)) => self.retry(mail, "the mail server is unavailable"),
+            Err(_) => self.retry(mail, "the mail server did not answer in time"),
         })
     }
 }

@@ -49,13 +49,16 @@ impl Application {
                 dead_letters,
                 appointment_topic: settings.appointment_topic.clone(),
                 reminder_before: settings.reminder_before(),
-                max_event_age: settings.mail_max_event_age(),
+                mailing_since: crate::mails::mailing_since(&pool, settings.mail_backfill())
+                    .await
+                    .context("failed to read since when events are mailed")?,
             };
             Some((consumer, notifier))
         };
         let sender = Sender {
             db: pool.clone(),
             smtp: crate::sender::transport(&settings.smtp)?,
+            smtp_timeout: std::time::Duration::from_millis(settings.smtp.smtp_timeout_ms),
             from,
             templates,
             args: settings.sender.clone(),
