@@ -213,45 +213,21 @@ impl BookRequest {
     }
 }
 
-/// An appointment as the write side holds it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// An appointment: as the write side holds it, as the projection serves it, and in every
+/// answer (the same shape everywhere).
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Appointment {
     pub id: Uuid,
     pub patient_id: Uuid,
-    pub clinician_id: Uuid,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: DateTime<Utc>,
-    pub status: String,
-    pub version: i64,
-}
-
-/// An appointment in API responses.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AppointmentResponse {
-    pub id: Uuid,
-    pub patient_id: Uuid,
+    /// The clinician's Keycloak user id.
     pub clinician_id: Uuid,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     #[schema(value_type = Status)]
     pub status: String,
-    /// Bumped by every change; also the `ETag`.
+    /// Bumped by every change; also the `ETag`, and the sequence of the change's event.
     pub version: i64,
-}
-
-impl From<Appointment> for AppointmentResponse {
-    fn from(a: Appointment) -> Self {
-        Self {
-            id: a.id,
-            patient_id: a.patient_id,
-            clinician_id: a.clinician_id,
-            starts_at: a.starts_at,
-            ends_at: a.ends_at,
-            status: a.status,
-            version: a.version,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -18,38 +18,22 @@ use common::kafka::{DeadLetters, RecordHandler};
 use prost::Message as _;
 use proto::appointments::AppointmentEvent;
 use rdkafka::{message::OwnedMessage, Message};
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::Status;
+use crate::domain::{Appointment, Status};
 
 pub struct Projection {
     pub db: PgPool,
     pub dead_letters: DeadLetters,
 }
 
-/// One appointment as the projection holds it.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScheduleEntry {
-    #[sqlx(rename = "appointment_id")]
-    pub id: Uuid,
-    pub patient_id: Uuid,
-    pub clinician_id: Uuid,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: DateTime<Utc>,
-    #[schema(value_type = Status)]
-    pub status: String,
-    pub version: i64,
-}
-
-fn parse(payload: &[u8]) -> Result<(ScheduleEntry, DateTime<Utc>), &'static str> {
+fn parse(payload: &[u8]) -> Result<(Appointment, DateTime<Utc>), &'static str> {
     let e = AppointmentEvent::decode(payload).map_err(|_| "not an AppointmentEvent")?;
     let id = |raw: &str| common::extract::canonical_uuid(raw).ok_or("an id is not a UUID");
     let time = |raw: &str| DateTime::parse_from_rfc3339(raw).map(|t| t.with_timezone(&Utc)).map_err(|_| "a time is not RFC 3339");
     Status::parse(&e.status).ok_or("unknown status")?;
-    let entry = ScheduleEntry {
+    let entry = Appointment {
         id: id(&e.appointment_id)?,
         patient_id: id(&e.patient_id)?,
         clinician_id: id(&e.clinician_id)?,
@@ -73,7 +57,7 @@ impl RecordHandler for Projection {
 
 impl Projection {
     #[tracing::instrument(skip_all, fields(appointment_id = %entry.id, version = entry.version))]
-    async fn apply(&self, entry: &ScheduleEntry, occurred_at: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn apply(&self, entry: &Appointment, occurred_at: DateTime<Utc>) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         let applied = sqlx::query(
             r#"
@@ -163,11 +147,11 @@ pub async fn wait_for(db: &PgPool, token: Token, limit: Duration) -> sqlx::Resul
 
 /// A page of entries and the total.
 pub struct Page {
-    pub entries: Vec<ScheduleEntry>,
+    pub entries: Vec<Appointment>,
     pub total: i64,
 }
 
-const ENTRY_COLUMNS: &str = "appointment_id, patient_id, clinician_id, starts_at, ends_at, status, version";
+const ENTRY_COLUMNS: &str = "appointment_id AS id, patient_id, clinician_id, starts_at, ends_at, status, version";
 
 /// The clinician's appointments overlapping `[from, to)`, every status, by start.
 pub async fn clinician_schedule(

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{appointment_id, etag, if_match, AppState, CONSISTENCY_TOKEN};
 use crate::{
-    domain::{Appointment, AppointmentResponse, BookRequest, Command, Slot, SlotRequest, Status},
+    domain::{Appointment, BookRequest, Command, Slot, SlotRequest, Status},
     error::is_double_booking,
     events::{self, Detail, CANCELLED_BY_REQUEST},
     projection::Token,
@@ -36,14 +36,14 @@ pub fn routes() -> Router<AppState> {
 /// The answer to a command: the appointment, its `ETag` and consistency token (and where it
 /// lives, as the client sees it, for a booking).
 fn answer(headers: &HeaderMap, status: StatusCode, appointment: Appointment) -> Response {
-    let prefix = common::extract::forwarded_prefix(headers).to_owned();
     let token = Token { appointment_id: appointment.id, version: appointment.version }.to_string();
-    let mut response = (status, Json(AppointmentResponse::from(appointment.clone()))).into_response();
+    let location = format!("{}/appointments/{}", common::extract::forwarded_prefix(headers), appointment.id);
+    let tag = etag(appointment.version);
+    let mut response = (status, Json(appointment)).into_response();
     let out = response.headers_mut();
-    out.insert(header::ETAG, etag(appointment.version));
+    out.insert(header::ETAG, tag);
     out.insert(CONSISTENCY_TOKEN.clone(), HeaderValue::from_str(&token).expect("a token is a header value"));
     if status == StatusCode::CREATED {
-        let location = format!("{prefix}/appointments/{}", appointment.id);
         out.insert(header::LOCATION, HeaderValue::from_str(&location).expect("a plain path is a header value"));
     }
     response
@@ -60,7 +60,7 @@ async fn slot_taken(state: &AppState, clinician_id: Uuid, slot: &Slot, except: O
 /// Book an appointment.
 #[utoipa::path(post, path = "/appointments", tag = "appointments", request_body = BookRequest,
     responses(
-        (status = 201, description = "Booked (`Location`, `ETag`, `X-Consistency-Token`)", body = AppointmentResponse),
+        (status = 201, description = "Booked (`Location`, `ETag`, `X-Consistency-Token`)", body = Appointment),
         (status = 400, description = "Invalid request (per-field `errors`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The clinician is booked in an overlapping slot (`conflictingAppointmentId`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The patient is unknown or deleted", body = Problem, content_type = "application/problem+json"),
@@ -134,7 +134,7 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
 #[utoipa::path(post, path = "/appointments/{id}/reschedule", tag = "appointments", request_body = SlotRequest,
     params(("id" = Uuid, Path, description = "Appointment id"), ("If-Match" = Option<String>, Header, description = "The `ETag` the change is based on")),
     responses(
-        (status = 200, description = "Rescheduled (`ETag`, `X-Consistency-Token`)", body = AppointmentResponse),
+        (status = 200, description = "Rescheduled (`ETag`, `X-Consistency-Token`)", body = Appointment),
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not BOOKED, or the clinician is booked then (`conflictingAppointmentId`)", body = Problem, content_type = "application/problem+json"),
@@ -158,7 +158,7 @@ macro_rules! status_command {
         #[utoipa::path(post, path = $path, tag = "appointments",
             params(("id" = Uuid, Path, description = "Appointment id"), ("If-Match" = Option<String>, Header, description = "The `ETag` the change is based on")),
             responses(
-                (status = 200, description = "Changed (`ETag`, `X-Consistency-Token`)", body = AppointmentResponse),
+                (status = 200, description = "Changed (`ETag`, `X-Consistency-Token`)", body = Appointment),
                 (status = 400, description = "Malformed id or If-Match", body = Problem, content_type = "application/problem+json"),
                 (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
                 (status = 409, description = "The appointment's status does not allow this", body = Problem, content_type = "application/problem+json"),

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::{appointment_id, etag, wait_for, AppState, PROJECTION_LAST_EVENT_AT, PROJECTION_POSITION, TOTAL_COUNT};
 use crate::{
-    domain::AppointmentResponse,
-    projection::{self, Page, ScheduleEntry},
+    domain::Appointment,
+    projection::{self, Page},
     repo, Error, Result,
 };
 
@@ -37,7 +37,7 @@ pub const MAX_SIZE: i64 = 200;
 /// One appointment as the write side holds it now.
 #[utoipa::path(get, path = "/appointments/{id}", tag = "appointments", params(("id" = Uuid, Path, description = "Appointment id")),
     responses(
-        (status = 200, description = "The appointment (`ETag`: its version)", body = AppointmentResponse),
+        (status = 200, description = "The appointment (`ETag`: its version)", body = Appointment),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -45,7 +45,7 @@ pub const MAX_SIZE: i64 = 200;
 async fn read(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     let appointment = repo::get(&state.db, appointment_id(&id)?).await?.ok_or(Error::NotFound)?;
     let version = appointment.version;
-    let mut response = Json(AppointmentResponse::from(appointment)).into_response();
+    let mut response = Json(appointment).into_response();
     response.headers_mut().insert(header::ETAG, etag(version));
     Ok(response)
 }
@@ -125,7 +125,7 @@ async fn answer(state: &AppState, headers: &HeaderMap, load: impl AsyncFnOnce() 
 #[utoipa::path(get, path = "/appointments/schedule", tag = "appointments", params(ScheduleQuery,
         ("X-Wait-For" = Option<String>, Header, description = "A command's `X-Consistency-Token`: answer once the schedule shows that change")),
     responses(
-        (status = 200, description = "The page (`X-Total-Count`, `X-Projection-Position`, `X-Projection-Last-Event-At`)", body = [ScheduleEntry]),
+        (status = 200, description = "The page (`X-Total-Count`, `X-Projection-Position`, `X-Projection-Last-Event-At`)", body = [Appointment]),
         (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The schedule did not reach `X-Wait-For` in time", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -162,7 +162,7 @@ async fn schedule(State(state): State<AppState>, headers: HeaderMap, AppQuery(q)
 #[utoipa::path(get, path = "/appointments/upcoming", tag = "appointments", params(UpcomingQuery,
         ("X-Wait-For" = Option<String>, Header, description = "A command's `X-Consistency-Token`: answer once the view shows that change")),
     responses(
-        (status = 200, description = "The page (`X-Total-Count`, `X-Projection-Position`, `X-Projection-Last-Event-At`)", body = [ScheduleEntry]),
+        (status = 200, description = "The page (`X-Total-Count`, `X-Projection-Position`, `X-Projection-Last-Event-At`)", body = [Appointment]),
         (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view did not reach `X-Wait-For` in time", body = Problem, content_type = "application/problem+json"),
     ))]
