@@ -9,8 +9,10 @@ FROM ${BUILDER_IMAGE} AS build
 ARG SERVICE
 WORKDIR /src
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
+# The caches are shared by the six builds compose runs at once: one at a time (cargo's own
+# lock lives outside them), each reusing what the others compiled.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p "${SERVICE}" --bin "${SERVICE}" \
     && cp "target/release/${SERVICE}" /service
 

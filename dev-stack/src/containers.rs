@@ -1,8 +1,10 @@
 //! The Docker backend of the test infrastructure: the same components as the local launchers
 //! (same versions, same realm, same ports inside), as containers started with testcontainers.
 //!
-//! Chosen by [`backend`]: `TEST_INFRA=docker|local` forces one; otherwise Docker is used when a
-//! Docker daemon answers. Host ports are fixed per container (picked free), so a stopped and
+//! Chosen by [`backend`]: `TEST_INFRA=docker` selects it, anything else the local launchers.
+//! Images are the official ones unless `POSTGRES_IMAGE`, `KAFKA_IMAGE` or `KEYCLOAK_IMAGE` name
+//! others (the variables docker-compose.yml reads; `cargo xtask images` builds local equivalents
+//! where no registry is reachable, and `cargo xtask test` sets them). Host ports are fixed per container (picked free), so a stopped and
 //! restarted container keeps its address, as the local processes do. Containers of a test
 //! process are removed when it exits.
 
@@ -30,50 +32,81 @@ pub enum Backend {
     Docker,
 }
 
-/// `TEST_INFRA` when set (`docker` or `local`), else Docker when its daemon answers.
+/// Docker with `TEST_INFRA=docker`, else the local launchers (the default: a running Docker
+/// engine alone does not switch, so a suite never depends on images by accident).
 pub fn backend() -> Backend {
     static BACKEND: OnceLock<Backend> = OnceLock::new();
     *BACKEND.get_or_init(|| match std::env::var("TEST_INFRA").as_deref() {
         Ok("docker") => Backend::Docker,
-        Ok("local") => Backend::Local,
-        _ if docker_answers() => Backend::Docker,
         _ => Backend::Local,
     })
 }
 
-fn docker_answers() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+/// An image: the override variable `var` when set, else the official `default`.
+fn image(var: &str, default: (&str, &str)) -> GenericImage {
+    let chosen = std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    let (name, tag) = match chosen.as_deref().and_then(|v| v.rsplit_once(':').filter(|(_, tag)| !tag.contains('/'))) {
+        Some((name, tag)) => (name.to_owned(), tag.to_owned()),
+        None => match chosen {
+            Some(name) => (name, "latest".to_owned()),
+            None => (default.0.to_owned(), default.1.to_owned()),
+        },
+    };
+    GenericImage::new(name, tag)
 }
 
-/// Versions and images shared with docker-compose.yml and the local launchers.
+/// Official images, shared with docker-compose.yml and the local launchers' versions.
 pub const POSTGRES_IMAGE: (&str, &str) = ("postgres", "15");
 pub const KAFKA_IMAGE: (&str, &str) = ("apache/kafka", crate::kafka::VERSION);
 pub const KEYCLOAK_IMAGE: (&str, &str) = ("quay.io/keycloak/keycloak", crate::keycloak::VERSION);
 
-/// A started container, removed when this process exits.
+/// A started container, removed when this process exits (or when dropped).
 #[derive(Debug)]
 pub struct Started {
-    pub container: Container<GenericImage>,
+    container: Option<Container<GenericImage>>,
 }
 
 fn start(image: testcontainers::ContainerRequest<GenericImage>) -> anyhow::Result<Started> {
     let container = off_runtime(move || image.start()).context("failed to start container")?;
     remember_for_exit(container.id().to_owned());
-    Ok(Started { container })
+    Ok(Started { container: Some(container) })
 }
 
 impl Started {
-    /// Stops the container (kept, with its ports, for [`Started::resume`]).
-    pub fn pause(&self) -> anyhow::Result<()> {
-        off_runtime(|| self.container.stop()).context("failed to stop container")
+    fn container(&self) -> &Container<GenericImage> {
+        self.container.as_ref().expect("present until dropped")
     }
 
-    /// Starts a stopped container again.
-    pub fn resume(&self) -> anyhow::Result<()> {
-        off_runtime(|| self.container.start()).context("failed to start container again")
+    /// Stops the container (kept, with its ports, for [`Started::resume`]).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        off_runtime(|| self.container().stop()).context("failed to stop container")
+    }
+
+    /// Starts a stopped container again and waits until its log, since this start, shows
+    /// `ready` (a published port answers as soon as Docker's proxy does, before the server).
+    pub fn resume(&self, ready: &str, limit: Duration) -> anyhow::Result<()> {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs().to_string();
+        off_runtime(|| self.container().start()).context("failed to start container again")?;
+        let id = self.container().id().to_owned();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let logs = Command::new("docker").args(["logs", "--since", &since, &id]).output()?;
+            if String::from_utf8_lossy(&logs.stdout).contains(ready) || String::from_utf8_lossy(&logs.stderr).contains(ready) {
+                return Ok(());
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "container {id} not ready within {limit:?} of its restart");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// testcontainers' synchronous drop blocks on a runtime of its own, which must not happen on a
+/// tokio runtime thread (an async test dropping its broker): it drops on a plain thread.
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(container) = self.container.take() {
+            off_runtime(move || drop(container));
+        }
     }
 }
 
@@ -85,7 +118,7 @@ fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 
 /// PostgreSQL listening on 127.0.0.1:`port` with superuser `postgres` / `password`.
 pub fn postgres(port: u16, password: &str) -> anyhow::Result<Started> {
-    let image = GenericImage::new(POSTGRES_IMAGE.0, POSTGRES_IMAGE.1)
+    let image = image("POSTGRES_IMAGE", POSTGRES_IMAGE)
         .with_wait_for(WaitFor::message_on_stderr("database system is ready to accept connections"))
         .with_wait_for(WaitFor::seconds(1))
         .with_env_var("POSTGRES_PASSWORD", password)
@@ -96,7 +129,7 @@ pub fn postgres(port: u16, password: &str) -> anyhow::Result<Started> {
 
 /// A KRaft Kafka node advertising 127.0.0.1:`port` (mapped to the container's 9092).
 pub fn kafka(port: u16) -> anyhow::Result<Started> {
-    let image = GenericImage::new(KAFKA_IMAGE.0, KAFKA_IMAGE.1)
+    let image = image("KAFKA_IMAGE", KAFKA_IMAGE)
         .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
         .with_env_var("KAFKA_NODE_ID", "1")
         .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
@@ -118,14 +151,14 @@ pub fn kafka(port: u16) -> anyhow::Result<Started> {
 /// Keycloak in dev mode with the realm file imported, HTTP on `http_port`, management (health)
 /// on `management_port`.
 pub fn keycloak(http_port: u16, management_port: u16, admin: (&str, &str), realm_file: PathBuf) -> anyhow::Result<Started> {
-    let image = GenericImage::new(KEYCLOAK_IMAGE.0, KEYCLOAK_IMAGE.1)
+    let image = image("KEYCLOAK_IMAGE", KEYCLOAK_IMAGE)
         .with_wait_for(WaitFor::message_on_stdout("Listening on"))
         .with_env_var("KC_BOOTSTRAP_ADMIN_USERNAME", admin.0)
         .with_env_var("KC_BOOTSTRAP_ADMIN_PASSWORD", admin.1)
         .with_copy_to("/opt/keycloak/data/import/realm-export.json", realm_file)
         .with_mapped_port(http_port, ContainerPort::Tcp(8080))
         .with_mapped_port(management_port, ContainerPort::Tcp(9000))
-        .with_cmd(["start-dev", "--import-realm", "--health-enabled=true"])
+        .with_cmd(["start-dev", "--import-realm", "--health-enabled=true", "--http-host=0.0.0.0"])
         .with_startup_timeout(Duration::from_secs(240));
     start(image)
 }

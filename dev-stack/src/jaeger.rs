@@ -9,6 +9,8 @@ use crate::{net, process};
 /// The pinned Go module version of `github.com/jaegertracing/jaeger` (its `cmd/jaeger` is the
 /// v2 backend); builds in about 5 minutes on 2 cores.
 pub const VERSION: &str = "v1.76.0";
+/// The Jaeger v2 release (and official image tag) of that module version.
+pub const IMAGE_VERSION: &str = "2.13.0";
 const TEST_DIR_PREFIX: &str = "patient-platform-test-jaeger-";
 
 /// A running Jaeger: where spans go (OTLP/HTTP) and where they are read (query API and UI).

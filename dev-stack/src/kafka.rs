@@ -112,8 +112,7 @@ impl Kafka {
     /// Starts (or restarts) the broker and waits until it serves.
     pub fn start(&mut self) -> anyhow::Result<()> {
         if let Some(started) = &self.container {
-            started.resume()?;
-            return net::wait_for_port(self.port, Duration::from_secs(120));
+            return started.resume("Kafka Server started", Duration::from_secs(120));
         }
         let log_path = self.dir.join("kafka.log");
         let log = fs::File::create(&log_path)?;

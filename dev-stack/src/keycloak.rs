@@ -125,7 +125,7 @@ impl Keycloak {
     /// Starts (or restarts) the server and waits until `/health/ready` answers.
     pub fn start(&mut self) -> anyhow::Result<()> {
         if let Some(started) = &self.container {
-            started.resume()?;
+            started.resume("Listening on", Duration::from_secs(240))?;
             return self.wait_ready(Duration::from_secs(240));
         }
         fs::create_dir_all(self.home.join("data/import"))?;

@@ -8,6 +8,7 @@
 //! - [`jaeger`], [`mailpit`], [`helm`]: the trace backend, the mail server and Helm, built from
 //!   their Go modules; [`python`]: schemathesis and kubernetes-validate from PyPI.
 //! - [`browser`]: headless Chromium + playwright-core for UI journeys.
+//! - [`docker`]: the Docker engine, compose, and local equivalents of every image.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
 //! - [`net`]: free loopback ports.
@@ -15,6 +16,7 @@
 
 pub mod browser;
 pub mod containers;
+pub mod docker;
 pub mod download;
 pub mod go;
 pub mod grpcurl;

@@ -6,6 +6,7 @@ use std::{process::Command, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dev_stack::{
+    docker::{Compose, ComposePorts},
     jaeger::Jaeger,
     kafka::Kafka,
     keycloak::Keycloak,
@@ -23,6 +24,8 @@ const DATABASES: [&str; 5] =
 /// Services in start order (billing first: patient-service calls it; the gateway last).
 const SERVICES: [&str; 6] =
     ["billing-service", "patient-service", "analytics-service", "appointment-service", "notification-service", "gateway"];
+/// The compose project of `up --docker`.
+const COMPOSE_PROJECT: &str = "patient-platform";
 /// The realm the platform trusts.
 use dev_stack::keycloak::REALM;
 
@@ -84,9 +87,17 @@ enum Cmd {
         /// Build and run the services with the release profile (full speed).
         #[arg(long)]
         release: bool,
+        /// Run the stack under Docker instead: docker-compose.yml on the local images
+        /// (`cargo xtask images`, built first), Docker engine and compose installed when missing.
+        #[arg(long, conflicts_with = "release")]
+        docker: bool,
     },
     /// Stop everything `up` started.
-    Down,
+    Down {
+        /// Stop the Docker stack of `up --docker` (its data volumes are kept).
+        #[arg(long)]
+        docker: bool,
+    },
     /// Show what runs.
     Status(Ports),
     /// Print the last lines of the services' logs (or of one service's).
@@ -104,6 +115,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build local equivalents of every image docker-compose.yml and the Docker test backend
+    /// use (for machines that reach package registries but no image registry) and print the
+    /// variables that select them.
+    Images,
     /// The audit trail of patient data (SPEC §11).
     Audit {
         #[command(subcommand)]
@@ -132,14 +147,26 @@ enum AuditCmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Up { ports, release } => up(&ports, release),
+        Cmd::Up { ports, docker: true, .. } => up_docker(&ports),
+        Cmd::Up { ports, release, .. } => up(&ports, release),
         Cmd::Bench { args } => bench(&args),
-        Cmd::Down => down(),
+        Cmd::Down { docker: true } => Compose::existing(COMPOSE_PROJECT).down(false),
+        Cmd::Down { docker: false } => down(),
         Cmd::Status(ports) => status(&ports),
         Cmd::Logs { service, lines } => logs(service.as_deref(), lines),
         Cmd::Audit { command: AuditCmd::Verify { ports, database_url } } => audit_verify(&ports, database_url),
         Cmd::Test { args } => test(&args),
+        Cmd::Images => images(),
     }
+}
+
+fn images() -> anyhow::Result<()> {
+    let overrides = dev_stack::docker::build_images()?;
+    println!("Local images built. docker compose and TEST_INFRA=docker use them with:");
+    for (var, tag) in overrides {
+        println!("  export {var}={tag}");
+    }
+    Ok(())
 }
 
 fn audit_verify(ports: &Ports, database_url: Option<String>) -> anyhow::Result<()> {
@@ -265,7 +292,7 @@ fn up(ports: &Ports, release: bool) -> anyhow::Result<()> {
         println!("==> {} ready (pid {pid}, log {})", spec.name, dirs.log_file(spec.name).display());
     }
     let grpcurl = dev_stack::grpcurl::ensure()?;
-    print_usage(ports, &grpcurl.display().to_string());
+    print_usage(ports, Some(&grpcurl.display().to_string()));
     Ok(())
 }
 
@@ -294,8 +321,49 @@ fn specs(ports: &Ports, pg: &PgCluster, traces: bool) -> Vec<ServiceSpec> {
     specs
 }
 
-fn print_usage(ports: &Ports, grpcurl: &str) {
+/// The whole platform from docker-compose.yml, on the local images.
+fn up_docker(ports: &Ports) -> anyhow::Result<()> {
+    println!("==> Local images (Debian, PostgreSQL, Kafka, Keycloak, Mailpit, Jaeger, a Rust builder)");
+    dev_stack::docker::build_images()?;
+    let published = ComposePorts {
+        gateway: ports.gateway_port,
+        keycloak: ports.keycloak_port,
+        mailpit_ui: ports.mailpit_ui_port,
+        jaeger_ui: ports.jaeger_ui_port,
+    };
+    println!("==> docker compose up (project {COMPOSE_PROJECT}): service images, then every container healthy");
+    Compose::up(COMPOSE_PROJECT, published, false)?;
+    print_usage(ports, None);
+    Ok(())
+}
+
+/// `grpcurl`: the local binary; None under docker compose, where billing is not published.
+fn print_usage(ports: &Ports, grpcurl: Option<&str>) {
     let (gw, kc, g) = (ports.gateway_port, ports.keycloak_port, ports.billing_grpc_port);
+    let grpc = match grpcurl {
+        Some(grpcurl) => format!(
+            r#"  3. Billing over gRPC (reflection and health need no token; every BillingService call does):
+    {grpcurl} -plaintext localhost:{g} list
+    {grpcurl} -plaintext localhost:{g} describe BillingService
+    {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" \
+      -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
+      localhost:{g} BillingService/CreateBillingAccount"#
+        ),
+        None => "  3. Billing over gRPC: not published under docker compose (only the gateway and Keycloak are);\n     \
+                 publish 127.0.0.1:9001 in a compose override to call it with grpcurl."
+            .to_owned(),
+    };
+    let manage = if grpcurl.is_some() {
+        format!(
+            "Logs: cargo xtask logs [service]  ({})   Status: cargo xtask status   Stop: cargo xtask down",
+            dirs().logs.display()
+        )
+    } else {
+        format!(
+            "Logs: docker compose -p {COMPOSE_PROJECT} logs [service]   Status: docker compose -p {COMPOSE_PROJECT} ps   \
+             Stop: cargo xtask down --docker"
+        )
+    };
     println!(
         r#"
 The patient platform is up.
@@ -318,12 +386,7 @@ The patient platform is up.
     curl -s -H "Authorization: Bearer $TOKEN" -H "X-Wait-For: <X-Consistency-Token>" \
       'http://localhost:{gw}/api/appointments/schedule?clinicianId=<keycloak user id>&date=2027-06-07&view=week'
 
-  3. Billing over gRPC (reflection and health need no token; every BillingService call does):
-    {grpcurl} -plaintext localhost:{g} list
-    {grpcurl} -plaintext localhost:{g} describe BillingService
-    {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" \
-      -d '{{"patientId":"123e4567-e89b-12d3-a456-426614174000","name":"John Doe","email":"john.doe@example.com"}}' \
-      localhost:{g} BillingService/CreateBillingAccount
+{grpc}
 
   4. Users and roles: Keycloak admin console http://localhost:{kc}/admin  (admin / admin)
      Dev users of realm {REALM}: clinician/clinician-dev, analyst/analyst-dev, admin/admin-dev
@@ -334,9 +397,8 @@ The patient platform is up.
   6. Mail: every mail the platform sends (welcome, appointment confirmations, reminders) lands in
      Mailpit: http://localhost:{mail}
 
-  Logs: cargo xtask logs [service]  ({logs})   Status: cargo xtask status   Stop: cargo xtask down
+  {manage}
 "#,
-        logs = dirs().logs.display(),
         jaeger = ports.jaeger_ui_port,
         mail = ports.mailpit_ui_port,
     );
@@ -442,32 +504,75 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The fault suite runs the services' real binaries: build them all first (the same
     // dependency features as the test build, so nothing is compiled twice).
     cargo(&["build", "--workspace", "--bins"])?;
-    let mut cargo_args = vec!["test", "--workspace", "--no-fail-fast"];
-    cargo_args.extend(args.iter().map(String::as_str));
+    let mut totals = Totals::default();
+    let mut workspace = vec!["test", "--workspace", "--no-fail-fast"];
+    workspace.extend(args.iter().map(String::as_str));
+    let infra = std::env::var("TEST_INFRA").ok();
+    // TEST_INFRA=docker: everything on Docker (on the local images unless named otherwise).
+    let env = if infra.as_deref() == Some("docker") { docker_suite_env()? } else { Vec::new() };
+    let mut ok = run_suite(&workspace, &env, &mut totals)?;
+
+    // The integration suite again on the Docker backend (testcontainers), with the journeys
+    // against docker compose: unless TEST_INFRA names one backend, or no engine can be had.
+    match infra.as_deref() {
+        Some("local") | Some("docker") => {}
+        _ => match docker_suite_env() {
+            Ok(env) => {
+                println!("\n==> The integration suite on Docker (TEST_INFRA=docker)");
+                let mut integration = vec!["test", "-p", "integration-test", "--no-fail-fast"];
+                integration.extend(args.iter().map(String::as_str));
+                ok &= run_suite(&integration, &env, &mut totals)?;
+            }
+            Err(e) => println!("\n==> The Docker suite is skipped: {e:#}"),
+        },
+    }
+    println!("\nall suites: {} passed, {} failed", totals.passed, totals.failed);
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// A Docker engine (started when missing) and the local images: the Docker suite's environment.
+fn docker_suite_env() -> anyhow::Result<Vec<(String, String)>> {
+    dev_stack::docker::ensure_daemon()?;
+    // Images the caller named stay theirs.
+    let mut env: Vec<(String, String)> = dev_stack::docker::build_images()?
+        .into_iter()
+        .filter(|(var, _)| std::env::var_os(var).is_none())
+        .map(|(var, tag)| (var.to_owned(), tag))
+        .collect();
+    env.push(("TEST_INFRA".into(), "docker".into()));
+    Ok(env)
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo <args>` with `env`, echoing its output and adding its per-binary summaries to
+/// `totals`; whether it succeeded.
+fn run_suite(args: &[&str], env: &[(String, String)], totals: &mut Totals) -> anyhow::Result<bool> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo)
-        .args(&cargo_args)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(paths::workspace_root())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("failed to run cargo test")?;
-    // Echo cargo's output and add up its per-binary summaries into one closing line.
-    let (mut passed, mut failed) = (0u64, 0u64);
     let stdout = child.stdout.take().context("no stdout")?;
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line?;
         println!("{line}");
         if let Some(summary) = line.strip_prefix("test result: ") {
-            passed += count_before(summary, " passed");
-            failed += count_before(summary, " failed");
+            totals.passed += count_before(summary, " passed");
+            totals.failed += count_before(summary, " failed");
         }
     }
-    let status = child.wait()?;
-    println!("\nall suites: {passed} passed, {failed} failed");
-    if !status.success() {
-        std::process::exit(status.code().unwrap_or(1));
-    }
-    Ok(())
+    Ok(child.wait()?.success())
 }
 
 /// The number just before `label` in a cargo summary such as `ok. 5 passed; 0 failed; …`.

@@ -18,15 +18,6 @@ use dev_stack::{
 use serde_json::{json, Value};
 use support::*;
 
-/// The `sub` of a token Keycloak just issued us (read, not verified: the services verify it).
-fn subject(token: &str) -> String {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
-    claims["sub"].as_str().unwrap().to_owned()
-}
-
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }

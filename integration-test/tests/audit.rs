@@ -5,16 +5,9 @@
 mod support;
 
 use common::kafka::KafkaArgs;
-use dev_stack::{
-    keycloak::{Keycloak, ADMIN_USER, ANALYST, CLINICIAN, REALM},
-    tokens,
-};
+use dev_stack::keycloak::{Keycloak, ADMIN_USER, ANALYST, CLINICIAN, REALM};
 use serde_json::{json, Value};
 use support::*;
-
-fn subject(token: &str) -> String {
-    tokens::decode_parts(token).1["sub"].as_str().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() {

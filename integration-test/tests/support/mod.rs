@@ -227,6 +227,11 @@ pub async fn summary(analytics: &Running) -> Value {
     client().await.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// The `sub` of a token Keycloak just issued us (read, not verified: the services verify it).
+pub fn subject(token: &str) -> String {
+    dev_stack::tokens::decode_parts(token).1["sub"].as_str().unwrap().to_owned()
+}
+
 /// Polls `check` until it yields `Some`, failing after `limit`.
 pub async fn eventually<T, F: Future<Output = Option<T>>>(limit: Duration, what: &str, mut check: impl FnMut() -> F) -> T {
     let start = std::time::Instant::now();
