@@ -85,7 +85,7 @@ impl Started {
     /// Starts a stopped container again and waits until its log, since this start, shows
     /// `ready` (a published port answers as soon as Docker's proxy does, before the server).
     pub fn resume(&self, ready: &str, limit: Duration) -> anyhow::Result<()> {
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs().to_string();
+        let since = format!("{:.3}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64());
         off_runtime(|| self.container().start()).context("failed to start container again")?;
         let id = self.container().id().to_owned();
         let deadline = std::time::Instant::now() + limit;
@@ -105,7 +105,9 @@ impl Started {
 impl Drop for Started {
     fn drop(&mut self) {
         if let Some(container) = self.container.take() {
-            off_runtime(move || drop(container));
+            // Never a panic inside drop (a test may be unwinding already): the exit hook
+            // removes whatever this leaves behind.
+            let _ = std::thread::spawn(move || drop(container)).join();
         }
     }
 }

@@ -35,6 +35,11 @@ pub fn daemon_answers() -> bool {
         .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
+/// Whether a Docker engine answers or can be started here (as root).
+pub fn obtainable() -> bool {
+    daemon_answers() || process::is_root()
+}
+
 /// A Docker engine that answers: the running one, else (as root) Debian's `docker.io`
 /// installed when missing and `dockerd` started in the background (log in the cache dir).
 pub fn ensure_daemon() -> anyhow::Result<()> {
@@ -147,7 +152,7 @@ pub fn build_images() -> anyhow::Result<Vec<(&'static str, String)>> {
                 for part in ["bin/cargo", "bin/rustc", "lib", "libexec"] {
                     link_tree(&sysroot.join(part), &context.join("toolchain").join(part))?;
                 }
-                fs::copy(HOST_CA_BUNDLE, context.join("ca-certificates.crt"))
+                fs::copy(HOST_CA_BUNDLE, context.join("machine-trust-store.crt"))
                     .with_context(|| format!("the builder image needs this machine's trust store, {HOST_CA_BUNDLE}"))?;
             }
             _ => {}
@@ -159,6 +164,11 @@ pub fn build_images() -> anyhow::Result<Vec<(&'static str, String)>> {
         process::run_checked(cmd.env("DOCKER_BUILDKIT", "0"), &format!("docker build {tag}"))?;
         let _ = fs::remove_dir_all(&context);
     }
+    // What rebuilding left behind: our images' previous versions (they carry the base's label)
+    // and build cache beyond a bound, so repeated runs do not fill the disk.
+    let filter = format!("label={RECIPE_LABEL}");
+    let _ = Command::new("docker").args(["image", "prune", "--force", "--filter", &filter]).output();
+    let _ = Command::new("docker").args(["builder", "prune", "--force", "--keep-storage", "8GB"]).output();
     Ok(images.into_iter().map(|i| (i.var, i.tag)).collect())
 }
 
@@ -331,6 +341,10 @@ impl Compose {
             .env("KEYCLOAK_PORT", self.ports.keycloak.to_string())
             .env("MAILPIT_UI_PORT", self.ports.mailpit_ui.to_string())
             .env("JAEGER_UI_PORT", self.ports.jaeger_ui.to_string());
+        if self.remove_on_drop {
+            // A throwaway stack (the tests'): published on loopback only.
+            cmd.env("PUBLISH_ADDRESS", "127.0.0.1");
+        }
         if images_present() {
             for (var, tag) in overrides() {
                 if std::env::var_os(var).is_none() {

@@ -8,6 +8,7 @@
 //! - [`jaeger`], [`mailpit`], [`helm`]: the trace backend, the mail server and Helm, built from
 //!   their Go modules; [`python`]: schemathesis and kubernetes-validate from PyPI.
 //! - [`browser`]: headless Chromium + playwright-core for UI journeys.
+//! - [`kube`]: Kubernetes' API server (from its Go modules) and etcd, for server-side dry runs.
 //! - [`docker`]: the Docker engine, compose, and local equivalents of every image.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
@@ -25,6 +26,7 @@ pub mod jaeger;
 pub mod java;
 pub mod kafka;
 pub mod keycloak;
+pub mod kube;
 pub mod mailpit;
 pub mod net;
 pub mod paths;

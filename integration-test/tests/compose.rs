@@ -29,21 +29,24 @@ async fn the_readme_journeys_pass_against_docker_compose_up() {
     let ports = ComposePorts::free().unwrap();
     let project = format!("patient-platform-test-{}", std::process::id());
     let stack = tokio::task::spawn_blocking(move || Compose::up(&project, ports, true)).await.unwrap().unwrap();
-    let result = tokio::spawn(journeys(ports)).await;
-    if result.is_err() {
+    // Bounded, so a hung call cannot keep the stack from being removed.
+    let result = tokio::spawn(tokio::time::timeout(Duration::from_secs(600), journeys(ports))).await;
+    if !matches!(result, Ok(Ok(()))) {
         eprintln!("compose: the services' last log lines:\n{}", stack.logs(40));
     }
     tokio::task::spawn_blocking(move || drop(stack)).await.unwrap();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic.into_panic());
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => panic!("the journeys did not finish within 10 minutes"),
+        Err(panic) => std::panic::resume_unwind(panic.into_panic()),
     }
 }
 
 async fn journeys(ports: ComposePorts) {
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let gw = format!("http://127.0.0.1:{}", ports.gateway);
-    // The issuer the services trust is the public one (KC_HOSTNAME): localhost on the published port.
-    let token_url = format!("http://localhost:{}/realms/{REALM}/protocol/openid-connect/token", ports.keycloak);
+    // Tokens carry the public issuer (KC_HOSTNAME, http://localhost:<port>) however Keycloak is reached.
+    let token_url = format!("http://127.0.0.1:{}/realms/{REALM}/protocol/openid-connect/token", ports.keycloak);
     let token = |form: Vec<(&'static str, &'static str)>| {
         let (http, url) = (http.clone(), token_url.clone());
         async move {
@@ -70,6 +73,11 @@ async fn journeys(ports: ComposePorts) {
     let patient = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let got: Value = http.get(format!("{gw}{location}")).bearer_auth(&service).send().await.unwrap().json().await.unwrap();
     assert_eq!(got["email"], body["email"]);
+    // The 15 seeded demo patients and ours, a page at a time.
+    let page = http.get(format!("{gw}/api/patients?page=0&size=5")).bearer_auth(&service).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["x-total-count"], "16");
+    assert_eq!(page.json::<Vec<Value>>().await.unwrap().len(), 5);
     // Billing (gRPC from patient-service, then the patient's event over Kafka) activates the account.
     eventually(Duration::from_secs(90), "the account active", || async {
         let bill: Value =
@@ -101,29 +109,41 @@ async fn journeys(ports: ComposePorts) {
         "endsAt": (starts + Span::minutes(30)).to_rfc3339_opts(SecondsFormat::Secs, true),
     });
     // The patient reaches appointment-service over Kafka: 422 until then.
-    let appointment = eventually(Duration::from_secs(90), "the booking accepted", || async {
+    let (appointment, consistency) = eventually(Duration::from_secs(90), "the booking accepted", || async {
         let resp = http.post(format!("{gw}/api/appointments")).bearer_auth(&clinician).json(&booking).send().await.unwrap();
         match resp.status().as_u16() {
-            201 => Some(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+            201 => {
+                let token = resp.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+                Some((resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned(), token))
+            }
             422 => None,
             other => panic!("booking answered {other}: {:?}", resp.text().await),
         }
     })
     .await;
+    // The schedule (the read side, fed over Kafka) shows it when asked to wait for the booking.
+    let schedule = format!("{gw}/api/appointments/schedule?clinicianId={me}&date={}", starts.date_naive());
+    let seen = http.get(schedule).bearer_auth(&clinician).header("x-wait-for", consistency).send().await.unwrap();
+    assert_eq!(seen.status(), 200);
+    let entries: Vec<Value> = seen.json().await.unwrap();
+    assert_eq!(entries.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), [appointment.as_str()]);
     let mailbox = format!("http://127.0.0.1:{}/api/v1/search?query=to:{}", ports.mailpit_ui, body["email"].as_str().unwrap());
-    let subjects = eventually(Duration::from_secs(90), "the welcome and the confirmation mailed", || async {
-        let found: Value = reqwest::get(&mailbox).await.ok()?.json().await.ok()?;
+    let mut subjects = eventually(Duration::from_secs(90), "the welcome and the confirmation mailed", || async {
+        let found: Value = http.get(&mailbox).send().await.ok()?.json().await.ok()?;
         let subjects: Vec<String> =
             found["messages"].as_array()?.iter().filter_map(|m| m["Subject"].as_str().map(str::to_owned)).collect();
         (subjects.len() >= 2).then_some(subjects)
     })
     .await;
+    subjects.sort_unstable();
     assert_eq!(subjects.len(), 2, "one welcome, one confirmation: {subjects:?}");
+    assert!(subjects[0].starts_with("Welcome"), "{subjects:?}");
+    assert!(subjects[1].starts_with("Your appointment on") && subjects[1].ends_with("is booked"), "{subjects:?}");
 
     // The trace backend received spans from the services.
     let traced = format!("http://127.0.0.1:{}/api/services", ports.jaeger_ui);
     eventually(Duration::from_secs(60), "the services' spans in Jaeger", || async {
-        let services: Value = reqwest::get(&traced).await.ok()?.json().await.ok()?;
+        let services: Value = http.get(&traced).send().await.ok()?.json().await.ok()?;
         let names: Vec<&str> = services["data"].as_array()?.iter().filter_map(Value::as_str).collect();
         ["gateway", "patient-service", "billing-service", "appointment-service"].iter().all(|s| names.contains(s)).then_some(())
     })

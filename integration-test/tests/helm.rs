@@ -1,12 +1,15 @@
 //! The Helm chart (`deploy/helm/patient-platform`): `helm lint`, then the manifests it renders —
 //! with the bundled infrastructure and with external PostgreSQL, Kafka, Keycloak and SMTP — are
-//! validated offline against the Kubernetes 1.32 schemas (kubernetes-validate, strict) and
-//! checked for what the platform relies on: two replicas, probes on the health endpoints, a
-//! preStop pause inside the grace period, disruption budgets, autoscalers, credentials from
-//! Secrets, and network policies that let users reach only the gateway and Keycloak.
+//! validated offline against the Kubernetes 1.32 schemas (kubernetes-validate, strict), applied
+//! with `kubectl apply --dry-run=server` to a real Kubernetes 1.32 API server (built from its Go
+//! modules; an invalid document is refused, so the check is live), and checked for what the
+//! platform relies on: two replicas, probes on the health endpoints, a preStop pause inside the
+//! grace period, disruption budgets, autoscalers, credentials from Secrets, and network policies
+//! that let users reach only the gateway and Keycloak.
 
 use std::{path::PathBuf, process::Command};
 
+use dev_stack::kube::ApiServer;
 use serde_json::Value;
 
 const KUBERNETES_VERSION: &str = "1.32.0";
@@ -22,8 +25,9 @@ fn run(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The chart rendered with `set` values, validated, as JSON documents.
-fn render(helm: &PathBuf, validate: &PathBuf, set: &[&str]) -> Vec<Value> {
+/// The chart rendered with `set` values, validated offline and by a real API server's
+/// server-side dry run, as JSON documents.
+fn render(helm: &PathBuf, validate: &PathBuf, api: &ApiServer, set: &[&str]) -> Vec<Value> {
     let mut cmd = Command::new(helm);
     cmd.args(["template", "pp"]).arg(chart());
     for s in set {
@@ -39,8 +43,27 @@ fn render(helm: &PathBuf, validate: &PathBuf, set: &[&str]) -> Vec<Value> {
     let python = validate.parent().unwrap().join("python");
     let script = "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))";
     let json = run(Command::new(python).args(["-c", script]).arg(&file), "yaml to json");
+    let docs: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let accepted = run(
+        api.kubectl().unwrap().args(["apply", "--dry-run=server", "--validate=strict", "-o", "name", "-f"]).arg(&file),
+        "kubectl apply --dry-run=server",
+    );
+    assert_eq!(accepted.lines().count(), docs.len(), "the API server accepts every document:\n{accepted}");
     std::fs::remove_dir_all(dir).unwrap();
-    serde_json::from_str(&json).unwrap()
+    docs
+}
+
+/// The server-side dry run is a real check: the same documents with one invalid value are refused.
+fn refused_by_the_api_server(api: &ApiServer, docs: &[Value]) -> String {
+    let mut docs = docs.to_vec();
+    let gateway = docs.iter_mut().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "pp-gateway").unwrap();
+    gateway["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = 70_000.into();
+    let file = std::env::temp_dir().join(format!("helm-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string()).unwrap();
+    let out = api.kubectl().unwrap().args(["apply", "--dry-run=server", "-f"]).arg(&file).output().unwrap();
+    std::fs::remove_file(file).unwrap();
+    assert!(!out.status.success(), "a container port of 70000 passed the API server");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -59,8 +82,11 @@ fn the_chart_lints_and_renders_valid_manifests_for_bundled_and_external_infrastr
     let helm = dev_stack::helm::ensure().expect("helm builds");
     let validate = dev_stack::python::kubernetes_validate().expect("kubernetes-validate installs");
     run(Command::new(&helm).args(["lint", "--strict"]).arg(chart()), "helm lint");
+    let api = ApiServer::start_ephemeral().expect("kube-apiserver starts");
 
-    let docs = render(&helm, &validate, &[]);
+    let docs = render(&helm, &validate, &api, &[]);
+    let refusal = refused_by_the_api_server(&api, &docs);
+    assert!(refusal.contains("containerPort") && refusal.contains("Invalid value"), "{refusal}");
     for name in SERVICES {
         let deployment = named(&docs, "Deployment", &format!("pp-{name}"));
         // The autoscaler owns the count (from 2); an upgrade does not reset it.
@@ -113,6 +139,7 @@ fn the_chart_lints_and_renders_valid_manifests_for_bundled_and_external_infrastr
     let docs = render(
         &helm,
         &validate,
+        &api,
         &[
             "postgres.external.host=db.hospital.example",
             "kafka.external.bootstrapServers=kafka-1.hospital.example:9092",
