@@ -78,6 +78,15 @@ pub async fn fresh_db(prefix: &str) -> (String, PgPool) {
     (url, pool)
 }
 
+/// The given database (a second replica, or a restarted instance, on its predecessor's), else
+/// a fresh one.
+async fn given_or_fresh_db(db_url: Option<String>, prefix: &str) -> (String, PgPool) {
+    match db_url {
+        Some(url) => (url.clone(), PgPool::connect(&url).await.unwrap()),
+        None => fresh_db(prefix).await,
+    }
+}
+
 /// A topic name of its own for one test.
 pub fn unique_topic() -> String {
     format!("patient-{}", uuid::Uuid::new_v4().simple())
@@ -98,7 +107,16 @@ pub async fn spawn_billing_with(
     kafka: KafkaArgs,
     tweak: impl FnOnce(&mut billing_service::config::Settings),
 ) -> (Running, String) {
-    let (url, db) = fresh_db("billing").await;
+    spawn_billing_on(None, kafka, tweak).await
+}
+
+/// billing-service on the given database (another replica's), else a fresh one.
+pub async fn spawn_billing_on(
+    db_url: Option<String>,
+    kafka: KafkaArgs,
+    tweak: impl FnOnce(&mut billing_service::config::Settings),
+) -> (Running, String) {
+    let (url, db) = given_or_fresh_db(db_url, "billing").await;
     let mut settings = billing_service::config::Settings::for_database(&url, oidc());
     settings.kafka = kafka;
     tweak(&mut settings);
@@ -118,7 +136,17 @@ pub async fn spawn_patients_with(
     kafka: KafkaArgs,
     tweak: impl FnOnce(&mut patient_service::config::Settings),
 ) -> Running {
-    let (url, db) = fresh_db("patients").await;
+    spawn_patients_on(None, billing_grpc, kafka, tweak).await
+}
+
+/// patient-service on the given database (another replica's), else a fresh one.
+pub async fn spawn_patients_on(
+    db_url: Option<String>,
+    billing_grpc: &str,
+    kafka: KafkaArgs,
+    tweak: impl FnOnce(&mut patient_service::config::Settings),
+) -> Running {
+    let (url, db) = given_or_fresh_db(db_url, "patients").await;
     let client = ClientArgs { client_id: SERVICE_CLIENT.0.into(), client_secret: Secret::new(SERVICE_CLIENT.1) };
     let mut settings = patient_service::config::Settings::for_database(&url, billing_grpc, oidc(), client);
     settings.kafka = kafka;
@@ -139,10 +167,7 @@ pub async fn spawn_analytics_with(
     kafka: KafkaArgs,
     tweak: impl FnOnce(&mut analytics_service::config::Settings),
 ) -> Running {
-    let (url, db) = match db_url {
-        Some(url) => (url.clone(), PgPool::connect(&url).await.unwrap()),
-        None => fresh_db("analytics").await,
-    };
+    let (url, db) = given_or_fresh_db(db_url, "analytics").await;
     let mut settings = analytics_service::config::Settings::for_test(&url, kafka, oidc());
     tweak(&mut settings);
     let app = analytics_service::startup::Application::build(settings).await.unwrap();
@@ -169,10 +194,7 @@ pub async fn spawn_notifications(
     smtp_port: u16,
     tweak: impl FnOnce(&mut notification_service::config::Settings),
 ) -> Running {
-    let (url, db) = match db_url {
-        Some(url) => (url.clone(), PgPool::connect(&url).await.unwrap()),
-        None => fresh_db("notifications").await,
-    };
+    let (url, db) = given_or_fresh_db(db_url, "notifications").await;
     let mut settings = notification_service::config::Settings::for_test(&url, kafka, smtp_port);
     settings.appointment_topic = appointment_topic.to_owned();
     tweak(&mut settings);
