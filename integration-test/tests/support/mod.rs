@@ -268,6 +268,17 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(limit: Duration, what:
 
 /// Reads `n` records of `topic` from the beginning with a fresh consumer group.
 pub async fn read_records(bootstrap: &str, topic: &str, n: usize, limit: Duration) -> Vec<OwnedMessage> {
+    read_until(bootstrap, topic, limit, |records| records.len() >= n).await
+}
+
+/// Reads `topic` from the beginning with a fresh consumer group until `enough` holds for what
+/// arrived, failing after `limit`.
+pub async fn read_until(
+    bootstrap: &str,
+    topic: &str,
+    limit: Duration,
+    enough: impl Fn(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
@@ -279,11 +290,11 @@ pub async fn read_records(bootstrap: &str, topic: &str, n: usize, limit: Duratio
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + limit;
-    while out.len() < n {
+    while !enough(&out) {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(m)) => out.push(m.detach()),
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Err(_) => panic!("only {} of {n} records arrived on {topic} within {limit:?}", out.len()),
+            Err(_) => panic!("{topic}: what arrived within {limit:?} ({} records) was not enough", out.len()),
         }
     }
     out
