@@ -5,7 +5,11 @@
 // The cross-process build lock is flock(2).
 #![allow(unsafe_code)]
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Context;
 
@@ -24,23 +28,37 @@ pub fn ensure() -> anyhow::Result<()> {
 pub fn build(name: &str, module: &str, package: &str, version: &str, takes: &str) -> anyhow::Result<PathBuf> {
     let dir = crate::paths::cache_dir().join(format!("{name}-{version}"));
     let bin = dir.join(name);
+    let lock_file = crate::paths::cache_dir().join(format!("{name}-{version}.lock"));
+    build_once(&bin, &lock_file, || {
+        eprintln!("dev-stack: building {name} {version} with go (once per machine, {takes})");
+        build_tool(&dir, name, module, package, version)
+    })
+}
+
+/// `bin` as it is, else made by `make` with the Go toolchain at hand. Tests (of one process or
+/// several) may ask at once: one build at a time (a mutex here, `lock_file` across processes),
+/// the others wait and then find it.
+pub(crate) fn build_once(bin: &Path, lock_file: &Path, make: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<PathBuf> {
     if bin.exists() {
-        return Ok(bin);
+        return Ok(bin.to_path_buf());
     }
-    // Tests (of one process or several) may ask at once: one build at a time, the others wait
-    // and then find it.
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _in_this_process = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    fs::create_dir_all(crate::paths::cache_dir())?;
-    let _across_processes = lock(&crate::paths::cache_dir().join(format!("{name}-{version}.lock")))?;
-    if bin.exists() {
-        return Ok(bin);
+    if let Some(parent) = lock_file.parent() {
+        fs::create_dir_all(parent)?;
     }
-    ensure()?;
-    eprintln!("dev-stack: building {name} {version} with go (once per machine, {takes})");
-    fs::create_dir_all(&dir)?;
+    let _across_processes = lock(lock_file)?;
+    if !bin.exists() {
+        ensure()?;
+        make()?;
+    }
+    Ok(bin.to_path_buf())
+}
+
+fn build_tool(dir: &Path, name: &str, module: &str, package: &str, version: &str) -> anyhow::Result<()> {
+    fs::create_dir_all(dir)?;
     let go = |args: &[&str], what: &str| {
-        process::run_checked(Command::new("go").args(args).current_dir(&dir).env("CGO_ENABLED", "0"), what).map(|_| ())
+        process::run_checked(Command::new("go").args(args).current_dir(dir).env("CGO_ENABLED", "0"), what).map(|_| ())
     };
     if !dir.join("go.mod").exists() {
         go(&["mod", "init", &format!("patient-platform/{name}")], "go mod init")?;
@@ -48,12 +66,12 @@ pub fn build(name: &str, module: &str, package: &str, version: &str, takes: &str
     go(&["get", "-tool", &format!("{module}@{version}")], &format!("go get {name}"))?;
     let tmp = format!("{name}.tmp");
     go(&["build", "-o", &tmp, package], &format!("go build {name}")).with_context(|| format!("failed to build {name}"))?;
-    fs::rename(dir.join(&tmp), &bin)?;
-    Ok(bin)
+    fs::rename(dir.join(&tmp), dir.join(name))?;
+    Ok(())
 }
 
 /// An exclusive lock on `path` (created if missing), held until the returned file is dropped.
-pub(crate) fn lock(path: &std::path::Path) -> anyhow::Result<fs::File> {
+fn lock(path: &Path) -> anyhow::Result<fs::File> {
     use std::os::fd::AsRawFd;
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
     // SAFETY: flock(2) on a descriptor this function owns; the lock ends when it is closed.

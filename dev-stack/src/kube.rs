@@ -29,38 +29,30 @@ pub const KUBECTL: &str = "kubectl";
 pub fn ensure(name: &str) -> anyhow::Result<PathBuf> {
     let dir = crate::paths::cache_dir().join(format!("kubernetes-{VERSION}"));
     let bin = dir.join("bin").join(name);
-    if bin.exists() {
-        return Ok(bin);
-    }
-    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _in_this_process = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    fs::create_dir_all(&dir)?;
-    let _across_processes = crate::go::lock(&dir.with_extension("lock"))?;
-    if bin.exists() {
-        return Ok(bin);
-    }
-    crate::go::ensure()?;
-    let go = |args: &[&str], what: &str| {
-        process::run_checked(
-            Command::new("go")
-                .args(args)
-                .current_dir(&dir)
-                .env("CGO_ENABLED", "0")
-                // The wrapper's requirements are resolved, not fixed in advance; the staging
-                // modules' checksums are not in the public checksum database under these pins.
-                .env("GOFLAGS", "-mod=mod")
-                .env("GONOSUMDB", "k8s.io"),
-            what,
-        )
-    };
-    if !dir.join("go.sum").exists() {
-        write_wrapper_module(&dir, &go)?;
-    }
-    eprintln!("dev-stack: building {name} {VERSION} with go (once per machine, a few minutes)");
-    let tmp = format!("bin/{name}.tmp");
-    go(&["build", "-o", &tmp, &format!("k8s.io/kubernetes/cmd/{name}")], &format!("go build {name}"))?;
-    fs::rename(dir.join(&tmp), &bin)?;
-    Ok(bin)
+    crate::go::build_once(&bin, &dir.with_file_name(format!("kubernetes-{VERSION}.lock")), || {
+        fs::create_dir_all(&dir)?;
+        let go = |args: &[&str], what: &str| {
+            process::run_checked(
+                Command::new("go")
+                    .args(args)
+                    .current_dir(&dir)
+                    .env("CGO_ENABLED", "0")
+                    // The wrapper's requirements are resolved, not fixed in advance; the staging
+                    // modules' checksums are not in the public checksum database under these pins.
+                    .env("GOFLAGS", "-mod=mod")
+                    .env("GONOSUMDB", "k8s.io"),
+                what,
+            )
+        };
+        if !dir.join("go.sum").exists() {
+            write_wrapper_module(&dir, &go)?;
+        }
+        eprintln!("dev-stack: building {name} {VERSION} with go (once per machine, a few minutes)");
+        let tmp = format!("bin/{name}.tmp");
+        go(&["build", "-o", &tmp, &format!("k8s.io/kubernetes/cmd/{name}")], &format!("go build {name}"))?;
+        fs::rename(dir.join(&tmp), &bin)?;
+        Ok(())
+    })
 }
 
 /// go.mod requiring `k8s.io/kubernetes` with every `./staging/…` replace of its own go.mod
