@@ -7,6 +7,7 @@ use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
     metrics::Registry,
+    shutdown::Drain,
     tasks::Task,
 };
 use rdkafka::consumer::StreamConsumer;
@@ -69,8 +70,9 @@ impl Application {
         tracing::info!(port = self.port(), "analytics-service listening");
         let stop = CancellationToken::new();
         let edge = Edge { args: self.edge, metrics: self.metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
-        let router = edge.wrap(routes::router(self.pool.clone(), self.auth.verifier.clone()));
-        let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let drain = Drain::new(&edge.args.drain);
+        let router = drain.layer(edge.wrap(routes::router(self.pool.clone(), self.auth.verifier.clone())));
+        let http = axum::serve(self.listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));

@@ -8,6 +8,7 @@ use common::{
     health::Readiness,
     metrics::Registry,
     outbox::Relay,
+    shutdown::Drain,
     tasks::Task,
 };
 use rdkafka::consumer::StreamConsumer;
@@ -88,8 +89,9 @@ impl Application {
         let stop = CancellationToken::new();
         let pool = self.state.db.clone();
         let edge = Edge { args: self.edge, metrics: self.metrics.clone(), readiness: Readiness::database(pool.clone()) };
-        let router = edge.wrap(routes::router(self.state));
-        let http = axum::serve(self.listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let drain = Drain::new(&edge.args.drain);
+        let router = drain.layer(edge.wrap(routes::router(self.state)));
+        let http = axum::serve(self.listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));

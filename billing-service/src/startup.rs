@@ -8,6 +8,7 @@ use common::{
     health::Readiness,
     kafka::DeadLetters,
     metrics::Registry,
+    shutdown::Drain,
     tasks::Task,
 };
 use proto::billing::billing_service_server::BillingServiceServer;
@@ -108,8 +109,9 @@ impl Application {
         let metrics = self.metrics.clone();
         // The HTTP port carries only the operational routes.
         let edge = Edge { args: self.edge, metrics: metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
-        let http_routes = edge.wrap(axum::Router::new());
-        let http = axum::serve(self.http, http_routes).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let drain = Drain::new(&edge.args.drain);
+        let http_routes = drain.layer(edge.wrap(axum::Router::new()));
+        let http = axum::serve(self.http, http_routes).with_graceful_shutdown(drain.then_stop(stop.clone()));
 
         let mut tasks: Vec<(&str, Task)> = vec![
             ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),

@@ -33,6 +33,8 @@ pub struct EdgeArgs {
     /// Time a request may take before it is answered 503 (above every deadline inside it).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    #[command(flatten)]
+    pub drain: crate::shutdown::DrainArgs,
 }
 
 impl Default for EdgeArgs {
@@ -104,7 +106,7 @@ mod tests {
             .route("/echo/{id}", post(|body: axum::body::Bytes| async move { body }))
             .route("/slow", axum::routing::get(|| tokio::time::sleep(Duration::from_secs(60))));
         let edge = Edge {
-            args: EdgeArgs { max_body_bytes: 8, request_timeout_ms: 1_000 },
+            args: EdgeArgs { max_body_bytes: 8, request_timeout_ms: 1_000, ..EdgeArgs::default() },
             metrics: metrics.clone(),
             readiness: Readiness::default().check("keys", move || std::future::ready(ready)),
         };

@@ -1,4 +1,22 @@
-//! The process-wide stop signal: SIGTERM (what orchestrators send) or Ctrl-C.
+//! The process-wide stop signal: SIGTERM (what orchestrators send) or Ctrl-C; and how an HTTP
+//! server drains its keep-alive connections before it stops.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderValue},
+    middleware::{self, Next},
+    response::Response,
+    Router,
+};
+use tokio_util::sync::CancellationToken;
 
 /// Resolves when the process is asked to stop.
 pub async fn signal() {
@@ -21,5 +39,119 @@ pub async fn signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received Ctrl-C, shutting down"),
         () = term => tracing::info!("received SIGTERM, shutting down"),
+    }
+}
+
+/// How long an HTTP server keeps serving after the stop signal while it asks its clients to
+/// leave (see [`Drain`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrainArgs {
+    /// Milliseconds an HTTP server keeps answering after SIGTERM, each answer with
+    /// `Connection: close`, before it stops taking requests: keep-alive clients (a proxy, a load
+    /// balancer pinned to this replica) move to another replica between two requests instead of
+    /// sending one on a connection just closed. 0: stop at once (in-flight requests still finish).
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 0)]
+    pub shutdown_drain_ms: u64,
+}
+
+/// The stop of an HTTP server in two steps. After the stop signal, for the drain period, it
+/// keeps serving but every response says `Connection: close`, so each busy keep-alive
+/// connection is closed by its client right after its next answer; then the graceful shutdown
+/// (hyper's: no new requests, in-flight ones finish, idle connections closed).
+#[derive(Debug, Clone)]
+pub struct Drain {
+    closing: Arc<AtomicBool>,
+    period: Duration,
+}
+
+impl Drain {
+    pub fn new(args: &DrainArgs) -> Self {
+        Self { closing: Arc::default(), period: Duration::from_millis(args.shutdown_drain_ms) }
+    }
+
+    /// `router` with its responses marked `Connection: close` while draining.
+    pub fn layer(&self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(self.closing.clone(), mark_closing))
+    }
+
+    /// For `with_graceful_shutdown`: resolves once `stop` is cancelled and the drain period has
+    /// passed.
+    pub async fn then_stop(self, stop: CancellationToken) {
+        stop.cancelled().await;
+        if !self.period.is_zero() {
+            self.closing.store(true, Ordering::Relaxed);
+            tracing::info!(drain_ms = self.period.as_millis() as u64, "draining: asking clients to close their connections");
+            tokio::time::sleep(self.period).await;
+        }
+    }
+}
+
+async fn mark_closing(State(closing): State<Arc<AtomicBool>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if closing.load(Ordering::Relaxed) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use axum::routing::get;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    /// One request on a kept-alive connection; the response head, lower-cased.
+    async fn ask(conn: &mut TcpStream) -> String {
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+        let mut buf = vec![0; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_lowercase()
+    }
+
+    #[tokio::test]
+    async fn a_stopping_server_keeps_answering_kept_alive_connections_and_asks_them_to_close() {
+        let drain = Drain::new(&DrainArgs { shutdown_drain_ms: 400 });
+        let router = drain.layer(Router::new().route("/", get(|| async { "ok" })));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let serving = axum::serve(listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
+        let server = tokio::spawn(async move { serving.await });
+
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let first = ask(&mut conn).await;
+        assert!(first.starts_with("http/1.1 200") && !first.contains("connection: close"), "{first}");
+        let stopped_at = Instant::now();
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The connection opened before the stop is still served, and told to close.
+        let second = ask(&mut conn).await;
+        assert!(second.starts_with("http/1.1 200") && second.contains("connection: close"), "{second}");
+        // So is a new one, during the drain.
+        let mut late = TcpStream::connect(addr).await.unwrap();
+        assert!(ask(&mut late).await.contains("connection: close"));
+        drop((conn, late));
+        server.await.unwrap().unwrap();
+        assert!(stopped_at.elapsed() >= Duration::from_millis(400), "the server stops after the drain period");
+    }
+
+    #[tokio::test]
+    async fn without_a_drain_period_the_server_stops_at_once() {
+        let drain = Drain::new(&DrainArgs { shutdown_drain_ms: 0 });
+        let router = drain.layer(Router::new().route("/", get(|| async { "ok" })));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stop = CancellationToken::new();
+        let serving = axum::serve(listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
+        let server = tokio::spawn(async move { serving.await });
+        let stopped_at = Instant::now();
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        assert!(stopped_at.elapsed() < Duration::from_millis(300));
     }
 }

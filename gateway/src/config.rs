@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::telemetry::LogArgs;
+use common::{shutdown::DrainArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
 use crate::{cors::Origins, limit::LimitSpec};
@@ -41,6 +41,8 @@ pub struct Settings {
     /// as in Keycloak's web origins. The default matches the dev realm's `patient-web` client.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "http://localhost:*,http://127.0.0.1:*")]
     pub cors_allowed_origins: Origins,
+    #[command(flatten)]
+    pub drain: DrainArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -4,7 +4,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{http::Uri, Router};
-use common::{health::Readiness, tasks::Task};
+use common::{health::Readiness, shutdown::Drain, tasks::Task};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
@@ -31,6 +31,8 @@ pub struct Application {
     /// `/api/openapi.json` and `/api/docs`.
     docs: Docs,
     cors: CorsLayer,
+    /// How the server stops: its keep-alive clients asked to leave first.
+    drain: Drain,
 }
 
 impl Application {
@@ -60,7 +62,14 @@ impl Application {
             ],
             &settings.oidc.issuer_url,
         )?;
-        Ok(Self { listener, gateway, auth, docs, cors: settings.cors_allowed_origins.layer() })
+        Ok(Self {
+            listener,
+            gateway,
+            auth,
+            docs,
+            cors: settings.cors_allowed_origins.layer(),
+            drain: Drain::new(&settings.drain),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -84,8 +93,9 @@ impl Application {
             .merge(common::metrics::routes(self.gateway.metrics.clone()))
             // Outermost: a preflight is answered before any stage looks at it.
             .layer(self.cors);
+        let router = self.drain.layer(router);
         let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+            .with_graceful_shutdown(self.drain.clone().then_stop(stop.clone()));
         let refresh = self.auth.keep_fresh(stop.clone());
         let tasks: Vec<(&str, Task)> = vec![
             ("http-server", Box::pin(async move { server.await.context("HTTP server failed") })),

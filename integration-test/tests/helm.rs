@@ -3,9 +3,9 @@
 //! validated offline against the Kubernetes 1.32 schemas (kubernetes-validate, strict), applied
 //! with `kubectl apply --dry-run=server` to a real Kubernetes 1.32 API server (built from its Go
 //! modules; an invalid document is refused, so the check is live), and checked for what the
-//! platform relies on: two replicas, probes on the health endpoints, a preStop pause inside the
-//! grace period, disruption budgets, autoscalers, credentials from Secrets, and network policies
-//! that let users reach only the gateway and Keycloak.
+//! platform relies on: two replicas, probes on the health endpoints, a preStop pause and the
+//! connection drain inside the grace period, disruption budgets, autoscalers, credentials from
+//! Secrets, and network policies that let users reach only the gateway and Keycloak.
 
 use std::{path::PathBuf, process::Command};
 
@@ -97,7 +97,13 @@ fn the_chart_lints_and_renders_valid_manifests_for_bundled_and_external_infrastr
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health/ready", "{name}");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health/live", "{name}");
         let pause = c["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64().unwrap();
-        assert!(pause < pod["terminationGracePeriodSeconds"].as_i64().unwrap(), "{name}: preStop inside the grace period");
+        let drain = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "SHUTDOWN_DRAIN_MS").expect("a drain period");
+        let drain: i64 = drain["value"].as_str().unwrap().parse().unwrap();
+        assert!(drain > 0, "{name}: keep-alive clients are asked to leave before the server stops");
+        assert!(
+            pause + drain / 1000 + 10 < pod["terminationGracePeriodSeconds"].as_i64().unwrap(),
+            "{name}: preStop, the drain and 10 s of in-flight work inside the grace period"
+        );
         assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"]["memory"].is_string(), "{name}");
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{name}");
         // No credential in plain sight: secret values come from the Secret.

@@ -8,6 +8,7 @@ use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
     metrics::Registry,
+    shutdown::Drain,
     tasks::Task,
 };
 use rdkafka::consumer::StreamConsumer;
@@ -80,7 +81,9 @@ impl Application {
         tracing::info!(port = self.port(), "notification-service listening");
         let stop = CancellationToken::new();
         let edge = Edge { args: self.edge, metrics: self.metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
-        let http = axum::serve(self.listener, edge.wrap(Router::new())).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let drain = Drain::new(&edge.args.drain);
+        let router = drain.layer(edge.wrap(Router::new()));
+        let http = axum::serve(self.listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
         tasks.push(("mail-sender", Box::pin(self.sender.run(stop.clone()))));

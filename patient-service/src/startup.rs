@@ -4,7 +4,7 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
-use common::{edge::Edge, health::Readiness, metrics::Registry, tasks::Task};
+use common::{edge::Edge, health::Readiness, metrics::Registry, shutdown::Drain, tasks::Task};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verifier::{client::ServiceToken, settings::Auth};
@@ -21,6 +21,7 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    drain: Drain,
     pool: sqlx::PgPool,
     relay: Option<common::outbox::Relay>,
     auth: Auth,
@@ -47,7 +48,8 @@ impl Application {
         )?;
         let state = AppState { db: pool.clone(), billing, verifier: auth.verifier.clone() };
         let edge = Edge { args: settings.edge.clone(), metrics: metrics.clone(), readiness: Readiness::database(pool.clone()) };
-        let router = edge.wrap(routes::router(state));
+        let drain = Drain::new(&edge.args.drain);
+        let router = drain.layer(edge.wrap(routes::router(state)));
         if !settings.kafka.kafka_disabled {
             settings.kafka.ensure_topics(&[&settings.kafka.kafka_topic]).await;
         }
@@ -55,7 +57,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, router, pool, relay, auth })
+        Ok(Self { listener, router, drain, pool, relay, auth })
     }
 
     pub fn port(&self) -> u16 {
@@ -68,7 +70,7 @@ impl Application {
         let stop = CancellationToken::new();
         // The peer address goes into audit records.
         let service = self.router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let http = axum::serve(self.listener, service).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let http = axum::serve(self.listener, service).with_graceful_shutdown(self.drain.then_stop(stop.clone()));
         let mut tasks: Vec<(&str, Task)> =
             vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));
