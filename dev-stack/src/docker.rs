@@ -254,6 +254,10 @@ fn link_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The platform's services, as docker-compose.yml and the Helm chart name them.
+pub const SERVICES: [&str; 6] =
+    ["billing-service", "patient-service", "analytics-service", "appointment-service", "notification-service", "gateway"];
+
 /// Host ports a compose stack publishes (the compose file's `*_PORT` overrides).
 #[derive(Debug, Clone, Copy)]
 pub struct ComposePorts {
@@ -308,6 +312,20 @@ impl Compose {
     /// A project started earlier (for `down`).
     pub fn existing(project: &str) -> Self {
         Self { project: project.to_owned(), ports: ComposePorts::DEFAULT, remove_on_drop: false }
+    }
+
+    /// Builds the six service images from the one Dockerfile (on the local builder and runtime
+    /// images when built) without starting anything, tagged `patient-platform/<service>:<tag>`:
+    /// the names the Helm chart runs.
+    pub fn build_services(&self, tag: &str) -> anyhow::Result<Vec<String>> {
+        ensure_daemon()?;
+        let mut cmd = self.command()?;
+        cmd.env("SERVICE_IMAGE_TAG", tag).arg("build");
+        let status = cmd.status().context("failed to run docker compose build")?;
+        if !status.success() {
+            bail!("docker compose build failed ({status})");
+        }
+        Ok(SERVICES.iter().map(|s| format!("patient-platform/{s}:{tag}")).collect())
     }
 
     /// The last `lines` lines of every service's log.

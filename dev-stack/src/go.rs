@@ -71,7 +71,7 @@ fn build_tool(dir: &Path, name: &str, module: &str, package: &str, version: &str
 }
 
 /// An exclusive lock on `path` (created if missing), held until the returned file is dropped.
-fn lock(path: &Path) -> anyhow::Result<fs::File> {
+pub(crate) fn lock(path: &Path) -> anyhow::Result<fs::File> {
     use std::os::fd::AsRawFd;
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
     // SAFETY: flock(2) on a descriptor this function owns; the lock ends when it is closed.

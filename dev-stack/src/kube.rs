@@ -23,6 +23,10 @@ const STAGING_VERSION: &str = "v0.32.4";
 /// The Kubernetes commands under `k8s.io/kubernetes/cmd/` this module builds on demand.
 pub const API_SERVER: &str = "kube-apiserver";
 pub const KUBECTL: &str = "kubectl";
+pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+pub const SCHEDULER: &str = "kube-scheduler";
+pub const KUBELET: &str = "kubelet";
+pub const PROXY: &str = "kube-proxy";
 
 /// Path of `k8s.io/kubernetes/cmd/<name>` at [`VERSION`], built on first use (kube-apiserver
 /// takes about 5 minutes on 2 cores, kubectl about 2).
@@ -49,7 +53,21 @@ pub fn ensure(name: &str) -> anyhow::Result<PathBuf> {
         }
         eprintln!("dev-stack: building {name} {VERSION} with go (once per machine, a few minutes)");
         let tmp = format!("bin/{name}.tmp");
-        go(&["build", "-o", &tmp, &format!("k8s.io/kubernetes/cmd/{name}")], &format!("go build {name}"))?;
+        // The version the binaries report (`kubectl version`, the API server's /version, which
+        // Helm checks charts' kubeVersion against), as the release build stamps it.
+        let (major, minor) = {
+            let mut parts = VERSION.trim_start_matches('v').split('.');
+            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+        };
+        let ldflags: Vec<String> = ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"]
+            .iter()
+            .flat_map(|pkg| {
+                [("gitVersion", VERSION), ("gitMajor", major), ("gitMinor", minor), ("gitTreeState", "clean")]
+                    .map(|(var, value)| format!("-X {pkg}.{var}={value}"))
+            })
+            .collect();
+        let ldflags = format!("-ldflags={}", ldflags.join(" "));
+        go(&["build", &ldflags, "-o", &tmp, &format!("k8s.io/kubernetes/cmd/{name}")], &format!("go build {name}"))?;
         fs::rename(dir.join(&tmp), &bin)?;
         Ok(())
     })
@@ -91,13 +109,45 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start_ephemeral() -> anyhow::Result<Self> {
+        let dir = process::fresh_test_dir("patient-platform-test-kube-");
+        fs::create_dir_all(&dir)?;
+        let spawn = |cmd: Command| process::spawn_tied_to_this_process(cmd, libc::SIGKILL);
+        let plane = ControlPlane::start(&dir, &spawn, &[])?;
+        Ok(Self { dir, kubeconfig: plane.kubeconfig, pids: plane.pids })
+    }
+
+    /// `kubectl` pointed at this control plane as a cluster admin.
+    pub fn kubectl(&self) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(ensure(KUBECTL)?);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        Ok(cmd)
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            process::terminate(*pid, Duration::from_secs(10));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// etcd and kube-apiserver in `dir` on free loopback ports, with one cluster-admin bearer token
+/// (in `kubeconfig`) and a service-account signing key (`sa.key`).
+pub(crate) struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    /// kube-apiserver, then etcd.
+    pub pids: Vec<u32>,
+}
+
+impl ControlPlane {
+    pub fn start(dir: &Path, spawn: &dyn Fn(Command) -> anyhow::Result<u32>, apiserver_args: &[String]) -> anyhow::Result<Self> {
         let apiserver = ensure(API_SERVER)?;
         let kubectl = ensure(KUBECTL)?;
         if Command::new("etcd").arg("--version").output().is_err() {
             crate::postgres::apt_install(&["etcd-server"])?;
         }
-        let dir = process::fresh_test_dir("patient-platform-test-kube-");
-        fs::create_dir_all(&dir)?;
         let (etcd_port, peer_port, secure_port) = (net::free_port()?, net::free_port()?, net::free_port()?);
 
         let etcd_log = fs::File::create(dir.join("etcd.log"))?;
@@ -111,7 +161,7 @@ impl ApiServer {
             .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
             .stdout(etcd_log.try_clone()?)
             .stderr(etcd_log);
-        let etcd_pid = process::spawn_tied_to_this_process(etcd, libc::SIGKILL)?;
+        let etcd_pid = spawn(etcd)?;
         process::wait_ready(
             "etcd",
             Duration::from_secs(30),
@@ -131,7 +181,7 @@ impl ApiServer {
             "openssl pkey",
         )?;
         let token = random_token();
-        fs::write(dir.join("tokens.csv"), format!("{token},test-admin,test-admin,\"system:masters\"\n"))?;
+        fs::write(dir.join("tokens.csv"), format!("{token},cluster-admin,cluster-admin,\"system:masters\"\n"))?;
 
         let log = fs::File::create(dir.join("kube-apiserver.log"))?;
         let mut cmd = Command::new(apiserver);
@@ -146,54 +196,36 @@ impl ApiServer {
             .arg(format!("--service-account-signing-key-file={}", key.display()))
             .arg(format!("--token-auth-file={}", dir.join("tokens.csv").display()))
             .arg("--authorization-mode=Node,RBAC")
+            .args(apiserver_args)
             .stdout(log.try_clone()?)
             .stderr(log);
-        let pid = process::spawn_tied_to_this_process(cmd, libc::SIGKILL)?;
+        let pid = spawn(cmd)?;
 
         let kubeconfig = dir.join("kubeconfig");
         fs::write(
             &kubeconfig,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{secure_port}\n    \
-                 insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  \
-                 context:\n    cluster: test\n    user: admin\n    namespace: default\ncurrent-context: test\n"
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: patient-platform\n  cluster:\n    server: https://127.0.0.1:{secure_port}\n    \
+                 insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: patient-platform\n  \
+                 context:\n    cluster: patient-platform\n    user: admin\n    namespace: default\ncurrent-context: patient-platform\n"
             ),
         )?;
-        let server = Self { dir, kubeconfig, pids: vec![pid, etcd_pid] };
         // Ready once it serves and has made the default namespace.
         let ready = || {
-            let mut get = server.kubectl_with(&kubectl);
-            get.args(["get", "namespace", "default", "--request-timeout=2s"]);
-            get.output().is_ok_and(|o| o.status.success())
+            Command::new(&kubectl)
+                .env("KUBECONFIG", &kubeconfig)
+                .args(["get", "namespace", "default", "--request-timeout=2s"])
+                .output()
+                .is_ok_and(|o| o.status.success())
         };
         process::wait_ready(
             "kube-apiserver",
             Duration::from_secs(120),
-            &server.dir.join("kube-apiserver.log"),
+            &dir.join("kube-apiserver.log"),
             || process::pid_alive(pid),
             ready,
         )?;
-        Ok(server)
-    }
-
-    /// `kubectl` pointed at this control plane as a cluster admin.
-    pub fn kubectl(&self) -> anyhow::Result<Command> {
-        Ok(self.kubectl_with(&ensure(KUBECTL)?))
-    }
-
-    fn kubectl_with(&self, kubectl: &Path) -> Command {
-        let mut cmd = Command::new(kubectl);
-        cmd.env("KUBECONFIG", &self.kubeconfig);
-        cmd
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        for pid in &self.pids {
-            process::terminate(*pid, Duration::from_secs(10));
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        Ok(Self { kubeconfig, pids: vec![pid, etcd_pid] })
     }
 }
 

@@ -9,6 +9,7 @@
 //!   their Go modules; [`python`]: schemathesis and kubernetes-validate from PyPI.
 //! - [`browser`]: headless Chromium + playwright-core for UI journeys.
 //! - [`kube`]: Kubernetes' API server (from its Go modules) and etcd, for server-side dry runs.
+//! - [`cluster`]: a single-node Kubernetes (containerd, kubelet, kube-proxy, CoreDNS) for the chart.
 //! - [`docker`]: the Docker engine, compose, and local equivalents of every image.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
@@ -16,6 +17,7 @@
 //! - [`tokens`]: RSA test keys (openssl CLI), JWKS entries and signed test tokens.
 
 pub mod browser;
+pub mod cluster;
 pub mod containers;
 pub mod docker;
 pub mod download;

@@ -119,6 +119,13 @@ enum Cmd {
     /// use (for machines that reach package registries but no image registry) and print the
     /// variables that select them.
     Images,
+    /// A single-node Kubernetes on this machine (binaries built once from the Go module proxy),
+    /// the images loaded, and the Helm chart installed with two replicas of every service;
+    /// prints how to call it. Needs root. `--down` stops it (its data goes with it).
+    K8s {
+        #[arg(long)]
+        down: bool,
+    },
     /// The audit trail of patient data (SPEC §11).
     Audit {
         #[command(subcommand)]
@@ -157,6 +164,15 @@ fn main() -> anyhow::Result<()> {
         Cmd::Audit { command: AuditCmd::Verify { ports, database_url } } => audit_verify(&ports, database_url),
         Cmd::Test { args } => test(&args),
         Cmd::Images => images(),
+        Cmd::K8s { down: false } => k8s_up(),
+        Cmd::K8s { down: true } => {
+            let ran = dev_stack::cluster::Cluster::stop_running()?;
+            println!(
+                "{}",
+                if ran { "Cluster stopped and the node cleaned." } else { "No cluster was running (the node is clean)." }
+            );
+            Ok(())
+        }
     }
 }
 
@@ -166,6 +182,44 @@ fn images() -> anyhow::Result<()> {
     for (var, tag) in overrides {
         println!("  export {var}={tag}");
     }
+    Ok(())
+}
+
+/// The Helm release `cargo xtask k8s` installs.
+const HELM_RELEASE: &str = "pp";
+
+fn k8s_up() -> anyhow::Result<()> {
+    use dev_stack::cluster::{Cluster, Lifetime};
+    println!("==> Local images (infrastructure, then the six services)");
+    let mut images: Vec<String> = dev_stack::docker::build_images()?
+        .into_iter()
+        .filter(|(var, _)| ["POSTGRES_IMAGE", "KAFKA_IMAGE", "KEYCLOAK_IMAGE", "MAILPIT_IMAGE"].contains(var))
+        .map(|(_, tag)| tag)
+        .collect();
+    images.extend(Compose::existing(COMPOSE_PROJECT).build_services("0.1.0")?);
+    println!("==> Single-node Kubernetes {} (first run: builds its binaries, about 15 minutes)", dev_stack::kube::VERSION);
+    let cluster = Cluster::start(Lifetime::Detached)?;
+    cluster.load_images(&images)?;
+    println!("==> helm upgrade --install {HELM_RELEASE} deploy/helm/patient-platform (two replicas of every service)");
+    cluster.install_platform(HELM_RELEASE, "0.1.0", 2)?;
+    let gateway = cluster.service_url(&format!("{HELM_RELEASE}-gateway"), 4004)?;
+    let keycloak = cluster.service_url(&format!("{HELM_RELEASE}-keycloak"), 8080)?;
+    let kubeconfig = cluster.kubeconfig().display().to_string();
+    let kubectl = dev_stack::kube::ensure(dev_stack::kube::KUBECTL)?.display().to_string();
+    println!(
+        r#"
+The platform runs on Kubernetes (release {HELM_RELEASE}); its Services' cluster IPs answer on this machine.
+
+  export KUBECONFIG={kubeconfig}
+  {kubectl} get pods
+
+  1. A token (client_credentials):
+    TOKEN=$(curl -s {keycloak}/realms/{REALM}/protocol/openid-connect/token       -d grant_type=client_credentials -d client_id=ms-api -d client_secret=ms-api-dev-secret | jq -r .access_token)
+  2. REST through the gateway Service:
+    curl -H "Authorization: Bearer $TOKEN" {gateway}/api/patients
+
+Pods' logs: /var/log/pods   Stop: cargo xtask k8s --down"#
+    );
     Ok(())
 }
 
