@@ -88,7 +88,8 @@ impl Drain {
 
 async fn mark_closing(State(closing): State<Arc<AtomicBool>>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    if closing.load(Ordering::Relaxed) {
+    // A protocol switch keeps its own `Connection: upgrade`.
+    if closing.load(Ordering::Relaxed) && response.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
@@ -133,6 +134,10 @@ mod tests {
         // The connection opened before the stop is still served, and told to close.
         let second = ask(&mut conn).await;
         assert!(second.starts_with("http/1.1 200") && second.contains("connection: close"), "{second}");
+        // And the server closes it after that answer.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut rest)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "closed after the answer: {closed:?}");
         // So is a new one, during the drain.
         let mut late = TcpStream::connect(addr).await.unwrap();
         assert!(ask(&mut late).await.contains("connection: close"));

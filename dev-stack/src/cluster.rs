@@ -60,13 +60,39 @@ pub struct Cluster {
     lifetime: Lifetime,
 }
 
-/// Where the node keeps its state (wiped at each start).
+/// Where the node keeps its state (wiped at each start; root's only: it holds the admin token
+/// and the volumes).
 fn node_dir() -> PathBuf {
     crate::paths::cache_dir().join("kube-node")
 }
 
-fn pids_file(dir: &Path) -> PathBuf {
-    dir.join("pids")
+/// What the host knows of the node, whatever cache it used, until the next boot: the lock, the
+/// running components (`pids`) and the kernel settings to restore (`sysctl`). A `pids` file here
+/// is also how a clean-up tells this node's leftovers from another Kubernetes on the host.
+const HOST_MARKER: &str = "/run/patient-platform-node";
+/// The cgroup every pod of the node lives under (in each hierarchy).
+const CGROUP_ROOT: &str = "patient-platform-node";
+/// Kernel settings the node changes (the kubelet's tunables, kube-proxy's localnet routing), put
+/// back by the clean-up. IP forwarding and bridged traffic through iptables stay on: Docker
+/// needs them too.
+const SYSCTLS: [&str; 7] = [
+    "net/ipv4/conf/all/route_localnet",
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+];
+
+fn pids_file() -> PathBuf {
+    Path::new(HOST_MARKER).join("pids")
+}
+
+/// The host-wide lock: one start or stop at a time.
+fn host_lock() -> anyhow::Result<fs::File> {
+    fs::create_dir_all(HOST_MARKER)?;
+    crate::go::lock(&Path::new(HOST_MARKER).join("lock"))
 }
 
 fn containerd_socket(dir: &Path) -> PathBuf {
@@ -81,28 +107,36 @@ impl Cluster {
             bail!("a Kubernetes node needs root (containerd, the bridge, iptables)");
         }
         let dir = node_dir();
-        fs::create_dir_all(&dir)?;
-        let _starting = crate::go::lock(&dir.with_extension("lock"))?;
-        if running_pids(&dir).next().is_some() {
+        let _starting = host_lock()?;
+        if !running_pids().is_empty() {
             bail!("a cluster already runs on this machine (cargo xtask k8s); stop it with `cargo xtask k8s --down`");
+        }
+        if !pids_file().exists() && has_kube_chains() {
+            bail!("another Kubernetes' kube-proxy rules (KUBE-* iptables chains) are on this host; this node would disturb it");
         }
         let binaries = Binaries::ensure()?;
         clean_up(&dir);
-        fs::create_dir_all(&dir)?;
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        }
+        save_sysctls()?;
 
         let spawn = |cmd: Command| -> anyhow::Result<u32> {
             let pid = match lifetime {
                 Lifetime::TiedToThisProcess => process::spawn_tied_to_this_process(cmd, libc::SIGTERM)?,
                 Lifetime::Detached => process::spawn_detached(cmd)?,
             };
-            let mut pids = fs::read_to_string(pids_file(&dir)).unwrap_or_default();
-            pids.push_str(&format!("{pid}\n"));
-            fs::write(pids_file(&dir), pids)?;
+            let mut pids = fs::read_to_string(pids_file()).unwrap_or_default();
+            pids.push_str(&format!("{pid} {}\n", start_time(pid).unwrap_or_default()));
+            fs::write(pids_file(), pids)?;
             Ok(pid)
         };
         let cluster = Self { dir: dir.clone(), kubeconfig: dir.join("kubeconfig"), lifetime };
         let started = (|| {
             host_network()?;
+            make_cgroup_root()?;
             ControlPlane::start(&dir, &spawn, &[])?;
             cluster.start_containerd(&binaries, &spawn)?;
             cluster.start_controllers(&binaries, &spawn)?;
@@ -111,7 +145,8 @@ impl Cluster {
             cluster.make_volumes()
         })();
         if let Err(e) = started {
-            drop(cluster);
+            // Whatever the lifetime: a half-started node is not left behind.
+            clean_up(&cluster.dir);
             return Err(e);
         }
         Ok(cluster)
@@ -119,10 +154,16 @@ impl Cluster {
 
     /// Stops a cluster `cargo xtask k8s` left running and cleans the node; false if none ran.
     pub fn stop_running() -> anyhow::Result<bool> {
-        let dir = node_dir();
-        let ran = running_pids(&dir).next().is_some();
-        clean_up(&dir);
+        let _stopping = host_lock()?;
+        let ran = !running_pids().is_empty();
+        clean_up(&node_dir());
         Ok(ran)
+    }
+
+    /// Stops this cluster and cleans the node (also done when a cluster tied to this process is
+    /// dropped).
+    pub fn stop(&self) {
+        clean_up(&self.dir);
     }
 
     pub fn kubeconfig(&self) -> &Path {
@@ -132,7 +173,8 @@ impl Cluster {
     /// `kubectl` as the cluster's admin.
     pub fn kubectl(&self) -> anyhow::Result<Command> {
         let mut cmd = Command::new(kube::ensure(kube::KUBECTL)?);
-        cmd.env("KUBECONFIG", &self.kubeconfig);
+        // No call waits on an unanswering API server for ever.
+        cmd.env("KUBECONFIG", &self.kubeconfig).arg("--request-timeout=30s");
         Ok(cmd)
     }
 
@@ -163,11 +205,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// Where the kubelet keeps the pods' logs (`<namespace>_<pod>_<uid>/<container>/<n>.log`):
-    /// read directly, since the API server does not reach the kubelet (which serves loopback only).
+    /// Where the kubelet keeps the pods' logs (`<namespace>_<pod>_<uid>/<container>/<n>.log`).
+    pub fn pod_logs_dir(&self) -> PathBuf {
+        self.dir.join("pod-logs")
+    }
+
+    /// The last lines of the logs of the pods whose name starts with `pod_prefix`: read
+    /// directly, since the API server does not reach the kubelet (which serves loopback only).
     pub fn pod_logs(&self, pod_prefix: &str, lines: usize) -> String {
         let mut out = String::new();
-        let Ok(entries) = fs::read_dir("/var/log/pods") else { return out };
+        let Ok(entries) = fs::read_dir(self.pod_logs_dir()) else { return out };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !name.starts_with(&format!("default_{pod_prefix}")) {
@@ -187,7 +234,7 @@ impl Cluster {
     /// `helm upgrade --install` of the platform's chart as `release` on the local images (the
     /// services' as `patient-platform/<service>:<tag>`), then waits until every Deployment has
     /// rolled out with `replicas` ready pods of each service (the autoscalers' minimum).
-    pub fn install_platform(&self, release: &str, tag: &str, replicas: u32) -> anyhow::Result<()> {
+    pub fn install_platform(&self, release: &str, tag: &str, replicas: u32, limit: Duration) -> anyhow::Result<()> {
         let chart = crate::paths::workspace_root().join("deploy/helm/patient-platform");
         let mut sets = vec![format!("image.tag={tag}"), format!("replicas={replicas}")];
         for (var, image) in crate::docker::overrides() {
@@ -201,12 +248,12 @@ impl Cluster {
             sets.push(format!("{value}={image}"));
         }
         let mut helm = self.helm()?;
-        helm.args(["upgrade", "--install", release]).arg(&chart).args(["--timeout", "15m"]);
+        helm.args(["upgrade", "--install", release]).arg(&chart);
         for set in &sets {
             helm.args(["--set", set]);
         }
         process::run_checked(&mut helm, "helm upgrade --install")?;
-        self.wait_rolled_out(release, replicas, Duration::from_secs(900))
+        self.wait_rolled_out(release, replicas, limit)
     }
 
     /// Every Deployment of `release` rolled out (all pods on the current template and ready,
@@ -300,7 +347,7 @@ impl Cluster {
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{socket}\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"docker.io/{PAUSE_IMAGE}\"\n  \
-                 restrict_oom_score_adj = true\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    \
+                 restrict_oom_score_adj = true\n  netns_mounts_under_state_dir = true\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    \
                  snapshotter = \"overlayfs\"\n    default_runtime_name = \"runc\"\n    \
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n      runtime_type = \"io.containerd.runc.v2\"\n  \
                  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = \"{cni}\"\n",
@@ -354,13 +401,14 @@ impl Cluster {
     fn start_node(&self, bin: &Binaries, spawn: &dyn Fn(Command) -> anyhow::Result<u32>) -> anyhow::Result<()> {
         let dir = &self.dir;
         let config = dir.join("kubelet.yaml");
-        // Loopback only, for the host's eyes: pods cannot reach the kubelet's API.
+        // Loopback only, for the host's eyes (pods cannot reach the kubelet's API), and only with a
+        // token the API server vouches for.
         fs::write(
             &config,
             format!(
                 "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-                 authentication:\n  anonymous: {{enabled: true}}\n  webhook: {{enabled: false}}\n\
-                 authorization: {{mode: AlwaysAllow}}\ncgroupDriver: cgroupfs\n\
+                 authentication:\n  anonymous: {{enabled: false}}\n  webhook: {{enabled: true}}\n\
+                 authorization: {{mode: Webhook}}\ncgroupDriver: cgroupfs\ncgroupRoot: /{CGROUP_ROOT}\npodLogsDir: {logs}\n\
                  containerRuntimeEndpoint: unix://{socket}\nfailSwapOn: false\n\
                  clusterDNS: [{NODE_IP}]\nclusterDomain: cluster.local\naddress: 127.0.0.1\nport: {port}\n\
                  readOnlyPort: 0\nhealthzBindAddress: 127.0.0.1\nhealthzPort: {healthz}\nserializeImagePulls: false\n\
@@ -368,6 +416,7 @@ impl Cluster {
                  imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 99\nresolvConf: /etc/resolv.conf\n\
                  maxPods: 60\n",
                 socket = containerd_socket(dir).display(),
+                logs = self.pod_logs_dir().display(),
                 port = net::free_port()?,
                 healthz = net::free_port()?,
             ),
@@ -392,6 +441,8 @@ impl Cluster {
             .arg(format!("--cluster-cidr={POD_SUBNET}"))
             .arg("--proxy-mode=iptables")
             .arg("--conntrack-max-per-core=0")
+            // NodePorts on 127.0.0.1 would need route_localnet, opening loopback to the network.
+            .arg("--iptables-localhost-nodeports=false")
             .arg(format!("--healthz-bind-address=127.0.0.1:{}", net::free_port()?))
             .arg(format!("--metrics-bind-address=127.0.0.1:{}", net::free_port()?))
             .stdout(out)
@@ -565,29 +616,89 @@ fn host_network() -> anyhow::Result<()> {
     ip(&["link", "set", BRIDGE, "up"])
 }
 
-/// Pids recorded by the node's last start that are still alive.
-fn running_pids(dir: &Path) -> impl Iterator<Item = u32> {
-    fs::read_to_string(pids_file(dir))
+/// The kubelet's cgroup root in every hierarchy (it must exist before the kubelet starts).
+fn make_cgroup_root() -> anyhow::Result<()> {
+    for hierarchy in cgroup_hierarchies() {
+        let root = hierarchy.join(CGROUP_ROOT);
+        fs::create_dir_all(&root).with_context(|| format!("creating the node's cgroup in {}", hierarchy.display()))?;
+        // cgroup v1's cpuset starts a new group with no CPUs and no memory nodes: the host's.
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let mine = root.join(file);
+            if fs::read_to_string(&mine).is_ok_and(|v| v.trim().is_empty()) {
+                fs::write(&mine, fs::read_to_string(hierarchy.join(file))?.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kernel settings the node may change, as they were before its first start since the last
+/// clean-up.
+fn save_sysctls() -> anyhow::Result<()> {
+    let file = Path::new(HOST_MARKER).join("sysctl");
+    if file.exists() {
+        return Ok(());
+    }
+    let saved: String = SYSCTLS
+        .iter()
+        .filter_map(|key| Some(format!("{key} {}\n", fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?.trim())))
+        .collect();
+    fs::write(file, saved).context("saving the kernel settings")
+}
+
+fn restore_sysctls() {
+    let file = Path::new(HOST_MARKER).join("sysctl");
+    for line in fs::read_to_string(&file).unwrap_or_default().lines() {
+        if let Some((key, value)) = line.split_once(' ') {
+            if SYSCTLS.contains(&key) {
+                let _ = fs::write(Path::new("/proc/sys").join(key), value);
+            }
+        }
+    }
+    let _ = fs::remove_file(file);
+}
+
+/// A process' start time (clock ticks since boot, `/proc/<pid>/stat` field 22): with the pid, it
+/// names the process, so a recorded pid reused by another process is not mistaken for ours.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The node's components still running (as recorded at their start: pid and start time).
+fn running_pids() -> Vec<u32> {
+    fs::read_to_string(pids_file())
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .filter(|&pid| process::pid_alive(pid))
-        .collect::<Vec<u32>>()
-        .into_iter()
+        .filter_map(|l| {
+            let (pid, started) = l.trim().split_once(' ')?;
+            let pid: u32 = pid.parse().ok()?;
+            (process::pid_alive(pid) && start_time(pid) == started.parse().ok()).then_some(pid)
+        })
+        .collect()
+}
+
+/// Whether kube-proxy's (or the kubelet's) chains are in the host's tables.
+fn has_kube_chains() -> bool {
+    Command::new("iptables-save")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with(":KUBE-")))
 }
 
 /// Everything a node (running, or killed) leaves on the host, undone: its processes (newest
-/// first: CoreDNS, kube-proxy, the kubelet, …, etcd), the pods' processes and cgroups, the
-/// container shims, mounts, network namespaces, kube-proxy's iptables chains, the bridge and the
-/// state dir.
+/// first: CoreDNS, kube-proxy, the kubelet, …, etcd), the pods' processes and cgroups (under the
+/// node's own cgroup root), the container shims of its containerd, the mounts and network
+/// namespaces under its state dir, kube-proxy's iptables chains (only if this node ran since the
+/// last clean-up: its `pids` record), the bridge, the kernel settings and the state dir.
 fn clean_up(dir: &Path) {
-    let mut pids: Vec<u32> = running_pids(dir).collect();
+    let ran = pids_file().exists();
+    let mut pids = running_pids();
     pids.reverse();
     for pid in pids {
         process::terminate(pid, Duration::from_secs(10));
     }
     for _ in 0..5 {
-        if kill_cgroup_processes("kubepods") == 0 {
+        if kill_cgroup_processes(CGROUP_ROOT) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -596,23 +707,27 @@ fn clean_up(dir: &Path) {
     for pid in processes_with_argument(&socket) {
         process::kill(pid);
     }
-    let state = dir.display().to_string();
-    unmount_under(&[state.as_str(), "/run/netns/cni-", "/var/run/netns/cni-"]);
-    for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with("cni-") {
-            let _ = fs::remove_file(entry.path());
+    unmount_under(&format!("{}/", dir.display()));
+    remove_cgroups(CGROUP_ROOT);
+    if ran {
+        // Only an already built kube-proxy: a clean-up never starts a build.
+        let proxy = crate::paths::cache_dir().join(format!("kubernetes-{}/bin/{}", kube::VERSION, kube::PROXY));
+        if proxy.exists() {
+            let _ = Command::new(proxy).arg("--cleanup").output();
         }
+        remove_kube_chains();
     }
-    remove_cgroups("kubepods");
-    if let Ok(proxy) = kube::ensure(kube::PROXY) {
-        let _ = Command::new(proxy).arg("--cleanup").output();
-    }
-    remove_kube_chains();
     while Command::new("iptables").arg("-D").args(POD_TO_POD).arg("ACCEPT").output().is_ok_and(|o| o.status.success()) {}
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
-    let _ = fs::remove_dir_all("/var/log/pods");
-    let _ = fs::remove_dir_all("/var/log/containers");
+    // The kubelet's links to the pods' logs, where they point into the node's dir.
+    for link in fs::read_dir("/var/log/containers").into_iter().flatten().flatten() {
+        if fs::read_link(link.path()).is_ok_and(|target| target.starts_with(dir)) {
+            let _ = fs::remove_file(link.path());
+        }
+    }
+    restore_sysctls();
     let _ = fs::remove_dir_all(dir);
+    let _ = fs::remove_file(pids_file());
 }
 
 /// What `kube-proxy --cleanup` leaves: the kubelet's and kube-proxy's own chains (KUBE-FIREWALL,
@@ -625,7 +740,7 @@ fn remove_kube_chains() {
             // Jumps from the built-in chains first, then the chains themselves.
             for rule in rules.lines().filter_map(|l| l.strip_prefix("-A ")) {
                 if !rule.starts_with("KUBE-") && rule.contains("-j KUBE-") {
-                    let _ = Command::new("sh").arg("-c").arg(format!("{tool} -t {table} -D {rule}")).output();
+                    let _ = Command::new(tool).args(["-t", table, "-D"]).args(save_words(rule)).output();
                 }
             }
             let chains: Vec<&str> =
@@ -639,16 +754,44 @@ fn remove_kube_chains() {
     }
 }
 
-/// The cgroup v1 hierarchies' (and v2's) `<controller>/<name>` directories.
-fn cgroup_roots(name: &str) -> Vec<PathBuf> {
-    fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join(name))
-        .chain(std::iter::once(Path::new("/sys/fs/cgroup").join(name)))
-        .filter(|p| p.is_dir())
+/// The words of an `iptables-save` rule: split on spaces, except inside double quotes (comments),
+/// where `\"` stands for a quote. No shell is involved.
+fn save_words(rule: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut chars) = (Vec::new(), String::new(), false, rule.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => word.extend(chars.next()),
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// The mounted cgroup hierarchies (each v1 controller's, v2's unified one).
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            matches!(kind, "cgroup" | "cgroup2").then(|| PathBuf::from(point))
+        })
         .collect()
+}
+
+/// The node's `<hierarchy>/<name>` directories.
+fn cgroup_roots(name: &str) -> Vec<PathBuf> {
+    cgroup_hierarchies().into_iter().map(|h| h.join(name)).filter(|p| p.is_dir()).collect()
 }
 
 /// SIGKILLs every process in the cgroups under `name`; returns how many there were.
@@ -703,14 +846,10 @@ fn processes_with_argument(arg: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Lazily unmounts every mount point starting with one of `prefixes`, deepest first.
-fn unmount_under(prefixes: &[&str]) {
+/// Lazily unmounts every mount point under `prefix`, deepest first.
+fn unmount_under(prefix: &str) {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| prefixes.iter().any(|prefix| p.starts_with(prefix)))
-        .collect();
+    let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(prefix)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     points.dedup();
     for point in points {

@@ -180,7 +180,7 @@ impl ControlPlane {
             Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(dir.join("sa.pub")),
             "openssl pkey",
         )?;
-        let token = random_token();
+        let token = random_token()?;
         fs::write(dir.join("tokens.csv"), format!("{token},cluster-admin,cluster-admin,\"system:masters\"\n"))?;
 
         let log = fs::File::create(dir.join("kube-apiserver.log"))?;
@@ -230,10 +230,8 @@ impl ControlPlane {
 }
 
 /// A random bearer token (128 bits, hex) from the kernel's generator.
-fn random_token() -> String {
+fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
-    if let Ok(mut f) = fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes).context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

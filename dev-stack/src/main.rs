@@ -201,7 +201,7 @@ fn k8s_up() -> anyhow::Result<()> {
     let cluster = Cluster::start(Lifetime::Detached)?;
     cluster.load_images(&images)?;
     println!("==> helm upgrade --install {HELM_RELEASE} deploy/helm/patient-platform (two replicas of every service)");
-    cluster.install_platform(HELM_RELEASE, "0.1.0", 2)?;
+    cluster.install_platform(HELM_RELEASE, "0.1.0", 2, Duration::from_secs(900))?;
     let gateway = cluster.service_url(&format!("{HELM_RELEASE}-gateway"), 4004)?;
     let keycloak = cluster.service_url(&format!("{HELM_RELEASE}-keycloak"), 8080)?;
     let kubeconfig = cluster.kubeconfig().display().to_string();

@@ -35,6 +35,12 @@ const HOP_BY_HOP: [&str; 8] =
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// How long an idle upstream connection is kept: shorter than the services' drain on shutdown
+/// (`SHUTDOWN_DRAIN_MS`, 3 s in the chart), so a connection is never reused just as a stopping
+/// replica closes it: it either carries a request during the drain (and is told to close) or
+/// has already been dropped here.
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
@@ -46,7 +52,7 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(UPSTREAM_IDLE).build(connector);
         Self { client, response_timeout }
     }
 

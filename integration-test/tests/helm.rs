@@ -99,7 +99,11 @@ fn the_chart_lints_and_renders_valid_manifests_for_bundled_and_external_infrastr
         let pause = c["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64().unwrap();
         let drain = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "SHUTDOWN_DRAIN_MS").expect("a drain period");
         let drain: i64 = drain["value"].as_str().unwrap().parse().unwrap();
-        assert!(drain > 0, "{name}: keep-alive clients are asked to leave before the server stops");
+        // Longer than the gateway's upstream idle timeout: no pooled connection outlives the drain.
+        assert!(
+            drain > gateway::proxy::UPSTREAM_IDLE.as_millis() as i64,
+            "{name}: keep-alive clients are asked to leave before the server stops"
+        );
         assert!(
             pause + drain / 1000 + 10 < pod["terminationGracePeriodSeconds"].as_i64().unwrap(),
             "{name}: preStop, the drain and 10 s of in-flight work inside the grace period"
