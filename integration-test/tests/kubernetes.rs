@@ -201,16 +201,8 @@ async fn scenario(cluster: Arc<Cluster>) {
         .await
         .unwrap();
     }
-    let pods = cluster
-        .kubectl()
-        .unwrap()
-        .args(["get", "pods", "-l", &format!("app.kubernetes.io/instance={RELEASE}"), "-o", "json"])
-        .output()
-        .unwrap();
-    let pods: Value = serde_json::from_slice(&pods.stdout).unwrap();
-    let images: Vec<&str> = pods["items"]
-        .as_array()
-        .unwrap()
+    let pods = release_pods(&cluster).expect("the release's pods");
+    let images: Vec<&str> = pods
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|p| p["spec"]["containers"][0]["image"].as_str())
@@ -230,18 +222,21 @@ async fn scenario(cluster: Arc<Cluster>) {
     drop(renewal);
 }
 
-/// Pods of the release being deleted.
-fn terminating(cluster: &Cluster) -> usize {
+/// The release's pods, as the API server lists them (None when it does not answer).
+fn release_pods(cluster: &Cluster) -> Option<Vec<Value>> {
     let out = cluster
         .kubectl()
         .unwrap()
         .args(["get", "pods", "-l", &format!("app.kubernetes.io/instance={RELEASE}"), "-o", "json"])
         .output()
         .unwrap();
-    let pods: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    pods["items"]
-        .as_array()
-        .map_or(usize::MAX, |items| items.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_null()).count())
+    let mut pods: Value = serde_json::from_slice(&out.stdout).ok()?;
+    pods["items"].as_array_mut().map(std::mem::take)
+}
+
+/// Pods of the release being deleted.
+fn terminating(cluster: &Cluster) -> usize {
+    release_pods(cluster).map_or(usize::MAX, |pods| pods.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_null()).count())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
