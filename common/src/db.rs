@@ -7,6 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, Connection, Executor, PgConnection, PgPool};
 
+/// A pooled connection idle this long is pinged before it is handed out.
+pub const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Database settings, flattened into each service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
@@ -50,7 +53,19 @@ impl DbArgs {
         owner.close().await.context("failed to close the migration connection")?;
         let mut options = PgPoolOptions::new()
             .max_connections(self.database_max_connections)
-            .acquire_timeout(Duration::from_millis(self.database_acquire_timeout_ms));
+            .acquire_timeout(Duration::from_millis(self.database_acquire_timeout_ms))
+            // A connection back from a statement moments ago is alive: pinging it before every
+            // use would double the round trips of a busy service. One that sat idle is pinged
+            // and, if the server dropped it (a restart), closed and replaced before anyone uses it.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < PING_WHEN_IDLE_FOR {
+                        return Ok(true);
+                    }
+                    conn.ping().await.map(|()| true)
+                })
+            });
         if let Some(role) = runtime_role {
             // A constant of the service, never input: safe to splice as an identifier.
             options = options.after_connect(move |conn, _| {

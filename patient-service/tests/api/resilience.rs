@@ -62,3 +62,32 @@ async fn a_bill_read_is_refused_by_the_open_circuit_too() {
     assert_problem(app.client.get(&bill).send().await.unwrap(), 503).await;
     assert_eq!(app.metric(REJECTED).await, rejected + 1);
 }
+
+#[tokio::test]
+async fn connections_the_database_dropped_while_idle_are_replaced_before_a_request_uses_them() {
+    let app = TestApp::spawn().await;
+    app.create_patient(&patient_body(1)).await;
+    let list = app.url("/patients");
+    let reads = || futures::future::join_all((0..8).map(|_| app.client.get(&list).send()));
+    // Several pooled connections, each used moments ago (no ping before their next use).
+    for resp in reads().await {
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+
+    // The server drops every connection of the service, as a restart or an idle timeout does.
+    let dropped: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert!(dropped.len() >= 2, "the service held pooled connections: {dropped:?}");
+
+    // Once they count as idle they are tested before use: no request meets a dead one.
+    tokio::time::sleep(common::db::PING_WHEN_IDLE_FOR + Duration::from_millis(300)).await;
+    for resp in reads().await {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    }
+}
