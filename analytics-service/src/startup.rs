@@ -78,7 +78,7 @@ impl Application {
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));
         if let Some((consumer, handler)) = self.consumer {
             let stop = stop.clone();
-            tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, stop).await })));
+            tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(consumer, &handler, stop).await })));
         }
         let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
         self.pool.close().await;

@@ -100,11 +100,11 @@ impl Application {
         }
         if let Some(Consumers { replica, projection }) = self.consumers {
             let s = stop.clone();
-            tasks.push(("patient-replica", Box::pin(async move { common::kafka::consume(&replica.0, &replica.1, s).await })));
+            tasks.push(("patient-replica", Box::pin(async move { common::kafka::consume(replica.0, &replica.1, s).await })));
             let s = stop.clone();
             tasks.push((
                 "schedule-projection",
-                Box::pin(async move { common::kafka::consume(&projection.0, &projection.1, s).await }),
+                Box::pin(async move { common::kafka::consume(projection.0, &projection.1, s).await }),
             ));
         }
         let result = common::tasks::run_siblings(tasks, stop, shutdown).await;

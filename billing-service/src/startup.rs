@@ -122,7 +122,7 @@ impl Application {
             Some((consumer, dead_letters)) => {
                 let handler = BillingEventHandler { db: self.pool.clone(), dead_letters, metrics: metrics.clone() };
                 let until = stop.clone();
-                tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &handler, until).await })));
+                tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(consumer, &handler, until).await })));
                 let sweep = pending::sweep_until_stopped(self.pool.clone(), self.pending_window, metrics.clone(), stop.clone());
                 tasks.push(("pending-sweeper", Box::pin(sweep)));
             }

@@ -186,8 +186,41 @@ pub trait RecordHandler: Send + Sync {
 }
 
 /// Consumes until `stop`: each record is handled (retried with back-off until it succeeds), then
-/// its offset is stored for the next commit; on stop, stored offsets are committed synchronously.
-pub async fn consume(consumer: &StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
+/// its offset is stored for the next commit; on stop, stored offsets are committed (see
+/// [`commit_on_exit`]) and the consumer is closed (see [`close`]).
+pub async fn consume(consumer: StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
+    let result = consume_records(&consumer, handler, stop).await;
+    close(consumer).await;
+    result
+}
+
+/// How long a stopping service waits for its consumer to leave the group.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Closes the consumer (final commit, leaving the group) on a thread of its own, waiting at most
+/// [`CLOSE_LIMIT`]: librdkafka's close waits for the broker without end, so a service told to stop
+/// while the broker is unreachable would otherwise never exit (and it would block a runtime
+/// thread meanwhile). Left behind, the close ends with the process; the group then reassigns the
+/// partitions after the session timeout, and uncommitted records are redelivered.
+async fn close(consumer: StreamConsumer) {
+    let (closed, done) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name("kafka-consumer-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "could not close the Kafka consumer on a thread of its own");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_LIMIT, done).await.is_err() {
+        tracing::warn!(
+            limit_ms = CLOSE_LIMIT.as_millis() as u64,
+            "Kafka consumer did not close in time (broker unreachable?); stopping without it"
+        );
+    }
+}
+
+async fn consume_records(consumer: &StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
     loop {
         let message: BorrowedMessage<'_> = tokio::select! {
             () = stop.cancelled() => break,
@@ -237,8 +270,11 @@ pub async fn consume(consumer: &StreamConsumer, handler: &impl RecordHandler, st
     commit_on_exit(consumer)
 }
 
+/// Asks for a commit of the stored offsets without waiting for it: a synchronous commit waits for
+/// the broker without end. Closing the consumer ([`close`]) then completes it. An offset not
+/// committed only means a redelivery, which every handler tolerates.
 fn commit_on_exit(consumer: &StreamConsumer) -> anyhow::Result<()> {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
+    match consumer.commit_consumer_state(CommitMode::Async) {
         // Nothing stored since the last commit is not an error.
         Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
         Err(err) => {

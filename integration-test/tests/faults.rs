@@ -663,4 +663,15 @@ async fn nothing_lost_duplicated_orphaned_or_reordered_under_faults_and_load() {
         }
     }
     assert!(failures.is_empty(), "reconciliation failed after: {failures:#?}");
+
+    // SIGTERM while the broker is unreachable: every service still stops within its grace (the
+    // consumers' last offset commit must not wait for a broker that is gone).
+    platform.kafka.kill();
+    for service in SERVICES {
+        let started = Instant::now();
+        assert!(services::stop(service, &platform.services.dirs, GRACE), "{service} was running");
+        let took = started.elapsed();
+        eprintln!("{service} stopped {took:?} after SIGTERM with the broker down");
+        assert!(took < GRACE, "{service} did not stop within {GRACE:?} of SIGTERM with the broker down");
+    }
 }

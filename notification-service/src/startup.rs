@@ -89,7 +89,7 @@ impl Application {
         tasks.push(("mail-sender", Box::pin(self.sender.run(stop.clone()))));
         if let Some((consumer, notifier)) = self.consumer {
             let s = stop.clone();
-            tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(&consumer, &notifier, s).await })));
+            tasks.push(("event-consumer", Box::pin(async move { common::kafka::consume(consumer, &notifier, s).await })));
         }
         let result = common::tasks::run_siblings(tasks, stop, shutdown).await;
         self.pool.close().await;
