@@ -1,5 +1,5 @@
 //! The `patient` topic consumer: decode, then record the event id and apply the event in ONE
-//! transaction (a redelivered event finds its id and changes nothing).
+//! statement (a redelivered event finds its id and changes nothing).
 //!
 //! - Records that cannot be decoded go to the dead-letter topic with the reason at once.
 //! - Records the database rejects (a data or constraint error: the same record would fail every
@@ -21,7 +21,7 @@ use rdkafka::{message::OwnedMessage, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::repo::{self, Event, Kind};
+use crate::repo::{self, Applied, Event, Kind};
 
 pub struct AnalyticsHandler {
     pub db: PgPool,
@@ -83,20 +83,21 @@ impl AnalyticsHandler {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(event_id = %event.event_id, patient_id = %event.patient_id, kind = event.kind.as_str()))]
     async fn apply(&self, event: &Event) -> anyhow::Result<()> {
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
-        let fresh = repo::record_event(&mut tx, event).await.context("failed to record event id")?;
-        if fresh {
-            repo::apply(&mut tx, event).await.context("failed to apply event")?;
-        }
-        tx.commit().await.context("failed to commit event")?;
-        if fresh {
-            self.metrics.inc("analytics_events_total{result=\"applied\"}");
-            tracing::debug!("event applied");
-        } else {
-            self.metrics.inc("analytics_events_total{result=\"duplicate\"}");
-            tracing::info!("duplicate event ignored");
+        let applied = repo::apply(&self.db, event).await.context("failed to apply event")?;
+        match applied {
+            Applied::Applied => {
+                self.metrics.inc("analytics_events_total{result=\"applied\"}");
+                tracing::debug!("event applied");
+            }
+            Applied::Stale => {
+                self.metrics.inc("analytics_events_total{result=\"applied\"}");
+                tracing::info!(sequence = event.sequence, "older than what was applied for this patient: state kept");
+            }
+            Applied::Duplicate => {
+                self.metrics.inc("analytics_events_total{result=\"duplicate\"}");
+                tracing::info!("duplicate event ignored");
+            }
         }
         Ok(())
     }

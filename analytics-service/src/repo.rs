@@ -1,14 +1,12 @@
-//! SQL of the aggregates, one function per statement group. Event writes take the caller's
-//! transaction: recording the event id and applying it commit together or not at all.
+//! SQL of the aggregates. An event is recorded and applied by one statement (the
+//! `apply_patient_event` function of the migrations): both happen or neither.
 
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
-
-type Tx<'a> = Transaction<'a, Postgres>;
 
 /// Kinds of patient events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,101 +47,39 @@ pub struct Event {
     pub sequence: u64,
 }
 
-/// Records the event id; false when it was applied before (a redelivery).
-#[tracing::instrument(skip_all, fields(event_id = %e.event_id))]
-pub async fn record_event(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<bool> {
-    let inserted = sqlx::query("INSERT INTO processed_events (event_id, event_type) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Counted, and the patient's state changed.
+    Applied,
+    /// Applied before (a redelivery): nothing changed.
+    Duplicate,
+    /// Older than what was applied for this patient: counted, state kept.
+    Stale,
+}
+
+/// Records the event id and applies the event in ONE statement (the migration's
+/// `apply_patient_event`): a redelivered event finds its id and changes nothing, a late older
+/// event of a patient is counted but never undoes a newer one.
+#[tracing::instrument(skip_all, fields(event_id = %e.event_id, patient_id = %e.patient_id, kind = e.kind.as_str()))]
+pub async fn apply(db: &PgPool, e: &Event) -> sqlx::Result<Applied> {
+    let outcome: String = sqlx::query_scalar("SELECT apply_patient_event($1, $2, $3, $4, $5, $6)")
         .bind(e.event_id)
         .bind(e.kind.as_str())
-        .execute(&mut **tx)
+        .bind(e.patient_id)
+        .bind(e.date_of_birth)
+        .bind(e.registered_date)
+        .bind(i64::try_from(e.sequence).unwrap_or(i64::MAX))
+        .fetch_one(db)
         .await?;
-    Ok(inserted.rows_affected() == 1)
+    match outcome.as_str() {
+        "applied" => Ok(Applied::Applied),
+        "duplicate" => Ok(Applied::Duplicate),
+        "stale" => Ok(Applied::Stale),
+        other => Err(sqlx::Error::Protocol(format!("apply_patient_event answered {other:?}"))),
+    }
 }
 
-/// Applies one event to every aggregate.
-#[tracing::instrument(skip_all, fields(event_id = %e.event_id, patient_id = %e.patient_id, kind = e.kind.as_str()))]
-pub async fn apply(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO event_counts (event_type, count) VALUES ($1, 1)
-         ON CONFLICT (event_type) DO UPDATE SET count = event_counts.count + 1",
-    )
-    .bind(e.kind.as_str())
-    .execute(&mut **tx)
-    .await?;
-    if let (Kind::Created, Some(registered)) = (e.kind, e.registered_date) {
-        sqlx::query(
-            "INSERT INTO registrations_per_month (month, count) VALUES ($1, 1)
-             ON CONFLICT (month) DO UPDATE SET count = registrations_per_month.count + 1",
-        )
-        .bind(registered.format("%Y-%m").to_string())
-        .execute(&mut **tx)
-        .await?;
-    }
-    // Counted above in any order; the patient's state only moves forward.
-    if e.sequence > 0 && !newest_for_patient(tx, e).await? {
-        tracing::info!(sequence = e.sequence, "older than what was applied for this patient: state kept");
-        return Ok(());
-    }
-    match e.kind {
-        Kind::Created => {
-            sqlx::query(
-                "INSERT INTO active_patients (patient_id, date_of_birth, registered_date) VALUES ($1, $2, $3)
-                 ON CONFLICT (patient_id) DO UPDATE SET date_of_birth = $2, registered_date = $3",
-            )
-            .bind(e.patient_id)
-            .bind(e.date_of_birth)
-            .bind(e.registered_date)
-            .execute(&mut **tx)
-            .await?;
-        }
-        // With a sequence an update carries the whole state: it may arrive before its create.
-        Kind::Updated if e.sequence > 0 => {
-            sqlx::query(
-                "INSERT INTO active_patients (patient_id, date_of_birth, registered_date) VALUES ($1, $2, $3)
-                 ON CONFLICT (patient_id) DO UPDATE SET date_of_birth = COALESCE($2, active_patients.date_of_birth),
-                 registered_date = COALESCE($3, active_patients.registered_date)",
-            )
-            .bind(e.patient_id)
-            .bind(e.date_of_birth)
-            .bind(e.registered_date)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Kind::Updated => {
-            sqlx::query(
-                "UPDATE active_patients SET date_of_birth = COALESCE($2, date_of_birth),
-                 registered_date = COALESCE($3, registered_date) WHERE patient_id = $1",
-            )
-            .bind(e.patient_id)
-            .bind(e.date_of_birth)
-            .bind(e.registered_date)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Kind::Deleted => {
-            sqlx::query("DELETE FROM active_patients WHERE patient_id = $1").bind(e.patient_id).execute(&mut **tx).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The aggregates as served by `GET /analytics/summary`.
-/// Records `e.sequence` as the patient's newest change; false (nothing recorded) when a newer or
-/// the same one was applied already.
-async fn newest_for_patient(tx: &mut Tx<'_>, e: &Event) -> sqlx::Result<bool> {
-    let moved = sqlx::query(
-        "INSERT INTO patient_sequence (patient_id, sequence) VALUES ($1, $2)
-         ON CONFLICT (patient_id) DO UPDATE SET sequence = EXCLUDED.sequence
-         WHERE patient_sequence.sequence < EXCLUDED.sequence",
-    )
-    .bind(e.patient_id)
-    .bind(i64::try_from(e.sequence).unwrap_or(i64::MAX))
-    .execute(&mut **tx)
-    .await?;
-    Ok(moved.rows_affected() == 1)
-}
-
-/// The aggregates, each event counted once.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {

@@ -20,7 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::TryStreamExt;
-use sqlx::{PgExecutor, PgPool, Row};
+use sqlx::{error::BoxDynError, postgres::PgArguments, Arguments, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 use verifier::{
     web::{self, Caller},
@@ -107,27 +107,34 @@ impl AuditContext {
         })
     }
 
+    /// The audit columns a context fills, besides the patient id and the chain's own.
+    pub const COLUMNS: &'static str =
+        "subject, client_id, action, query, outcome, request_id, trace_id, client_address, forwarded_for";
+
+    /// Adds this context's values of [`Self::COLUMNS`] to `args`, and returns their placeholders
+    /// (`$n, …`), for a statement that writes the audit row beside other changes.
+    pub fn add_values(&self, args: &mut PgArguments, outcome: StatusCode) -> Result<String, BoxDynError> {
+        let first = args.len() + 1;
+        args.add(&self.subject)?;
+        args.add(&self.client_id)?;
+        args.add(self.action.as_str())?;
+        args.add(&self.query)?;
+        args.add(outcome.as_u16() as i16)?;
+        args.add(&self.request_id)?;
+        args.add(&self.trace_id)?;
+        args.add(&self.client_address)?;
+        args.add(&self.forwarded_for)?;
+        Ok((first..args.len() + 1).map(|n| format!("${n}")).collect::<Vec<_>>().join(", "))
+    }
+
     /// Appends the record with `outcome` (inside the caller's transaction, when given one).
     #[tracing::instrument(skip_all, fields(action = self.action.as_str(), outcome = outcome.as_u16()))]
     pub async fn record(&self, db: impl PgExecutor<'_>, outcome: StatusCode, patient_id: Option<Uuid>) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (subject, client_id, action, patient_id, query, outcome, request_id, trace_id,
-                                    client_address, forwarded_for, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, '', '')",
-        )
-        .bind(&self.subject)
-        .bind(&self.client_id)
-        .bind(self.action.as_str())
-        .bind(patient_id.or(self.patient_id))
-        .bind(&self.query)
-        .bind(outcome.as_u16() as i16)
-        .bind(&self.request_id)
-        .bind(&self.trace_id)
-        .bind(&self.client_address)
-        .bind(&self.forwarded_for)
-        .execute(db)
-        .await
-        .map(|_| ())
+        let mut args = PgArguments::default();
+        args.add(patient_id.or(self.patient_id)).map_err(sqlx::Error::Encode)?;
+        let values = self.add_values(&mut args, outcome).map_err(sqlx::Error::Encode)?;
+        let sql = format!("INSERT INTO audit_log (patient_id, {}, prev_hash, hash) VALUES ($1, {values}, '', '')", Self::COLUMNS);
+        sqlx::query_with(&sql, args).execute(db).await.map(|_| ())
     }
 }
 

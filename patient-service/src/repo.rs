@@ -1,10 +1,12 @@
 //! SQL of the `patients` table, one function per statement. Writes take the caller's
 //! transaction; the handler owns begin/commit.
 
-use sqlx::{PgExecutor, Postgres, Transaction};
+use axum::http::StatusCode;
+use sqlx::{error::BoxDynError, postgres::PgArguments, Arguments, PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
+    audit::AuditContext,
     domain::{Patient, ValidPatient},
     outbox::NewEvent,
 };
@@ -34,11 +36,32 @@ impl ListFilter {
 
 const FILTER: &str = r#"($1::text IS NULL OR name ILIKE $1 ESCAPE '\') AND ($2::text IS NULL OR lower(email) = lower($2))"#;
 
-/// Inserts the patient and its outbox event in ONE statement (atomic on its own): one round
-/// trip instead of begin, two inserts and commit.
+/// Inserts the patient, its outbox event and the create's audit record (`outcome`) in ONE
+/// statement, atomic on its own: one round trip instead of begin, three inserts and commit, and
+/// the audit chain's head is locked only while the statement runs.
 #[tracing::instrument(skip_all, fields(patient_id = %patient.id, event_id = %event.event_id))]
-pub async fn insert_with_event(db: impl PgExecutor<'_>, patient: &Patient, event: &NewEvent<'_>) -> sqlx::Result<Patient> {
-    sqlx::query_as::<_, Patient>(&format!(
+pub async fn insert_with_event(
+    db: impl PgExecutor<'_>,
+    patient: &Patient,
+    event: &NewEvent<'_>,
+    audit: &AuditContext,
+    outcome: StatusCode,
+) -> sqlx::Result<Patient> {
+    let mut args = PgArguments::default();
+    let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
+    add(args.add(patient.id))?;
+    add(args.add(&patient.name))?;
+    add(args.add(&patient.email))?;
+    add(args.add(&patient.address))?;
+    add(args.add(patient.date_of_birth))?;
+    add(args.add(patient.registered_date))?;
+    add(args.add(event.event_id))?;
+    add(args.add(event.kind.as_str()))?;
+    add(args.add(&event.payload))?;
+    add(args.add(event.traceparent))?;
+    let audit_values = audit.add_values(&mut args, outcome).map_err(sqlx::Error::Encode)?;
+    let audit_columns = AuditContext::COLUMNS;
+    let sql = format!(
         r#"
         WITH inserted AS (
             INSERT INTO patients (id, name, email, address, date_of_birth, registered_date)
@@ -47,22 +70,14 @@ pub async fn insert_with_event(db: impl PgExecutor<'_>, patient: &Patient, event
         ), event AS (
             INSERT INTO outbox (event_id, patient_id, event_type, payload, traceparent)
             SELECT $7, id, $8, $9, $10 FROM inserted
+        ), audited AS (
+            INSERT INTO audit_log (patient_id, {audit_columns}, prev_hash, hash)
+            SELECT id, {audit_values}, '', '' FROM inserted
         )
         SELECT {COLUMNS} FROM inserted
         "#
-    ))
-    .bind(patient.id)
-    .bind(&patient.name)
-    .bind(&patient.email)
-    .bind(&patient.address)
-    .bind(patient.date_of_birth)
-    .bind(patient.registered_date)
-    .bind(event.event_id)
-    .bind(event.kind.as_str())
-    .bind(&event.payload)
-    .bind(event.traceparent)
-    .fetch_one(db)
-    .await
+    );
+    sqlx::query_as_with::<_, Patient, _>(&sql, args).fetch_one(db).await
 }
 
 /// Updates every field; a `None` registered date keeps the stored one. `None` when no such patient.

@@ -76,7 +76,7 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
 /// Creates a patient and opens its billing account; nothing is saved when billing is unavailable.
 //
 // Open the billing account, then insert the patient, its event and its audit record in one
-// transaction. No database connection is held while billing is called: a slow billing must not
+// statement (with the idempotency key's outcome: one transaction). No database connection is held while billing is called: a slow billing must not
 // drain the pool under every other endpoint. If billing fails, nothing was written here. With an
 // `Idempotency-Key` the patient id is reserved with the key, so a retry (after a 503, a timeout
 // or a lost response) reuses it: billing, idempotent per patient id, opens no second account,
@@ -159,15 +159,19 @@ async fn create_patient(
     let trace = traceparent(headers);
     let event = outbox::NewEvent::new(EventType::Created, &new, trace.as_deref());
     let location = format!("{}/patients/{id}", common::extract::forwarded_prefix(headers));
-    let mut tx = state.db.begin().await.context("failed to begin transaction")?;
-    let patient = repo::insert_with_event(&mut *tx, &new, &event).await?;
-    let body = PatientResponse::from(patient);
-    if let Some(key) = key {
-        let stored = serde_json::to_value(&body).context("response does not serialise")?;
-        idempotency::complete(&mut tx, &audit.subject, key, &stored, &location).await?;
-    }
-    audit.record(&mut *tx, StatusCode::CREATED, Some(id)).await?;
-    tx.commit().await.context("failed to commit patient create")?;
+    let body = match key {
+        // One statement: the patient, its event and the audit record, atomic without a
+        // transaction of ours.
+        None => PatientResponse::from(repo::insert_with_event(&state.db, &new, &event, audit, StatusCode::CREATED).await?),
+        Some(key) => {
+            let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+            let body = PatientResponse::from(repo::insert_with_event(&mut *tx, &new, &event, audit, StatusCode::CREATED).await?);
+            let stored = serde_json::to_value(&body).context("response does not serialise")?;
+            idempotency::complete(&mut tx, &audit.subject, key, &stored, &location).await?;
+            tx.commit().await.context("failed to commit patient create")?;
+            body
+        }
+    };
 
     tracing::info!("patient created");
     Ok((
