@@ -3,9 +3,11 @@
 -- (it used to take begin, up to five statements and commit). Returns 'duplicate' when the event
 -- id was applied before (nothing changes), 'stale' when the patient already holds a newer change
 -- (counted, state kept), 'applied' otherwise.
+-- `p_month` is the registration's month as the service formats it (YYYY-MM, signed beyond year
+-- 9999 or before year 1), the key registrations_per_month has always used.
 CREATE FUNCTION apply_patient_event(
     p_event_id uuid, p_event_type text, p_patient_id uuid,
-    p_date_of_birth date, p_registered_date date, p_sequence bigint
+    p_date_of_birth date, p_registered_date date, p_month text, p_sequence bigint
 ) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO processed_events (event_id, event_type) VALUES (p_event_id, p_event_type) ON CONFLICT DO NOTHING;
@@ -14,8 +16,8 @@ BEGIN
     END IF;
     INSERT INTO event_counts (event_type, count) VALUES (p_event_type, 1)
         ON CONFLICT (event_type) DO UPDATE SET count = event_counts.count + 1;
-    IF p_event_type = 'PATIENT_CREATED' AND p_registered_date IS NOT NULL THEN
-        INSERT INTO registrations_per_month (month, count) VALUES (to_char(p_registered_date, 'YYYY-MM'), 1)
+    IF p_event_type = 'PATIENT_CREATED' AND p_month IS NOT NULL THEN
+        INSERT INTO registrations_per_month (month, count) VALUES (p_month, 1)
             ON CONFLICT (month) DO UPDATE SET count = registrations_per_month.count + 1;
     END IF;
     IF p_sequence > 0 THEN

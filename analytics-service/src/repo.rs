@@ -63,12 +63,14 @@ pub enum Applied {
 /// event of a patient is counted but never undoes a newer one.
 #[tracing::instrument(skip_all, fields(event_id = %e.event_id, patient_id = %e.patient_id, kind = e.kind.as_str()))]
 pub async fn apply(db: &PgPool, e: &Event) -> sqlx::Result<Applied> {
-    let outcome: String = sqlx::query_scalar("SELECT apply_patient_event($1, $2, $3, $4, $5, $6)")
+    let month = e.registered_date.map(|d| d.format("%Y-%m").to_string());
+    let outcome: String = sqlx::query_scalar("SELECT apply_patient_event($1, $2, $3, $4, $5, $6, $7)")
         .bind(e.event_id)
         .bind(e.kind.as_str())
         .bind(e.patient_id)
         .bind(e.date_of_birth)
         .bind(e.registered_date)
+        .bind(month)
         .bind(i64::try_from(e.sequence).unwrap_or(i64::MAX))
         .fetch_one(db)
         .await?;

@@ -83,7 +83,8 @@ impl Application {
     }
 
     /// Serves, relays and consumes until `shutdown`; the relay flushes its producer and the
-    /// consumers commit their offsets before this returns.
+    /// consumers commit their offsets before this returns (a consumer that cannot reach the
+    /// broker gives up after `common::kafka::CLOSE_LIMIT`: its records are redelivered).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "appointment-service listening");
         let stop = CancellationToken::new();
