@@ -1,5 +1,5 @@
-//! SQL of the `patients` table, one function per statement. Writes take the caller's
-//! transaction; the handler owns begin/commit.
+//! SQL of the `patients` table, one function per statement. Writes take the caller's executor:
+//! the handler opens a transaction when several statements must commit together.
 
 use axum::http::StatusCode;
 use sqlx::{error::BoxDynError, postgres::PgArguments, Arguments, PgExecutor, Postgres, Transaction};

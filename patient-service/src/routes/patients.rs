@@ -76,8 +76,9 @@ async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result
 /// Creates a patient and opens its billing account; nothing is saved when billing is unavailable.
 //
 // Open the billing account, then insert the patient, its event and its audit record in one
-// statement (with the idempotency key's outcome: one transaction). No database connection is held while billing is called: a slow billing must not
-// drain the pool under every other endpoint. If billing fails, nothing was written here. With an
+// statement (with an idempotency key, in one transaction with the key's outcome). No database
+// connection is held while billing is called: a slow billing must not drain the pool under
+// every other endpoint. If billing fails, nothing was written here. With an
 // `Idempotency-Key` the patient id is reserved with the key, so a retry (after a 503, a timeout
 // or a lost response) reuses it: billing, idempotent per patient id, opens no second account,
 // and a create that already committed is replayed. Emails are checked before billing is called,
