@@ -14,6 +14,9 @@ use dev_stack::{
 
 pub const REALM: &str = "patient-management";
 
+/// The services' databases.
+const SERVICE_DATABASES: [&str; 4] = ["patient_service", "billing_service", "analytics_service", "appointment_service"];
+
 pub struct Stack {
     pub pg: PgCluster,
     pub kafka: Kafka,
@@ -28,7 +31,7 @@ impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
         println!("==> infrastructure: PostgreSQL, Kafka, Keycloak (free ports, private dirs)");
         let pg = PgCluster::start_ephemeral()?;
-        for db in ["patient_service", "billing_service", "analytics_service", "appointment_service", "relay_bench"] {
+        for db in SERVICE_DATABASES.iter().chain(&["relay_bench"]) {
             pg.ensure_database(db).await?;
         }
         let kafka = Kafka::start_ephemeral()?;
@@ -101,6 +104,20 @@ impl Stack {
         spec.name = name;
         self.launch(&spec)?;
         Ok(port)
+    }
+
+    /// Refreshes the planner's statistics of every service database, as autovacuum does within
+    /// about a minute of the growth the warm-up round causes. Until then the services' prepared
+    /// statements keep the plans made for the nearly empty tables of a fresh stack (whole-table
+    /// scans, e.g. of every patient for the email check), a state a running system leaves in its
+    /// first minute; ANALYZE invalidates those plans.
+    pub async fn analyze(&self) -> anyhow::Result<()> {
+        for db in SERVICE_DATABASES {
+            let pool = sqlx::PgPool::connect(&self.pg.url(db)).await?;
+            sqlx::query("ANALYZE").execute(&pool).await.with_context(|| format!("ANALYZE of {db} failed"))?;
+            pool.close().await;
+        }
+        Ok(())
     }
 
     pub async fn token(&self) -> anyhow::Result<String> {
