@@ -1,6 +1,7 @@
 //! The `patient` topic consumer: decode, then record the event id and apply the event in ONE
 //! statement (a redelivered event finds its id and changes nothing).
 //!
+//! - Patient events fetched together are recorded and applied by one statement, all or none.
 //! - Records that cannot be decoded go to the dead-letter topic with the reason at once.
 //! - Records the database rejects (a data or constraint error: the same record would fail every
 //!   time) are tried `max_attempts` times, then dead-lettered; the next record then counts.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::NaiveDate;
-use common::kafka::{DeadLetters, RecordHandler};
+use common::kafka::{Batch, DeadLetters, RecordHandler};
 use common::metrics::Registry;
 use prost::Message as _;
 use proto::events::PatientEvent;
@@ -50,6 +51,28 @@ impl RecordHandler for AnalyticsHandler {
         // Transient failures come back as errors: the consume loop retries this same record.
         self.dead_letters.apply_or_dead_letter(record, || self.apply(&event)).await
     }
+
+    /// Patient events fetched together are applied by one statement. Anything else in the batch
+    /// (an appointment event, a record that does not decode) sends it one by one, as does a
+    /// failure: the statement applied none of them then.
+    async fn handle_batch(&self, records: &[OwnedMessage]) -> anyhow::Result<Batch> {
+        let mut events = Vec::with_capacity(records.len());
+        for record in records {
+            if record.topic() == self.appointment_topic {
+                return Ok(Batch::OneByOne);
+            }
+            let origin = Origin { topic: record.topic(), partition: record.partition(), offset: record.offset() };
+            match parse(record.payload().unwrap_or_default(), &origin) {
+                Ok(event) => events.push(event),
+                Err(_) => return Ok(Batch::OneByOne),
+            }
+        }
+        let outcomes = repo::apply_all(&self.db, &events).await.context("failed to apply events")?;
+        for (event, applied) in events.iter().zip(outcomes) {
+            self.count(event, applied);
+        }
+        Ok(Batch::Applied)
+    }
 }
 
 /// Where a record sits on the broker.
@@ -85,21 +108,27 @@ impl AnalyticsHandler {
 
     async fn apply(&self, event: &Event) -> anyhow::Result<()> {
         let applied = repo::apply(&self.db, event).await.context("failed to apply event")?;
+        self.count(event, applied);
+        Ok(())
+    }
+
+    /// Metrics and log lines of an applied event.
+    fn count(&self, event: &Event, applied: Applied) {
+        let event_id = tracing::field::display(event.event_id);
         match applied {
             Applied::Applied => {
                 self.metrics.inc("analytics_events_total{result=\"applied\"}");
-                tracing::debug!("event applied");
+                tracing::debug!(event_id, "event applied");
             }
             Applied::Stale => {
                 self.metrics.inc("analytics_events_total{result=\"applied\"}");
-                tracing::info!(sequence = event.sequence, "older than what was applied for this patient: state kept");
+                tracing::info!(event_id, sequence = event.sequence, "older than what was applied for this patient: state kept");
             }
             Applied::Duplicate => {
                 self.metrics.inc("analytics_events_total{result=\"duplicate\"}");
-                tracing::info!("duplicate event ignored");
+                tracing::info!(event_id, "duplicate event ignored");
             }
         }
-        Ok(())
     }
 }
 

@@ -63,7 +63,7 @@ pub enum Applied {
 /// event of a patient is counted but never undoes a newer one.
 #[tracing::instrument(skip_all, fields(event_id = %e.event_id, patient_id = %e.patient_id, kind = e.kind.as_str()))]
 pub async fn apply(db: &PgPool, e: &Event) -> sqlx::Result<Applied> {
-    let month = e.registered_date.map(|d| d.format("%Y-%m").to_string());
+    let month = e.month();
     let outcome: String = sqlx::query_scalar("SELECT apply_patient_event($1, $2, $3, $4, $5, $6, $7)")
         .bind(e.event_id)
         .bind(e.kind.as_str())
@@ -71,14 +71,56 @@ pub async fn apply(db: &PgPool, e: &Event) -> sqlx::Result<Applied> {
         .bind(e.date_of_birth)
         .bind(e.registered_date)
         .bind(month)
-        .bind(i64::try_from(e.sequence).unwrap_or(i64::MAX))
+        .bind(e.sequence_param())
         .fetch_one(db)
         .await?;
-    match outcome.as_str() {
-        "applied" => Ok(Applied::Applied),
-        "duplicate" => Ok(Applied::Duplicate),
-        "stale" => Ok(Applied::Stale),
-        other => Err(sqlx::Error::Protocol(format!("apply_patient_event answered {other:?}"))),
+    Applied::parse(&outcome)
+}
+
+/// Records and applies several events, in order, in ONE statement (the migration's
+/// `apply_patient_events`): all of them or none. Each event's outcome, in the same order.
+#[tracing::instrument(skip_all, fields(events = events.len()))]
+pub async fn apply_all(db: &PgPool, events: &[Event]) -> sqlx::Result<Vec<Applied>> {
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT apply_patient_events($1, $2, $3, $4, $5, $6, $7)")
+        .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.patient_id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.date_of_birth).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.registered_date).collect::<Vec<_>>())
+        .bind(events.iter().map(Event::month).collect::<Vec<_>>())
+        .bind(events.iter().map(Event::sequence_param).collect::<Vec<_>>())
+        .fetch_one(db)
+        .await?;
+    if outcomes.len() != events.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "apply_patient_events answered {} outcomes for {} events",
+            outcomes.len(),
+            events.len()
+        )));
+    }
+    outcomes.iter().map(|o| Applied::parse(o)).collect()
+}
+
+impl Applied {
+    fn parse(outcome: &str) -> sqlx::Result<Self> {
+        match outcome {
+            "applied" => Ok(Applied::Applied),
+            "duplicate" => Ok(Applied::Duplicate),
+            "stale" => Ok(Applied::Stale),
+            other => Err(sqlx::Error::Protocol(format!("apply_patient_event answered {other:?}"))),
+        }
+    }
+}
+
+impl Event {
+    /// The registration's month, the key of `registrations_per_month` (YYYY-MM).
+    fn month(&self) -> Option<String> {
+        self.registered_date.map(|d| d.format("%Y-%m").to_string())
+    }
+
+    /// The sequence as the database stores it.
+    fn sequence_param(&self) -> i64 {
+        i64::try_from(self.sequence).unwrap_or(i64::MAX)
     }
 }
 

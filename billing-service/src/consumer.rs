@@ -1,14 +1,14 @@
 //! Consumer of the `patient` topic (group `billing-service`). An event of a patient proves that
 //! patient-service committed it: its PENDING account becomes ACTIVE (a VOIDED one is revived from
 //! the event). A deleted patient's account is closed. Both are idempotent and CLOSED is final, so
-//! redeliveries change nothing. Records that cannot be decoded, and events the database keeps
-//! rejecting (e.g. a NUL in a name from another producer), go to the dead-letter topic so one
-//! bad record never stops the partition; a database outage is retried in place.
+//! redeliveries change nothing. Events fetched together are applied by one statement, in order,
+//! all or none. Records that cannot be decoded, and events the database keeps rejecting (e.g. a
+//! NUL in a name from another producer), go to the dead-letter topic so one bad record never
+//! stops the partition; a database outage is retried in place.
 
 use std::sync::Arc;
 
-use anyhow::Context;
-use common::kafka::{DeadLetters, RecordHandler};
+use common::kafka::{Batch, DeadLetters, RecordHandler};
 use common::metrics::Registry;
 use prost::Message as _;
 use proto::events::PatientEvent;
@@ -16,7 +16,7 @@ use rdkafka::{message::OwnedMessage, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::repo::{self, Activation};
+use crate::repo::{self, Activation, Effect, PatientChange};
 
 pub struct BillingEventHandler {
     pub db: PgPool,
@@ -25,34 +25,60 @@ pub struct BillingEventHandler {
     pub metrics: Arc<Registry>,
 }
 
+/// A record's event and its patient id, or why the record is of no use.
+fn decode(record: &OwnedMessage) -> Result<(PatientEvent, Uuid), &'static str> {
+    let event = PatientEvent::decode(record.payload().unwrap_or_default()).map_err(|_| "value is not a protobuf PatientEvent")?;
+    let patient_id = Uuid::parse_str(&event.patient_id).map_err(|_| "patientId is not a UUID")?;
+    Ok((event, patient_id))
+}
+
+fn change(event: &PatientEvent, patient_id: Uuid) -> PatientChange<'_> {
+    PatientChange { patient_id, event_type: &event.event_type, name: &event.name, email: &event.email }
+}
+
 impl RecordHandler for BillingEventHandler {
     async fn handle(&self, record: &OwnedMessage) -> anyhow::Result<()> {
-        let Ok(event) = PatientEvent::decode(record.payload().unwrap_or_default()) else {
-            return self.dead_letters.send(record, "value is not a protobuf PatientEvent").await;
+        let (event, patient_id) = match decode(record) {
+            Ok(decoded) => decoded,
+            Err(reason) => return self.dead_letters.send(record, reason).await,
         };
-        let Ok(patient_id) = Uuid::parse_str(&event.patient_id) else {
-            return self.dead_letters.send(record, "patientId is not a UUID").await;
+        self.dead_letters
+            .apply_or_dead_letter(record, || async {
+                let effects = repo::apply_events(&self.db, &[change(&event, patient_id)]).await?;
+                self.count(patient_id, effects[0]);
+                Ok(())
+            })
+            .await
+    }
+
+    /// Events fetched together go in one statement; a record that does not decode sends the
+    /// batch one by one (so it is dead-lettered), as does a failure: nothing was applied then.
+    async fn handle_batch(&self, records: &[OwnedMessage]) -> anyhow::Result<Batch> {
+        let Ok(decoded) = records.iter().map(decode).collect::<Result<Vec<_>, _>>() else {
+            return Ok(Batch::OneByOne);
         };
-        self.dead_letters.apply_or_dead_letter(record, || self.apply(&event, patient_id)).await
+        let changes: Vec<PatientChange<'_>> = decoded.iter().map(|(event, id)| change(event, *id)).collect();
+        let effects = repo::apply_events(&self.db, &changes).await?;
+        for (c, effect) in changes.iter().zip(effects) {
+            self.count(c.patient_id, effect);
+        }
+        Ok(Batch::Applied)
     }
 }
 
 impl BillingEventHandler {
-    async fn apply(&self, event: &PatientEvent, patient_id: Uuid) -> anyhow::Result<()> {
-        match event.event_type.as_str() {
-            proto::event_type::PATIENT_DELETED => {
-                let closed = repo::close_for_patient(&self.db, patient_id).await.context("failed to close billing account")?;
+    /// Metrics and log line of one event's effect.
+    fn count(&self, patient_id: Uuid, effect: Effect) {
+        match effect {
+            Effect::Closed(closed) => {
                 if closed {
                     self.metrics.inc("billing_accounts_closed_total");
                 }
                 tracing::info!(%patient_id, closed, "patient deleted: billing account closed");
             }
-            proto::event_type::PATIENT_CREATED | proto::event_type::PATIENT_UPDATED => {
-                let how = repo::activate_for_patient(&self.db, patient_id, &event.name, &event.email)
-                    .await
-                    .context("failed to activate billing account")?;
+            Effect::Activation(how) => {
                 let series = match how {
-                    Activation::Unchanged => return Ok(()),
+                    Activation::Unchanged => return,
                     Activation::Activated => "billing_accounts_activated_total{how=\"pending\"}",
                     Activation::Revived => "billing_accounts_activated_total{how=\"voided\"}",
                     Activation::Opened => "billing_accounts_activated_total{how=\"missing\"}",
@@ -60,8 +86,7 @@ impl BillingEventHandler {
                 self.metrics.inc(series);
                 tracing::info!(%patient_id, ?how, "patient committed: billing account active");
             }
-            _ => {}
+            Effect::Ignored => {}
         }
-        Ok(())
     }
 }

@@ -62,40 +62,81 @@ pub enum Activation {
     Unchanged,
 }
 
-/// The patient exists (its event was committed by patient-service): its account becomes ACTIVE.
-/// One statement, so it never races the sweeper into a wrong state: whichever commits second sees
-/// the other's row. CLOSED is final.
+/// What a patient event did to the patient's account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A created or updated patient: its account's activation.
+    Activation(Activation),
+    /// A deleted patient: true when its account was closed now (false when it was closed
+    /// already or never existed).
+    Closed(bool),
+    /// An event type billing has nothing to do with.
+    Ignored,
+}
+
+impl Effect {
+    fn parse(outcome: &str) -> anyhow::Result<Self> {
+        Ok(match outcome {
+            "activated" => Effect::Activation(Activation::Activated),
+            "revived" => Effect::Activation(Activation::Revived),
+            "opened" => Effect::Activation(Activation::Opened),
+            "unchanged" => Effect::Activation(Activation::Unchanged),
+            "closed" => Effect::Closed(true),
+            "not_closed" => Effect::Closed(false),
+            "ignored" => Effect::Ignored,
+            other => anyhow::bail!("billing's database answered the outcome {other:?}"),
+        })
+    }
+}
+
+/// A patient event, as billing applies it.
+#[derive(Debug, Clone, Copy)]
+pub struct PatientChange<'a> {
+    pub patient_id: Uuid,
+    pub event_type: &'a str,
+    pub name: &'a str,
+    pub email: &'a str,
+}
+
+/// Applies patient events in order, in ONE statement (the migrations' `apply_patient_events`):
+/// all of them or none. A created or updated patient's account becomes ACTIVE (`activate_account`:
+/// one statement per event, so it never races the sweeper into a wrong state; CLOSED is final);
+/// a deleted patient's account is closed and scrubbed (`close_account`). Each event's effect, in
+/// the same order.
+#[tracing::instrument(skip_all, fields(events = changes.len()))]
+pub async fn apply_events(pool: &PgPool, changes: &[PatientChange<'_>]) -> anyhow::Result<Vec<Effect>> {
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT apply_patient_events($1, $2, $3, $4)")
+        .bind(changes.iter().map(|c| c.patient_id).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.event_type).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.name).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.email).collect::<Vec<_>>())
+        .fetch_one(pool)
+        .await
+        .context("failed to apply patient events to billing accounts")?;
+    anyhow::ensure!(
+        outcomes.len() == changes.len(),
+        "apply_patient_events answered {} outcomes for {} events",
+        outcomes.len(),
+        changes.len()
+    );
+    outcomes.iter().map(|o| Effect::parse(o)).collect()
+}
+
+/// The patient exists (its event was committed by patient-service): its account becomes ACTIVE
+/// (the migrations' `activate_account`).
 #[tracing::instrument(skip(pool, name, email))]
 pub async fn activate_for_patient(pool: &PgPool, patient_id: Uuid, name: &str, email: &str) -> anyhow::Result<Activation> {
-    let candidate = Uuid::new_v4();
-    let row: Option<(Uuid, bool)> = sqlx::query_as(
-        r#"
-        WITH before AS (SELECT status FROM billing_accounts WHERE patient_id = $2)
-        INSERT INTO billing_accounts (id, patient_id, name, email, status, activated_at)
-        VALUES ($1, $2, $3, $4, 'ACTIVE', now())
-        ON CONFLICT (patient_id) DO UPDATE SET
-            status       = 'ACTIVE',
-            activated_at = now(),
-            voided_at    = NULL,
-            name         = CASE WHEN billing_accounts.status = 'VOIDED' THEN EXCLUDED.name ELSE billing_accounts.name END,
-            email        = CASE WHEN billing_accounts.status = 'VOIDED' THEN EXCLUDED.email ELSE billing_accounts.email END
-        WHERE billing_accounts.status IN ('PENDING', 'VOIDED')
-        RETURNING id, coalesce((SELECT status FROM before) = 'VOIDED', false)
-        "#,
-    )
-    .bind(candidate)
-    .bind(patient_id)
-    .bind(name)
-    .bind(email)
-    .fetch_optional(pool)
-    .await
-    .context("failed to activate billing account")?;
-    Ok(match row {
-        None => Activation::Unchanged,
-        Some((id, _)) if id == candidate => Activation::Opened,
-        Some((_, true)) => Activation::Revived,
-        Some((_, false)) => Activation::Activated,
-    })
+    let outcome: String = sqlx::query_scalar("SELECT activate_account($1, $2, $3)")
+        .bind(patient_id)
+        .bind(name)
+        .bind(email)
+        .fetch_one(pool)
+        .await
+        .context("failed to activate billing account")?;
+    match Effect::parse(&outcome)? {
+        Effect::Activation(how) => Ok(how),
+        other => anyhow::bail!("activate_account answered {other:?}"),
+    }
 }
 
 /// Voids every account PENDING for longer than `window`: its patient was never committed, so
@@ -128,12 +169,9 @@ pub async fn find_by_patient(pool: &PgPool, patient_id: Uuid) -> anyhow::Result<
 /// true when it was closed now (false when it was closed already or never existed).
 #[tracing::instrument(skip(pool))]
 pub async fn close_for_patient(pool: &PgPool, patient_id: Uuid) -> anyhow::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE billing_accounts SET status = 'CLOSED', closed_at = now(), name = '', email = '' WHERE patient_id = $1 AND status <> 'CLOSED'",
-    )
-    .bind(patient_id)
-    .execute(pool)
-    .await
-    .context("failed to close billing account")?;
-    Ok(done.rows_affected() == 1)
+    sqlx::query_scalar("SELECT close_account($1)")
+        .bind(patient_id)
+        .fetch_one(pool)
+        .await
+        .context("failed to close billing account")
 }

@@ -9,6 +9,7 @@ use std::{future::Future, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
+use futures::FutureExt as _;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, OwnedMessage},
@@ -183,10 +184,30 @@ impl KafkaArgs {
 /// What a consumer does with one record. `Ok` means its effect is durable.
 pub trait RecordHandler: Send + Sync {
     fn handle(&self, record: &OwnedMessage) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Applies records received together (in their order) at once, e.g. in one statement, so a
+    /// busy topic costs one round trip per batch rather than per record. `Applied` means every
+    /// record's effect is durable; on `OneByOne` or an error NOTHING of them may have been
+    /// applied, and the records then go through [`RecordHandler::handle`] one at a time (which
+    /// retries, and dead-letters what cannot be used). The default has no batch path.
+    fn handle_batch(&self, records: &[OwnedMessage]) -> impl Future<Output = anyhow::Result<Batch>> + Send {
+        let _ = records;
+        std::future::ready(Ok(Batch::OneByOne))
+    }
 }
 
-/// Consumes until `stop`: each record is handled (retried with back-off until it succeeds), then
-/// its offset is stored for the next commit; on stop, stored offsets are committed (see
+/// What [`RecordHandler::handle_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Every record's effect is durable.
+    Applied,
+    /// Nothing was applied: handle the records one by one.
+    OneByOne,
+}
+
+/// Consumes until `stop`: the records already fetched are taken together and offered to the
+/// handler's batch path, else each record is handled (retried with back-off until it succeeds);
+/// then their offsets are stored for the next commit; on stop, stored offsets are committed (see
 /// [`commit_on_exit`]) and the consumer is closed (see [`close`]).
 pub async fn consume(consumer: StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
     let result = consume_records(&consumer, handler, stop).await;
@@ -220,9 +241,13 @@ async fn close(consumer: StreamConsumer) {
     }
 }
 
+/// Most records taken together from what the consumer has already fetched: the batch a handler
+/// may apply in one statement ([`RecordHandler::handle_batch`]).
+pub const MAX_BATCH: usize = 200;
+
 async fn consume_records(consumer: &StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
     loop {
-        let message: BorrowedMessage<'_> = tokio::select! {
+        let first: BorrowedMessage<'_> = tokio::select! {
             () = stop.cancelled() => break,
             received = consumer.recv() => match received {
                 Ok(message) => message,
@@ -233,41 +258,99 @@ async fn consume_records(consumer: &StreamConsumer, handler: &impl RecordHandler
                 }
             },
         };
-        let record = message.detach();
-        // One span per record, in the trace of the change that produced it.
-        let traceparent = header(&record, "traceparent");
-        let trace_id = traceparent.and_then(crate::telemetry::trace_id_of).unwrap_or_default();
-        let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
-        let span = tracing::info_span!("consume", topic, partition, offset, trace_id);
-        if let Some(tp) = traceparent {
-            crate::telemetry::continue_trace_from(&span, tp);
-        }
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match handler.handle(&record).instrument(span.clone()).await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::warn!(
-                        error = %format!("{err:#}"),
-                        partition = record.partition(),
-                        offset = record.offset(),
-                        "handling a record failed; retrying"
-                    );
-                    tokio::select! {
-                        () = stop.cancelled() => return commit_on_exit(consumer),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        // Whatever else is fetched already joins it (never waiting for more): one record when
+        // events trickle in, up to MAX_BATCH under load.
+        let mut batch = vec![first.detach()];
+        while batch.len() < MAX_BATCH {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(message.detach()),
+                // An error is met again (and logged) by the next receive.
+                Some(Err(_)) | None => break,
             }
         }
-        // After a rebalance took the partition away this fails; the record's effect is durable
-        // and its new owner re-reads it (a duplicate the handler tolerates), so carry on.
-        if let Err(err) = consumer.store_offset_from_message(&message) {
-            tracing::warn!(error = %err, partition = record.partition(), offset = record.offset(), "could not store offset");
+        // One span per record, in the trace of the change that produced it.
+        let spans: Vec<tracing::Span> = batch.iter().map(record_span).collect();
+        let together = batch.len() > 1 && handle_together(handler, &batch, &spans).await;
+        if !together {
+            for (record, span) in batch.iter().zip(&spans) {
+                if !handle_until_done(handler, record, span, &stop).await {
+                    return commit_on_exit(consumer);
+                }
+                store_offset(consumer, record);
+            }
+        } else {
+            for record in &batch {
+                store_offset(consumer, record);
+            }
         }
     }
     commit_on_exit(consumer)
+}
+
+/// The `consume` span of a record: a child of the span that published it.
+fn record_span(record: &OwnedMessage) -> tracing::Span {
+    let traceparent = header(record, "traceparent");
+    let trace_id = traceparent.and_then(crate::telemetry::trace_id_of).unwrap_or_default();
+    let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
+    let span = tracing::info_span!("consume", topic, partition, offset, trace_id);
+    if let Some(tp) = traceparent {
+        crate::telemetry::continue_trace_from(&span, tp);
+    }
+    span
+}
+
+/// One try of the handler's batch path; false when the records must go one by one (the handler
+/// has none for these records, or it failed: nothing of the batch was applied then).
+async fn handle_together(handler: &impl RecordHandler, batch: &[OwnedMessage], spans: &[tracing::Span]) -> bool {
+    // The batch's own work is recorded in the first record's trace; every record's span stays
+    // open until the batch is durable.
+    let span = tracing::info_span!(parent: &spans[0], "consume_batch", records = batch.len());
+    match handler.handle_batch(batch).instrument(span).await {
+        Ok(Batch::Applied) => true,
+        Ok(Batch::OneByOne) => false,
+        Err(err) => {
+            tracing::debug!(error = %format!("{err:#}"), records = batch.len(), "batch not applied; handling its records one by one");
+            false
+        }
+    }
+}
+
+/// Handles one record, retrying in place (backing off) until it succeeds; false when told to
+/// stop first.
+async fn handle_until_done(
+    handler: &impl RecordHandler,
+    record: &OwnedMessage,
+    span: &tracing::Span,
+    stop: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match handler.handle(record).instrument(span.clone()).await {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::warn!(
+                    error = %format!("{err:#}"),
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    "handling a record failed; retrying"
+                );
+                tokio::select! {
+                    () = stop.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Stores a handled record's offset for the next commit. After a rebalance took the partition
+/// away this fails; the record's effect is durable and its new owner re-reads it (a duplicate
+/// the handler tolerates), so carry on.
+fn store_offset(consumer: &StreamConsumer, record: &OwnedMessage) {
+    if let Err(err) = consumer.store_offset(record.topic(), record.partition(), record.offset()) {
+        tracing::warn!(error = %err, partition = record.partition(), offset = record.offset(), "could not store offset");
+    }
 }
 
 /// Asks for a commit of the stored offsets without waiting for it: a synchronous commit waits for

@@ -404,3 +404,172 @@ async fn an_account_whose_patient_never_appears_is_voided_and_a_real_one_activat
     assert!(metrics.contains("billing_accounts_voided_total 1"), "{metrics}");
     assert!(metrics.contains("billing_accounts_activated_total{how=\"pending\"} 1"), "{metrics}");
 }
+
+/// A record as the consumer receives it from `topic` at `offset`.
+fn record_of(topic: &str, offset: i64, event: &proto::events::PatientEvent) -> rdkafka::message::OwnedMessage {
+    rdkafka::message::OwnedMessage::new(
+        Some(event.encode_to_vec()),
+        Some(event.patient_id.clone().into_bytes()),
+        topic.to_owned(),
+        rdkafka::Timestamp::NotAvailable,
+        0,
+        offset,
+        None,
+    )
+}
+
+fn patient_event(patient: &str, kind: &str, sequence: u64, born: &str) -> proto::events::PatientEvent {
+    proto::events::PatientEvent {
+        patient_id: patient.into(),
+        name: "Batch Patient".into(),
+        email: "batch@example.org".into(),
+        event_type: kind.into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        date_of_birth: born.into(),
+        registered_date: "2025-04-05".into(),
+        sequence,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn analytics_applies_records_fetched_together_in_order_all_or_none() {
+    use common::kafka::{Batch, RecordHandler};
+    let topic = unique_topic();
+    let args = kafka_args(&broker(), &unique_topic()); // the service's own consumer stays idle
+    let analytics = spawn_analytics(None, args.clone()).await;
+    let metrics = common::metrics::Registry::new();
+    let handler = analytics_service::consumer::AnalyticsHandler {
+        db: analytics.db.clone(),
+        dead_letters: args.dead_letters("analytics-test", metrics.clone(), "dead_lettered").unwrap(),
+        metrics: metrics.clone(),
+        appointment_topic: "appointments-unused".into(),
+    };
+    let (p1, p2) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    let created2 = patient_event(&p2, "PATIENT_CREATED", 1, "1990-01-01");
+    let batch = [
+        record_of(&topic, 0, &patient_event(&p1, "PATIENT_CREATED", 1, "1980-01-01")),
+        record_of(&topic, 1, &created2),
+        record_of(&topic, 2, &patient_event(&p1, "PATIENT_UPDATED", 2, "2015-01-01")),
+        record_of(&topic, 3, &created2), // redelivered within the batch
+        record_of(&topic, 4, &patient_event(&p2, "PATIENT_DELETED", 2, "1990-01-01")),
+    ];
+    assert_eq!(handler.handle_batch(&batch).await.unwrap(), Batch::Applied);
+    let s = summary(&analytics).await;
+    assert_eq!(
+        (s["patientsCreated"].as_i64(), s["patientsUpdated"].as_i64(), s["patientsDeleted"].as_i64()),
+        (Some(2), Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["activePatients"], 1, "{s}");
+    assert_eq!(s["ageBands"]["0-17"], 1, "the update, applied after the create, decides: {s}");
+    assert_eq!(metrics.get("analytics_events_total{result=\"duplicate\"}"), 1);
+    assert_eq!(metrics.get("analytics_events_total{result=\"applied\"}"), 4);
+
+    let processed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events").fetch_one(&analytics.db).await.unwrap()
+    };
+    // A record the database rejects: the statement applies none of the batch.
+    let fine = patient_event(&uuid::Uuid::new_v4().to_string(), "PATIENT_CREATED", 1, "2000-01-01");
+    let poison = patient_event(&uuid::Uuid::new_v4().to_string(), "PATIENT_CREATED", 1, "-5000-01-01");
+    assert!(handler.handle_batch(&[record_of(&topic, 5, &fine), record_of(&topic, 6, &poison)]).await.is_err());
+    assert_eq!(processed().await, 4, "nothing of the failed batch was applied");
+    // A record that does not decode: the batch goes one by one (so it can be dead-lettered).
+    let garbage = rdkafka::message::OwnedMessage::new(
+        Some(b"\xff not an event".to_vec()),
+        None,
+        topic.clone(),
+        rdkafka::Timestamp::NotAvailable,
+        0,
+        7,
+        None,
+    );
+    assert_eq!(handler.handle_batch(&[record_of(&topic, 5, &fine), garbage]).await.unwrap(), Batch::OneByOne);
+    assert_eq!(processed().await, 4);
+    analytics.stop().await;
+}
+
+#[tokio::test]
+async fn billing_applies_records_fetched_together_in_order_all_or_none() {
+    use common::kafka::{Batch, RecordHandler};
+    let topic = unique_topic();
+    let args = kafka_args(&broker(), &unique_topic()); // the service's own consumer stays idle
+    let (billing, _grpc) = spawn_billing(args.clone()).await;
+    let metrics = common::metrics::Registry::new();
+    let handler = billing_service::consumer::BillingEventHandler {
+        db: billing.db.clone(),
+        dead_letters: args.dead_letters("billing-test", metrics.clone(), "dead_lettered").unwrap(),
+        metrics: metrics.clone(),
+    };
+    let (pending, gone, unknown) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for patient in [pending, gone] {
+        sqlx::query("INSERT INTO billing_accounts (id, patient_id, name, email, status, pending_since) VALUES ($1, $2, 'P', 'p@example.org', 'PENDING', now())")
+            .bind(uuid::Uuid::new_v4())
+            .bind(patient)
+            .execute(&billing.db)
+            .await
+            .unwrap();
+    }
+    let event = |p: uuid::Uuid, kind: &str| patient_event(&p.to_string(), kind, 1, "1990-01-01");
+    let batch = [
+        record_of(&topic, 0, &event(pending, "PATIENT_CREATED")),
+        record_of(&topic, 1, &event(gone, "PATIENT_CREATED")),
+        record_of(&topic, 2, &event(gone, "PATIENT_DELETED")),
+        record_of(&topic, 3, &event(unknown, "PATIENT_UPDATED")),
+        record_of(&topic, 4, &event(pending, "PATIENT_UPDATED")),
+    ];
+    assert_eq!(handler.handle_batch(&batch).await.unwrap(), Batch::Applied);
+    let account = |p: uuid::Uuid| {
+        let db = billing.db.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>("SELECT status, name FROM billing_accounts WHERE patient_id = $1")
+                .bind(p)
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(account(pending).await, Some(("ACTIVE".into(), "P".into())));
+    assert_eq!(account(gone).await, Some(("CLOSED".into(), String::new())), "activated, then closed: in order");
+    assert_eq!(account(unknown).await, Some(("ACTIVE".into(), "Batch Patient".into())), "opened from the event");
+    assert_eq!(metrics.get("billing_accounts_activated_total{how=\"pending\"}"), 2);
+    assert_eq!(metrics.get("billing_accounts_activated_total{how=\"missing\"}"), 1);
+    assert_eq!(metrics.get("billing_accounts_closed_total"), 1);
+
+    // A record the database rejects (a NUL in a name): the statement applies none of the batch.
+    let (fine, bad) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let mut poison = event(bad, "PATIENT_CREATED");
+    poison.name = "Bad\u{0}Name".into();
+    assert!(handler
+        .handle_batch(&[record_of(&topic, 5, &event(fine, "PATIENT_CREATED")), record_of(&topic, 6, &poison)])
+        .await
+        .is_err());
+    assert_eq!(account(fine).await, None, "nothing of the failed batch was applied");
+    billing.stop().await;
+}
+
+#[tokio::test]
+async fn events_already_on_the_topic_are_consumed_together_and_a_poison_one_among_them_is_dead_lettered() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    // On the topic before analytics starts: its first fetch takes them together.
+    let mut events: Vec<_> =
+        (0..30).map(|_| patient_event(&uuid::Uuid::new_v4().to_string(), "PATIENT_CREATED", 1, "1990-01-01")).collect();
+    events[17].date_of_birth = "-5000-01-01".into(); // decodes, but PostgreSQL cannot store it
+    for e in &events {
+        produce_raw(&broker(), &topic, &e.patient_id, &e.encode_to_vec()).await;
+    }
+    let analytics = spawn_analytics(None, args.clone()).await;
+    let dead = read_records(&broker(), &args.dead_letter_topic(), 1, WAIT).await;
+    assert_eq!(key(&dead[0]), events[17].patient_id);
+    let s = eventually(WAIT, "the 29 others counted", || async {
+        let s = summary(&analytics).await;
+        (s["patientsCreated"] == 29).then_some(s)
+    })
+    .await;
+    assert_eq!(s["activePatients"], 29, "{s}");
+    let metrics = metrics_text(analytics.port).await;
+    assert!(metrics.contains("analytics_events_total{result=\"dead_lettered\"} 1"), "{metrics}");
+    analytics.stop().await;
+}
