@@ -107,7 +107,7 @@ impl Applied {
             "applied" => Ok(Applied::Applied),
             "duplicate" => Ok(Applied::Duplicate),
             "stale" => Ok(Applied::Stale),
-            other => Err(sqlx::Error::Protocol(format!("apply_patient_event answered {other:?}"))),
+            other => Err(sqlx::Error::Protocol(format!("analytics' database answered the outcome {other:?}"))),
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
+use common::kafka::EventConsumer;
 use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
@@ -10,7 +11,6 @@ use common::{
     shutdown::Drain,
     tasks::Task,
 };
-use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use crate::{config::Settings, consumer::AnalyticsHandler, routes, MIGRATOR};
 pub struct Application {
     listener: TcpListener,
     pool: PgPool,
-    consumer: Option<(StreamConsumer, AnalyticsHandler)>,
+    consumer: Option<(EventConsumer, AnalyticsHandler)>,
     metrics: Arc<Registry>,
     auth: Auth,
     edge: EdgeArgs,

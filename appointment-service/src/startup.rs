@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
+use common::kafka::EventConsumer;
 use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
@@ -11,7 +12,6 @@ use common::{
     shutdown::Drain,
     tasks::Task,
 };
-use rdkafka::consumer::StreamConsumer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verifier::settings::Auth;
@@ -27,8 +27,8 @@ use crate::{
 
 /// The two consumers: the patient replica and the schedule projection.
 struct Consumers {
-    replica: (StreamConsumer, PatientReplica),
-    projection: (StreamConsumer, Projection),
+    replica: (EventConsumer, PatientReplica),
+    projection: (EventConsumer, Projection),
 }
 
 /// A bound, migrated, subscribed, not yet running appointment-service.

@@ -32,6 +32,12 @@ fn decode(record: &OwnedMessage) -> Result<(PatientEvent, Uuid), &'static str> {
     Ok((event, patient_id))
 }
 
+/// Whether billing does anything with events of this type (others never reach the database).
+fn concerns_billing(event: &PatientEvent) -> bool {
+    use proto::event_type::{PATIENT_CREATED, PATIENT_DELETED, PATIENT_UPDATED};
+    [PATIENT_CREATED, PATIENT_UPDATED, PATIENT_DELETED].contains(&event.event_type.as_str())
+}
+
 fn change(event: &PatientEvent, patient_id: Uuid) -> PatientChange<'_> {
     PatientChange { patient_id, event_type: &event.event_type, name: &event.name, email: &event.email }
 }
@@ -42,6 +48,9 @@ impl RecordHandler for BillingEventHandler {
             Ok(decoded) => decoded,
             Err(reason) => return self.dead_letters.send(record, reason).await,
         };
+        if !concerns_billing(&event) {
+            return Ok(());
+        }
         self.dead_letters
             .apply_or_dead_letter(record, || async {
                 let effects = repo::apply_events(&self.db, &[change(&event, patient_id)]).await?;
@@ -57,7 +66,11 @@ impl RecordHandler for BillingEventHandler {
         let Ok(decoded) = records.iter().map(decode).collect::<Result<Vec<_>, _>>() else {
             return Ok(Batch::OneByOne);
         };
-        let changes: Vec<PatientChange<'_>> = decoded.iter().map(|(event, id)| change(event, *id)).collect();
+        let changes: Vec<PatientChange<'_>> =
+            decoded.iter().filter(|(event, _)| concerns_billing(event)).map(|(event, id)| change(event, *id)).collect();
+        if changes.is_empty() {
+            return Ok(Batch::Applied);
+        }
         let effects = repo::apply_events(&self.db, &changes).await?;
         for (c, effect) in changes.iter().zip(effects) {
             self.count(c.patient_id, effect);
@@ -84,7 +97,8 @@ impl BillingEventHandler {
                     Activation::Opened => "billing_accounts_activated_total{how=\"missing\"}",
                 };
                 self.metrics.inc(series);
-                tracing::info!(%patient_id, ?how, "patient committed: billing account active");
+                // One line per account and event at debug: the series above counts them.
+                tracing::debug!(%patient_id, ?how, "patient committed: billing account active");
             }
             Effect::Ignored => {}
         }

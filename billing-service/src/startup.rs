@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
+use common::kafka::EventConsumer;
 use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
@@ -12,7 +13,6 @@ use common::{
     tasks::Task,
 };
 use proto::billing::billing_service_server::BillingServiceServer;
-use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -28,7 +28,7 @@ pub struct Application {
     grpc: TcpListener,
     http: TcpListener,
     pool: PgPool,
-    consumer: Option<(StreamConsumer, DeadLetters)>,
+    consumer: Option<(EventConsumer, DeadLetters)>,
     metrics: Arc<Registry>,
     auth: Auth,
     pending_window: std::time::Duration,

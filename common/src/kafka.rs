@@ -3,9 +3,15 @@
 //!
 //! The loop stores a record's offset only after its handler succeeded (the effect is durable),
 //! and retries a failing handler in place (backing off) rather than skipping the record; the
-//! stored offsets are committed in the background and once more on shutdown.
+//! stored offsets are committed in the background and once more on shutdown. Records already
+//! fetched are offered to the handler together first (one statement for a busy topic); when it
+//! cannot take them together, they go one at a time.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::Args;
@@ -78,7 +84,7 @@ impl KafkaArgs {
         group: &str,
         metrics: std::sync::Arc<crate::metrics::Registry>,
         series: &'static str,
-    ) -> anyhow::Result<(StreamConsumer, DeadLetters)> {
+    ) -> anyhow::Result<(EventConsumer, DeadLetters)> {
         self.consumer_of_topics_with_dead_letters(group, &[&self.kafka_topic], metrics, series).await
     }
 
@@ -90,7 +96,7 @@ impl KafkaArgs {
         topics: &[&str],
         metrics: std::sync::Arc<crate::metrics::Registry>,
         series: &'static str,
-    ) -> anyhow::Result<(StreamConsumer, DeadLetters)> {
+    ) -> anyhow::Result<(EventConsumer, DeadLetters)> {
         let dead: Vec<String> = topics.iter().map(|t| dead_letter_topic_of(t)).collect();
         let all: Vec<&str> = topics.iter().copied().chain(dead.iter().map(String::as_str)).collect();
         self.ensure_topics(&all).await;
@@ -130,13 +136,13 @@ impl KafkaArgs {
 
     /// A consumer of `group` on the events topic that stores offsets only when told to (see
     /// [`consume`]).
-    pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer> {
+    pub fn consumer(&self, group: &str) -> anyhow::Result<EventConsumer> {
         self.consumer_of(group, &[&self.kafka_topic])
     }
 
     /// The same, on `topics`.
-    pub fn consumer_of(&self, group: &str, topics: &[&str]) -> anyhow::Result<StreamConsumer> {
-        let consumer: StreamConsumer = ClientConfig::new()
+    pub fn consumer_of(&self, group: &str, topics: &[&str]) -> anyhow::Result<EventConsumer> {
+        let consumer: EventConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka_bootstrap_servers)
             .set("group.id", group)
             .set("enable.auto.commit", "true")
@@ -146,7 +152,7 @@ impl KafkaArgs {
             .set("session.timeout.ms", "10000")
             .set("isolation.level", "read_committed")
             .set("topic.metadata.refresh.interval.ms", "10000")
-            .create()?;
+            .create_with_context(GroupContext::default())?;
         consumer.subscribe(topics)?;
         Ok(consumer)
     }
@@ -187,8 +193,9 @@ pub trait RecordHandler: Send + Sync {
 
     /// Applies records received together (in their order) at once, e.g. in one statement, so a
     /// busy topic costs one round trip per batch rather than per record. `Applied` means every
-    /// record's effect is durable; on `OneByOne` or an error NOTHING of them may have been
-    /// applied, and the records then go through [`RecordHandler::handle`] one at a time (which
+    /// record's effect is durable; on `OneByOne` or an error none of them may have been applied
+    /// (an error after a commit whose answer was lost is a redelivery to `handle`, which every
+    /// handler tolerates), and the records then go through [`RecordHandler::handle`] one at a time (which
     /// retries, and dead-letters what cannot be used). The default has no batch path.
     fn handle_batch(&self, records: &[OwnedMessage]) -> impl Future<Output = anyhow::Result<Batch>> + Send {
         let _ = records;
@@ -209,7 +216,7 @@ pub enum Batch {
 /// handler's batch path, else each record is handled (retried with back-off until it succeeds);
 /// then their offsets are stored for the next commit; on stop, stored offsets are committed (see
 /// [`commit_on_exit`]) and the consumer is closed (see [`close`]).
-pub async fn consume(consumer: StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn consume(consumer: EventConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
     let result = consume_records(&consumer, handler, stop).await;
     close(consumer).await;
     result
@@ -223,7 +230,7 @@ pub const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// while the broker is unreachable would otherwise never exit (and it would block a runtime
 /// thread meanwhile). Left behind, the close ends with the process; the group then reassigns the
 /// partitions after the session timeout, and uncommitted records are redelivered.
-async fn close(consumer: StreamConsumer) {
+async fn close(consumer: EventConsumer) {
     let (closed, done) = tokio::sync::oneshot::channel::<()>();
     let spawned = std::thread::Builder::new().name("kafka-consumer-close".into()).spawn(move || {
         drop(consumer);
@@ -241,11 +248,35 @@ async fn close(consumer: StreamConsumer) {
     }
 }
 
+/// The event consumers' consumer: its context counts the group's rebalances.
+pub type EventConsumer = StreamConsumer<GroupContext>;
+
+/// Counts the group's rebalances. Records taken from the consumer before one may belong to a
+/// partition it no longer owns, or be fetched again from the committed offset.
+#[derive(Debug, Default)]
+pub struct GroupContext {
+    rebalances: AtomicU64,
+}
+
+impl GroupContext {
+    fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::SeqCst)
+    }
+}
+
+impl rdkafka::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, _: &rdkafka::consumer::Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Most records taken together from what the consumer has already fetched: the batch a handler
 /// may apply in one statement ([`RecordHandler::handle_batch`]).
 pub const MAX_BATCH: usize = 200;
 
-async fn consume_records(consumer: &StreamConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
+async fn consume_records(consumer: &EventConsumer, handler: &impl RecordHandler, stop: CancellationToken) -> anyhow::Result<()> {
     loop {
         let first: BorrowedMessage<'_> = tokio::select! {
             () = stop.cancelled() => break,
@@ -260,28 +291,37 @@ async fn consume_records(consumer: &StreamConsumer, handler: &impl RecordHandler
         };
         // Whatever else is fetched already joins it (never waiting for more): one record when
         // events trickle in, up to MAX_BATCH under load.
+        let rebalances = consumer.context().rebalances();
         let mut batch = vec![first.detach()];
         while batch.len() < MAX_BATCH {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => batch.push(message.detach()),
-                // An error is met again (and logged) by the next receive.
-                Some(Err(_)) | None => break,
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "Kafka receive failed");
+                    break;
+                }
+                None => break,
             }
+        }
+        if consumer.context().rebalances() != rebalances {
+            // Taking more served a rebalance: the partitions were revoked (their stored offsets
+            // committed) and assigned anew, so every record taken is fetched again from the
+            // committed offset, here or by its partition's new owner. Handling them now would
+            // handle them twice.
+            tracing::info!(records = batch.len(), "the group rebalanced; records taken before are handled when fetched again");
+            continue;
         }
         // One span per record, in the trace of the change that produced it.
         let spans: Vec<tracing::Span> = batch.iter().map(record_span).collect();
-        let together = batch.len() > 1 && handle_together(handler, &batch, &spans).await;
-        if !together {
-            for (record, span) in batch.iter().zip(&spans) {
-                if !handle_until_done(handler, record, span, &stop).await {
-                    return commit_on_exit(consumer);
-                }
-                store_offset(consumer, record);
+        if batch.len() > 1 && handle_together(handler, &batch).await {
+            store_offsets(consumer, &batch);
+            continue;
+        }
+        for (record, span) in batch.iter().zip(&spans) {
+            if stop.is_cancelled() || !handle_until_done(handler, record, span, &stop).await {
+                return commit_on_exit(consumer);
             }
-        } else {
-            for record in &batch {
-                store_offset(consumer, record);
-            }
+            store_offsets(consumer, std::slice::from_ref(record));
         }
     }
     commit_on_exit(consumer)
@@ -300,16 +340,17 @@ fn record_span(record: &OwnedMessage) -> tracing::Span {
 }
 
 /// One try of the handler's batch path; false when the records must go one by one (the handler
-/// has none for these records, or it failed: nothing of the batch was applied then).
-async fn handle_together(handler: &impl RecordHandler, batch: &[OwnedMessage], spans: &[tracing::Span]) -> bool {
-    // The batch's own work is recorded in the first record's trace; every record's span stays
-    // open until the batch is durable.
-    let span = tracing::info_span!(parent: &spans[0], "consume_batch", records = batch.len());
+/// has none for these records, or it failed).
+async fn handle_together(handler: &impl RecordHandler, batch: &[OwnedMessage]) -> bool {
+    // A span of its own: the batch belongs to no single record's trace. Each record's `consume`
+    // span stays open until the batch is durable.
+    let (first, last) = (&batch[0], &batch[batch.len() - 1]);
+    let span = tracing::info_span!(parent: None, "consume_batch", records = batch.len(), first_offset = first.offset(), last_offset = last.offset());
     match handler.handle_batch(batch).instrument(span).await {
         Ok(Batch::Applied) => true,
         Ok(Batch::OneByOne) => false,
         Err(err) => {
-            tracing::debug!(error = %format!("{err:#}"), records = batch.len(), "batch not applied; handling its records one by one");
+            tracing::info!(error = %format!("{err:#}"), records = batch.len(), "batch not applied; handling its records one by one");
             false
         }
     }
@@ -344,19 +385,28 @@ async fn handle_until_done(
     }
 }
 
-/// Stores a handled record's offset for the next commit. After a rebalance took the partition
-/// away this fails; the record's effect is durable and its new owner re-reads it (a duplicate
-/// the handler tolerates), so carry on.
-fn store_offset(consumer: &StreamConsumer, record: &OwnedMessage) {
-    if let Err(err) = consumer.store_offset(record.topic(), record.partition(), record.offset()) {
-        tracing::warn!(error = %err, partition = record.partition(), offset = record.offset(), "could not store offset");
+/// Stores the offsets of handled records for the next commit: per partition, the last one.
+/// After a rebalance took a partition away this fails; the records' effects are durable and its
+/// new owner re-reads them (duplicates every handler tolerates), so carry on.
+fn store_offsets(consumer: &EventConsumer, records: &[OwnedMessage]) {
+    let mut last: Vec<(&str, i32, i64)> = Vec::new();
+    for r in records {
+        match last.iter_mut().find(|(t, p, _)| *t == r.topic() && *p == r.partition()) {
+            Some(entry) => entry.2 = entry.2.max(r.offset()),
+            None => last.push((r.topic(), r.partition(), r.offset())),
+        }
+    }
+    for (topic, partition, offset) in last {
+        if let Err(err) = consumer.store_offset(topic, partition, offset) {
+            tracing::warn!(error = %err, partition, offset, "could not store offset");
+        }
     }
 }
 
 /// Asks for a commit of the stored offsets without waiting for it: a synchronous commit waits for
 /// the broker without end. Closing the consumer ([`close`]) then completes it. An offset not
 /// committed only means a redelivery, which every handler tolerates.
-fn commit_on_exit(consumer: &StreamConsumer) -> anyhow::Result<()> {
+fn commit_on_exit(consumer: &EventConsumer) -> anyhow::Result<()> {
     match consumer.commit_consumer_state(CommitMode::Async) {
         // Nothing stored since the last commit is not an error.
         Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),

@@ -573,3 +573,76 @@ async fn events_already_on_the_topic_are_consumed_together_and_a_poison_one_amon
     assert!(metrics.contains("analytics_events_total{result=\"dead_lettered\"} 1"), "{metrics}");
     analytics.stop().await;
 }
+
+/// Hands over nothing but records which offsets the consume loop gave it, and how.
+#[derive(Default)]
+struct Recorder {
+    batches: std::sync::Mutex<Vec<Vec<i64>>>,
+    singles: std::sync::Mutex<Vec<i64>>,
+}
+
+impl Recorder {
+    fn offsets(&self) -> Vec<i64> {
+        let mut all: Vec<i64> = self.batches.lock().unwrap().iter().flatten().copied().collect();
+        all.extend(self.singles.lock().unwrap().iter().copied());
+        all.sort_unstable();
+        all
+    }
+}
+
+impl common::kafka::RecordHandler for Recorder {
+    async fn handle(&self, record: &rdkafka::message::OwnedMessage) -> anyhow::Result<()> {
+        self.singles.lock().unwrap().push(record.offset());
+        Ok(())
+    }
+
+    async fn handle_batch(&self, records: &[rdkafka::message::OwnedMessage]) -> anyhow::Result<common::kafka::Batch> {
+        self.batches.lock().unwrap().push(records.iter().map(|r| r.offset()).collect());
+        Ok(common::kafka::Batch::Applied)
+    }
+}
+
+#[tokio::test]
+async fn the_consume_loop_takes_fetched_records_together_and_a_restart_hands_none_over_again() {
+    use std::sync::Arc;
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    args.ensure_topics(&[&topic]).await;
+    for n in 0..50 {
+        produce_raw(&broker(), &topic, "k", format!("record {n}").as_bytes()).await;
+    }
+    let group = format!("consume-loop-{}", uuid::Uuid::new_v4().simple());
+    let run = |recorder: Arc<Recorder>| {
+        let consumer = args.consumer(&group).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { common::kafka::consume(consumer, &*recorder, stop).await }
+        });
+        (stop, task)
+    };
+
+    let first = Arc::new(Recorder::default());
+    let (stop, task) = run(first.clone());
+    eventually(WAIT, "the 50 records handed over", || async { (first.offsets() == (0..50).collect::<Vec<_>>()).then_some(()) })
+        .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(
+        first.batches.lock().unwrap().iter().any(|b| b.len() > 1),
+        "records already fetched are taken together: {:?}",
+        first.batches.lock().unwrap()
+    );
+
+    // The same group again: it starts after the last record handed over (each batch's offsets
+    // were stored, then committed on stop), so only the new record arrives.
+    produce_raw(&broker(), &topic, "k", b"sentinel").await;
+    let second = Arc::new(Recorder::default());
+    let (stop, task) = run(second.clone());
+    eventually(WAIT, "the sentinel handed over", || async { second.offsets().contains(&50).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(second.offsets(), vec![50], "nothing handed over twice");
+}

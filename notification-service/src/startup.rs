@@ -4,6 +4,7 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
+use common::kafka::EventConsumer;
 use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
@@ -11,7 +12,6 @@ use common::{
     shutdown::Drain,
     tasks::Task,
 };
-use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::{config::Settings, consumer::Notifier, sender::Sender, templates::Tem
 pub struct Application {
     listener: TcpListener,
     pool: PgPool,
-    consumer: Option<(StreamConsumer, Notifier)>,
+    consumer: Option<(EventConsumer, Notifier)>,
     sender: Sender,
     metrics: Arc<Registry>,
     edge: EdgeArgs,

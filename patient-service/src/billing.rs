@@ -75,7 +75,8 @@ impl BillingClient {
             .await?
             .map_err(map_status)?
             .into_inner();
-        tracing::info!(account_id = %account.account_id, "billing account ready");
+        // billing-service logs the account; here it is the create's detail.
+        tracing::debug!(account_id = %account.account_id, "billing account ready");
         Ok(account.account_id)
     }
 
