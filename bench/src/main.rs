@@ -157,9 +157,12 @@ async fn measure(args: &Args, stack: &mut Stack) -> anyhow::Result<String> {
     // paths, PostgreSQL's caches fill, and the tables grow past the size where their plans
     // change (then analyzed, as autovacuum would); the measured rounds then see the platform as
     // it runs for days, and start once analytics has caught up.
+    // Three times a measured round: in a shorter one, the broker's compiler threads still took
+    // an eighth of the machine during the measured rounds.
     println!("==> creates, warm-up round (not counted)");
     let token = stack.token().await?;
-    wrk::run(&stack.url(ports.patient, "/patients"), &token, args.create_connections, args.seconds, Some(&script))?;
+    let warm_up = args.seconds * 3;
+    wrk::run(&stack.url(ports.patient, "/patients"), &token, args.create_connections, warm_up, Some(&script))?;
     analytics_lag(stack, &http, &token, Instant::now()).await?;
     stack.analyze().await?;
     let mut creates = Vec::new();
