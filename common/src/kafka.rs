@@ -195,8 +195,8 @@ pub trait RecordHandler: Send + Sync {
     /// busy topic costs one round trip per batch rather than per record. `Applied` means every
     /// record's effect is durable; on `OneByOne` or an error none of them may have been applied
     /// (an error after a commit whose answer was lost is a redelivery to `handle`, which every
-    /// handler tolerates), and the records then go through [`RecordHandler::handle`] one at a time (which
-    /// retries, and dead-letters what cannot be used). The default has no batch path.
+    /// handler tolerates), and the records then go through [`RecordHandler::handle`] one at a
+    /// time (which retries, and dead-letters what cannot be used). The default has no batch path.
     fn handle_batch(&self, records: &[OwnedMessage]) -> impl Future<Output = anyhow::Result<Batch>> + Send {
         let _ = records;
         std::future::ready(Ok(Batch::OneByOne))
