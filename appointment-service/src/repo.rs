@@ -19,6 +19,25 @@ pub async fn patient_deleted(tx: &mut Tx<'_>, patient_id: Uuid) -> sqlx::Result<
     sqlx::query_scalar("SELECT deleted FROM patients WHERE id = $1 FOR SHARE").bind(patient_id).fetch_optional(&mut **tx).await
 }
 
+/// The advisory-lock space of clinicians' schedules (`pg_advisory_xact_lock(space, key)`), apart
+/// from the one-key locks of the outbox relay.
+const SCHEDULE_LOCKS: i32 = 0x5343_4844;
+
+/// Takes the clinician's schedule until the transaction ends: the writes that put a slot under
+/// the exclusion constraint (a booking, any change of a live appointment) queue here one at a
+/// time. Without it, concurrent bookings of one slot each insert, then wait for the other's
+/// uncommitted row in the constraint check: PostgreSQL breaks such a cycle by failing one with
+/// a deadlock error (a 500 instead of the 409), after a second's wait in which the pool drains.
+#[tracing::instrument(skip(tx))]
+pub async fn lock_schedule(tx: &mut Tx<'_>, clinician_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
+        .bind(SCHEDULE_LOCKS)
+        .bind(clinician_id)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
 /// Inserts a BOOKED appointment (the exclusion constraint refuses a double booking).
 #[tracing::instrument(skip(tx, booking), fields(clinician_id = %booking.clinician_id))]
 pub async fn insert(tx: &mut Tx<'_>, id: Uuid, booking: &Booking) -> sqlx::Result<Appointment> {

@@ -3,10 +3,10 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use common::kafka::EventConsumer;
 use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
+    kafka::EventConsumer,
     metrics::Registry,
     outbox::Relay,
     shutdown::Drain,

@@ -3,11 +3,10 @@
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use common::kafka::EventConsumer;
 use common::{
     edge::{Edge, EdgeArgs},
     health::Readiness,
-    kafka::DeadLetters,
+    kafka::{DeadLetters, EventConsumer},
     metrics::Registry,
     shutdown::Drain,
     tasks::Task,

@@ -74,6 +74,7 @@ async fn book(State(state): State<AppState>, headers: HeaderMap, AppJson(body): 
         Some(true) => return Err(Error::UnknownPatient("the patient was deleted")),
         Some(false) => {}
     }
+    repo::lock_schedule(&mut tx, booking.clinician_id).await?;
     let appointment = match repo::insert(&mut tx, Uuid::new_v4(), &booking).await {
         Ok(appointment) => appointment,
         Err(err) if is_double_booking(&err) => {
@@ -97,6 +98,7 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
     let expected = if_match(headers)?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     let current = repo::lock(&mut tx, id).await?.ok_or(Error::NotFound)?;
+    repo::lock_schedule(&mut tx, current.clinician_id).await?;
     if let Some(expected) = expected.filter(|versions| !versions.contains(&current.version)) {
         return Err(Error::StaleVersion { expected: expected.into_iter().max().unwrap_or_default(), current: current.version });
     }
