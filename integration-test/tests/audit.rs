@@ -1,6 +1,7 @@
 //! The audit trail (SPEC §11) against the real Keycloak and PostgreSQL: two users work on one
 //! patient through the gateway, a third is refused by patient-service itself, and the trail
-//! tells exactly that story; it is append-only for the service and tampering is detected.
+//! tells exactly that story; it is append-only for the service and tampering is detected; appends
+//! from many connections at once make one unbroken chain.
 
 mod support;
 
@@ -149,4 +150,44 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     tx.commit().await.unwrap();
     let tampered = patient_service::audit::verify_chain(&patients.db).await.unwrap();
     assert_eq!(tampered.first_broken, Some(refused_seq), "the altered row is named");
+}
+
+/// Appends from more connections than the pool has, each in its own transaction and every fifth
+/// rolled back, make one unbroken chain: each committed append is one link after the one
+/// committed before it, and a rolled-back append leaves no gap.
+#[tokio::test]
+async fn concurrent_appends_make_one_unbroken_chain() {
+    let (url, owner) = fresh_db("audit_chain").await;
+    // The service's pool: it acts as the runtime role, as in production.
+    let db = common::db::DbArgs::from_url(url)
+        .connect_and_migrate_as(&patient_service::MIGRATOR, Some(patient_service::RUNTIME_ROLE))
+        .await
+        .unwrap();
+    let (writers, appends) = (16, 25);
+    let tasks = (0..writers).map(|writer| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut committed = 0u64;
+            for n in 0..appends {
+                let mut tx = db.begin().await.unwrap();
+                sqlx::query("INSERT INTO audit_log (action, outcome, request_id, prev_hash, hash) VALUES ('patient.read', 200, $1, '', '')")
+                    .bind(format!("{writer}-{n}"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                if n % 5 == 4 {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                    committed += 1;
+                }
+            }
+            committed
+        })
+    });
+    let committed: u64 = futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).sum();
+    assert_eq!(committed, 16 * 20);
+    // Checked as the owner (the runtime role cannot read the head), as `cargo xtask audit verify` does.
+    let report = patient_service::audit::verify_chain(&owner).await.unwrap();
+    assert_eq!(report, patient_service::audit::ChainReport { rows: committed, first_broken: None });
 }
