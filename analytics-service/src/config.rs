@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, runtime::RuntimeArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -27,6 +27,8 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Body and time limits of the HTTP API.
     #[command(flatten)]
     pub edge: EdgeArgs,
@@ -44,6 +46,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka,
             log: LogArgs::quiet(),
+            runtime: RuntimeArgs::inherit(),
             edge: EdgeArgs::default(),
         }
     }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, outbox::RelayArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, outbox::RelayArgs, runtime::RuntimeArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -40,6 +40,8 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Body and time limits of the REST API.
     #[command(flatten)]
     pub edge: EdgeArgs,
@@ -60,6 +62,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka,
             log: LogArgs::quiet(),
+            runtime: RuntimeArgs::inherit(),
             edge: EdgeArgs::default(),
         }
     }

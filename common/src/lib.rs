@@ -1,5 +1,5 @@
 //! Cross-cutting code shared by every service of the platform, so that no service copies it:
-//! telemetry set-up, database settings and helpers, health routes, the shutdown signal,
+//! the runtime and its threads' scheduling, telemetry set-up, database settings and helpers, health routes, the shutdown signal,
 //! RFC 9457 problem bodies and the validated [`email::Email`] type.
 
 pub mod breaker;
@@ -15,6 +15,7 @@ pub mod openapi;
 #[cfg(feature = "kafka")]
 pub mod outbox;
 pub mod problem;
+pub mod runtime;
 pub mod secret;
 pub mod shutdown;
 pub mod tasks;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{shutdown::DrainArgs, telemetry::LogArgs};
+use common::{runtime::RuntimeArgs, shutdown::DrainArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
 use crate::{cors::Origins, limit::LimitSpec};
@@ -45,6 +45,8 @@ pub struct Settings {
     pub drain: DrainArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 impl Settings {

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, secret::Secret, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, runtime::RuntimeArgs, secret::Secret, telemetry::LogArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "notification-service", about = "Mails patients about their registration and appointments")]
@@ -40,6 +40,8 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, outbox::RelayArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, outbox::RelayArgs, runtime::RuntimeArgs, telemetry::LogArgs};
 use verifier::{client::ClientArgs, settings::OidcArgs};
 
 #[derive(Debug, Clone, Parser)]
@@ -45,6 +45,8 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// How calls to billing survive its hiccups and how they stop hammering it when it is down.
@@ -88,6 +90,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
             log: LogArgs::quiet(),
+            runtime: RuntimeArgs::inherit(),
         }
     }
 

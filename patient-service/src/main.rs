@@ -1,10 +1,11 @@
 use clap::Parser;
 use patient_service::{config::Settings, startup::Application};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    let _telemetry = common::telemetry::init(&settings.log, "patient-service");
-    let app = Application::build(settings).await?;
-    app.run_until_stopped(common::shutdown::signal()).await
+    common::runtime::run(settings.runtime, async move {
+        let _telemetry = common::telemetry::init(&settings.log, "patient-service");
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(common::shutdown::signal()).await
+    })
 }
