@@ -152,6 +152,11 @@ impl KafkaArgs {
             .set("session.timeout.ms", "10000")
             .set("isolation.level", "read_committed")
             .set("topic.metadata.refresh.interval.ms", "10000")
+            // The broker answers a fetch when 64 KiB are waiting or 50 ms have passed, not at
+            // the first record: under load a fetch brings a batch (fewer requests for the broker,
+            // fewer statements for the handler), at the cost of at most 50 ms of latency.
+            .set("fetch.min.bytes", "65536")
+            .set("fetch.wait.max.ms", "50")
             .create_with_context(GroupContext::default())?;
         consumer.subscribe(topics)?;
         Ok(consumer)

@@ -17,7 +17,8 @@ use clap::{Args, ValueEnum};
 /// How the kernel schedules the service's threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CpuScheduling {
-    /// `SCHED_BATCH`: woken threads never preempt a running process.
+    /// `SCHED_BATCH`: a woken thread does not preempt the running process; it runs when that
+    /// process blocks or its time slice ends.
     Batch,
     /// Keep the policy the process was started with (e.g. one set with `chrt`).
     Inherit,
