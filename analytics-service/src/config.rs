@@ -27,6 +27,7 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// How the kernel schedules the service's threads.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Body and time limits of the HTTP API.
@@ -46,7 +47,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka,
             log: LogArgs::quiet(),
-            runtime: RuntimeArgs::inherit(),
+            runtime: RuntimeArgs::default(),
             edge: EdgeArgs::default(),
         }
     }

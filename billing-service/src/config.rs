@@ -32,6 +32,7 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// How the kernel schedules the service's threads.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Limits of the HTTP port (health and metrics only).
@@ -51,7 +52,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
             log: LogArgs::quiet(),
-            runtime: RuntimeArgs::inherit(),
+            runtime: RuntimeArgs::default(),
             edge: EdgeArgs::default(),
         }
     }

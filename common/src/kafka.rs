@@ -47,7 +47,19 @@ pub struct KafkaArgs {
     /// goes to the dead-letter topic. Other failures (database down) are retried without limit.
     #[arg(long, env = "POISON_MAX_ATTEMPTS", default_value_t = 3)]
     pub poison_max_attempts: u32,
+    /// Bytes of records the broker waits for before it answers a consumer's fetch (or until
+    /// `KAFKA_FETCH_WAIT_MAX_MS` passes): under load a fetch brings a batch, fewer requests for
+    /// the broker and fewer statements for handlers that apply batches. 1 answers at once.
+    #[arg(long, env = "KAFKA_FETCH_MIN_BYTES", default_value_t = FETCH_MIN_BYTES)]
+    pub kafka_fetch_min_bytes: u32,
+    /// Longest a fetch waits at the broker for those bytes: the most latency batching adds to
+    /// an event when few arrive.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = FETCH_WAIT_MAX_MS)]
+    pub kafka_fetch_wait_max_ms: u32,
 }
+
+const FETCH_MIN_BYTES: u32 = 64 * 1024;
+const FETCH_WAIT_MAX_MS: u32 = 50;
 
 impl KafkaArgs {
     /// Settings for a broker at `bootstrap` and a topic (tests, tools).
@@ -59,6 +71,8 @@ impl KafkaArgs {
             kafka_topic_partitions: 3,
             kafka_delivery_timeout_ms: 10_000,
             poison_max_attempts: 3,
+            kafka_fetch_min_bytes: FETCH_MIN_BYTES,
+            kafka_fetch_wait_max_ms: FETCH_WAIT_MAX_MS,
         }
     }
 
@@ -152,11 +166,8 @@ impl KafkaArgs {
             .set("session.timeout.ms", "10000")
             .set("isolation.level", "read_committed")
             .set("topic.metadata.refresh.interval.ms", "10000")
-            // The broker answers a fetch when 64 KiB are waiting or 50 ms have passed, not at
-            // the first record: under load a fetch brings a batch (fewer requests for the broker,
-            // fewer statements for the handler), at the cost of at most 50 ms of latency.
-            .set("fetch.min.bytes", "65536")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.min.bytes", self.kafka_fetch_min_bytes.to_string())
+            .set("fetch.wait.max.ms", self.kafka_fetch_wait_max_ms.to_string())
             .create_with_context(GroupContext::default())?;
         consumer.subscribe(topics)?;
         Ok(consumer)

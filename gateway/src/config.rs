@@ -45,6 +45,7 @@ pub struct Settings {
     pub drain: DrainArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// How the kernel schedules the service's threads.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

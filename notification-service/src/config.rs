@@ -40,6 +40,7 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// How the kernel schedules the service's threads.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]

@@ -45,6 +45,7 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// How the kernel schedules the service's threads.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -90,7 +91,7 @@ impl Settings {
             db: DbArgs::from_url(database_url),
             kafka: KafkaArgs::disabled(),
             log: LogArgs::quiet(),
-            runtime: RuntimeArgs::inherit(),
+            runtime: RuntimeArgs::default(),
         }
     }
 
