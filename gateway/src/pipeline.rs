@@ -2,7 +2,7 @@
 //! route → authenticate → authorise → limit → forward. A stage that refuses ends the request
 //! there; nothing refused ever reaches a backend.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     extract::{ConnectInfo, Request, State},
@@ -21,12 +21,12 @@ use verifier::{
 use crate::{
     limit::{Decision, Limiter},
     metrics::{ALLOWED, FORBIDDEN, NOT_ROUTED, RATE_LIMITED, UNAUTHENTICATED, UPSTREAM_FAILURES},
-    proxy::{new_traceparent, Proxy, API_PREFIX, TRACEPARENT, X_REQUEST_ID},
+    proxy::{new_traceparent, Peer, Proxy, API_PREFIX, TRACEPARENT, X_REQUEST_ID},
     Error,
 };
 
-/// Everything a request needs, built once at start.
-#[derive(Clone)]
+/// Everything a request needs, built once at start (shared by reference: a request costs one
+/// reference count, not a copy of each part).
 pub struct Gateway {
     pub verifier: Arc<Verifier>,
     pub keys: Arc<KeyStore>,
@@ -39,7 +39,7 @@ pub struct Gateway {
 }
 
 /// The handler of every API request, in a span that continues the caller's trace.
-pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
+pub async fn handle(State(g): State<Arc<Gateway>>, ConnectInfo(client): ConnectInfo<Peer>, mut req: Request) -> Response {
     let span = tracing::info_span!("gateway", method = %req.method(), request_id = tracing::field::Empty,
         trace_id = tracing::field::Empty, subject = tracing::field::Empty);
     // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts,
@@ -61,13 +61,8 @@ pub async fn handle(State(g): State<Gateway>, ConnectInfo(client): ConnectInfo<S
     handle_in_span(g, client, req).instrument(span).await
 }
 
-async fn handle_in_span(g: Gateway, client: SocketAddr, req: Request) -> Response {
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| v.len() <= 128)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is a header value"));
+async fn handle_in_span(g: Arc<Gateway>, client: Peer, req: Request) -> Response {
+    let request_id = req.headers().get(&X_REQUEST_ID).filter(|v| v.len() <= 128).cloned().unwrap_or_else(new_request_id);
     tracing::Span::current().record("request_id", request_id.to_str().unwrap_or_default());
     let mut response = match run(&g, client, req, &request_id).await {
         Ok(response) => response,
@@ -87,7 +82,7 @@ async fn handle_in_span(g: Gateway, client: SocketAddr, req: Request) -> Respons
     response
 }
 
-async fn run(g: &Gateway, client: SocketAddr, req: Request, request_id: &HeaderValue) -> Result<Response, Error> {
+async fn run(g: &Gateway, client: Peer, req: Request, request_id: &HeaderValue) -> Result<Response, Error> {
     let rule = route(&req)?;
     let principal = authenticate(g, req.headers()).await?;
     authorise(&rule, &principal)?;
@@ -98,6 +93,13 @@ async fn run(g: &Gateway, client: SocketAddr, req: Request, request_id: &HeaderV
         quota.apply(response.headers_mut());
     }
     Ok(response)
+}
+
+/// A fresh request id: a random UUID, written without an intermediate string.
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a UUID is a header value")
 }
 
 /// `/api/x` is the services' `/x`: the same access table decides both.
@@ -126,13 +128,7 @@ fn limit(g: &Gateway, principal: &Principal) -> Result<Option<Decision>, Error> 
     }
 }
 
-async fn forward(
-    g: &Gateway,
-    rule: &Rule,
-    req: Request,
-    client: SocketAddr,
-    request_id: &HeaderValue,
-) -> Result<Response, Error> {
+async fn forward(g: &Gateway, rule: &Rule, req: Request, client: Peer, request_id: &HeaderValue) -> Result<Response, Error> {
     let base = match rule.service {
         Service::Patients => &g.patients,
         Service::Analytics => &g.analytics,

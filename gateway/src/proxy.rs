@@ -1,5 +1,5 @@
 //! Forwarding to a backend: `/api` stripped, bodies streamed both ways, hop-by-hop headers
-//! dropped, `X-Forwarded-*` and `x-request-id` set, `traceparent` (made by the pipeline) carried, the bearer token forwarded;
+//! dropped, `X-Forwarded-*` and `x-request-id` set, `traceparent` (set by the pipeline) carried, the bearer token forwarded;
 //! bounded connect and response times, and a response body that stalls longer than the response
 //! timeout between two chunks is cut (the client sees the connection end, never a hang).
 
@@ -7,10 +7,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use axum::{
-    body::Body,
-    extract::Request,
+    body::{Body, Bytes},
+    extract::{connect_info::Connected, Request},
     http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Uri},
     response::Response,
+    serve::IncomingStream,
 };
 use http_body_util::BodyDataStream;
 use hyper_util::{
@@ -18,6 +19,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::Error;
@@ -41,6 +43,25 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// has already been dropped here.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(2);
 
+/// The caller's end of a connection, its `X-Forwarded-For` entry written once per connection
+/// rather than once per request.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a header value") }
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Self::new(*stream.remote_addr())
+    }
+}
+
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
@@ -57,22 +78,19 @@ impl Proxy {
     }
 
     /// Sends `req` to `base` (scheme + authority) and streams the answer back.
-    pub async fn forward(
-        &self,
-        base: &Uri,
-        mut req: Request,
-        client: SocketAddr,
-        request_id: &HeaderValue,
-    ) -> Result<Response, Error> {
+    pub async fn forward(&self, base: &Uri, mut req: Request, client: Peer, request_id: &HeaderValue) -> Result<Response, Error> {
         let uri = upstream_uri(base, req.uri()).map_err(Error::UpstreamFailed)?;
         let original_host = req.headers().get(header::HOST).cloned();
         let headers = req.headers_mut();
+        // The pipeline's trace context goes on even if the caller named `traceparent` hop-by-hop.
+        let traceparent = headers.remove(&TRACEPARENT);
         strip_hop_by_hop(headers);
+        if let Some(traceparent) = traceparent {
+            headers.insert(TRACEPARENT.clone(), traceparent);
+        }
         headers.remove(header::HOST);
         set_forwarded(headers, client, original_host);
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        // The backend's spans are children of the gateway's (when spans are exported).
-        common::telemetry::inject(headers);
         *req.uri_mut() = uri;
 
         let response = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
@@ -148,12 +166,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, original_host: Option<HeaderValue>) {
+fn set_forwarded(headers: &mut HeaderMap, client: Peer, original_host: Option<HeaderValue>) {
+    // A prior chain that is not visible ASCII is dropped, not extended.
     let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", client.ip()),
-        None => client.ip().to_string(),
+        Some(prior) => {
+            HeaderValue::from_maybe_shared(Bytes::from([prior.as_bytes(), b", ", client.forwarded_for.as_bytes()].concat())).ok()
+        }
+        None => Some(client.forwarded_for),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = chain {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
@@ -166,9 +187,23 @@ fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, original_host: Opt
 /// A new W3C trace context (version 00, sampled) for requests that arrive without one.
 /// (uuid's `fast-rng`: a thread-local CSPRNG, not one `getrandom` syscall per id.)
 pub fn new_traceparent() -> HeaderValue {
-    let trace = uuid::Uuid::new_v4().simple();
-    let span = uuid::Uuid::new_v4().as_u64_pair().0;
-    HeaderValue::from_str(&format!("00-{trace}-{span:016x}-01")).expect("hex is a valid header value")
+    // Random (version 4 UUIDs); each half holds fixed version or variant bits, so neither id is
+    // ever all zero.
+    traceparent_of(uuid::Uuid::new_v4().as_u128(), uuid::Uuid::new_v4().as_u64_pair().0)
+}
+
+/// `00-<trace, 32 hex digits>-<span, 16 hex digits>-01`, written digit by digit (no formatting
+/// machinery on the request path).
+fn traceparent_of(trace: u128, span: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    for (i, digit) in value[3..35].iter_mut().enumerate() {
+        *digit = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    for (i, digit) in value[36..52].iter_mut().enumerate() {
+        *digit = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&value).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -198,5 +233,25 @@ mod tests {
         let tp = new_traceparent();
         let parts: Vec<&str> = tp.to_str().unwrap().split('-').collect();
         assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 32, 16, 2]);
+        assert_eq!(common::telemetry::trace_id(&HeaderMap::from_iter([(TRACEPARENT.clone(), tp.clone())])), Some(parts[1]));
+        assert_ne!(new_traceparent(), tp, "each call is a new trace");
+        let (trace, span) = (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128, 0x0f1e_2d3c_4b5a_6978_u64);
+        assert_eq!(traceparent_of(trace, span), format!("00-{trace:032x}-{span:016x}-01").as_str());
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_to_a_prior_chain() {
+        let peer = Peer::new("10.1.2.3:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, peer.clone(), None);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        set_forwarded(&mut h, Peer::new("[::1]:5000".parse().unwrap()), Some(HeaderValue::from_static("example.org")));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, ::1");
+        assert_eq!(h["x-forwarded-host"], "example.org");
+        assert_eq!(h["x-forwarded-prefix"], "/api");
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        set_forwarded(&mut h, peer, None);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3", "a chain that is not ASCII is replaced");
     }
 }

@@ -1,6 +1,6 @@
 //! Builds the gateway from its settings; `main` and the tests share this path.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{http::Uri, Router};
@@ -16,7 +16,7 @@ use crate::{
     limit::Limiter,
     metrics as gw_metrics,
     pipeline::{self, Gateway},
-    proxy::Proxy,
+    proxy::{Peer, Proxy},
 };
 
 /// How often buckets of clients gone quiet are forgotten.
@@ -25,7 +25,7 @@ const LIMITER_SWEEP: Duration = Duration::from_secs(60);
 /// A bound, not yet serving gateway.
 pub struct Application {
     listener: TcpListener,
-    gateway: Gateway,
+    gateway: Arc<Gateway>,
     /// The verifier's key store, kept fresh beside the server.
     auth: Auth,
     /// `/api/openapi.json` and `/api/docs`.
@@ -40,7 +40,7 @@ impl Application {
         let metrics = gw_metrics::registry();
         let auth = settings.oidc.start(metrics.clone()).await?;
         let parse = |u: &str| u.parse::<Uri>().with_context(|| format!("invalid backend URL {u}"));
-        let gateway = Gateway {
+        let gateway = Arc::new(Gateway {
             verifier: auth.verifier.clone(),
             keys: auth.keys.clone(),
             limiter: Arc::new(Limiter::new(&settings.rate_limits)),
@@ -49,7 +49,7 @@ impl Application {
             analytics: parse(&settings.analytics_service_url)?,
             appointments: parse(&settings.appointment_service_url)?,
             metrics,
-        };
+        });
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
@@ -94,7 +94,7 @@ impl Application {
             // Outermost: a preflight is answered before any stage looks at it.
             .layer(self.cors);
         let router = self.drain.layer(router);
-        let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<Peer>())
             .with_graceful_shutdown(self.drain.clone().then_stop(stop.clone()));
         let refresh = self.auth.keep_fresh(stop.clone());
         let tasks: Vec<(&str, Task)> = vec![

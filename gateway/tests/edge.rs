@@ -126,4 +126,16 @@ async fn a_valid_traceparent_is_continued_and_an_invalid_one_restarts_the_trace(
     assert_eq!(send("00-00000000000000000000000000000000-00f067aa0ba902b7-01").await.status(), 200);
     let restarted = backend.last().headers.clone();
     assert!(common::telemetry::trace_id(&restarted).is_some(), "a new, valid trace: {:?}", restarted.get("traceparent"));
+
+    // The context the gateway forwards is its own: a caller naming it hop-by-hop does not drop it.
+    let hop = reqwest::Client::new()
+        .get(format!("{gw}/api/patients"))
+        .bearer_auth(&token)
+        .header("traceparent", valid)
+        .header("connection", "traceparent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hop.status(), 200);
+    assert_eq!(backend.last().headers["traceparent"], valid, "the trace is carried past the hop-by-hop strip");
 }
