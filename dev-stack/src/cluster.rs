@@ -563,13 +563,7 @@ impl Binaries {
             scheduler: kube::ensure(kube::SCHEDULER)?,
             kubelet: kube::ensure(kube::KUBELET)?,
             proxy: kube::ensure(kube::PROXY)?,
-            coredns: crate::go::build(
-                "coredns",
-                "github.com/coredns/coredns",
-                "github.com/coredns/coredns",
-                COREDNS_VERSION,
-                "a few minutes",
-            )?,
+            coredns: crate::go::build("coredns", "github.com/coredns/coredns", COREDNS_VERSION, "a few minutes")?,
             pause_image: pause_image()?,
         })
     }

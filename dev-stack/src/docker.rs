@@ -65,13 +65,7 @@ pub fn ensure_daemon() -> anyhow::Result<()> {
 /// The compose v2 CLI, built once from its Go module into the cache (run standalone, so no
 /// plugin directory is touched).
 pub fn compose() -> anyhow::Result<PathBuf> {
-    crate::go::build(
-        "docker-compose",
-        "github.com/docker/compose/v2",
-        "github.com/docker/compose/v2/cmd",
-        COMPOSE_VERSION,
-        "about 2 minutes",
-    )
+    crate::go::build("docker-compose", "github.com/docker/compose/v2/cmd", COMPOSE_VERSION, "about 5 minutes")
 }
 
 /// One image the platform runs, by the override variable that names it.

@@ -22,16 +22,16 @@ pub fn ensure() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The binary `name` built from Go package `package` of module `module` at `version`, in the
+/// The binary `name` built from Go package `package` at its module's `version`, in the
 /// cache (`<name>-<version>/<name>`), built on first use: a module of our own pins the tool's
 /// dependencies with `go get -tool`, then `go build` (no cgo). `takes` is said while it builds.
-pub fn build(name: &str, module: &str, package: &str, version: &str, takes: &str) -> anyhow::Result<PathBuf> {
+pub fn build(name: &str, package: &str, version: &str, takes: &str) -> anyhow::Result<PathBuf> {
     let dir = crate::paths::cache_dir().join(format!("{name}-{version}"));
     let bin = dir.join(name);
     let lock_file = crate::paths::cache_dir().join(format!("{name}-{version}.lock"));
     build_once(&bin, &lock_file, || {
         eprintln!("dev-stack: building {name} {version} with go (once per machine, {takes})");
-        build_tool(&dir, name, module, package, version)
+        build_tool(&dir, name, package, version)
     })
 }
 
@@ -55,7 +55,7 @@ pub(crate) fn build_once(bin: &Path, lock_file: &Path, make: impl FnOnce() -> an
     Ok(bin.to_path_buf())
 }
 
-fn build_tool(dir: &Path, name: &str, module: &str, package: &str, version: &str) -> anyhow::Result<()> {
+fn build_tool(dir: &Path, name: &str, package: &str, version: &str) -> anyhow::Result<()> {
     fs::create_dir_all(dir)?;
     let go = |args: &[&str], what: &str| {
         process::run_checked(Command::new("go").args(args).current_dir(dir).env("CGO_ENABLED", "0"), what).map(|_| ())
@@ -63,7 +63,9 @@ fn build_tool(dir: &Path, name: &str, module: &str, package: &str, version: &str
     if !dir.join("go.mod").exists() {
         go(&["mod", "init", &format!("patient-platform/{name}")], "go mod init")?;
     }
-    go(&["get", "-tool", &format!("{module}@{version}")], &format!("go get {name}"))?;
+    // The package, not the module: `go.sum` then covers what the package imports (for a command
+    // below the module root, e.g. compose's `cmd`, the module root's imports are not enough).
+    go(&["get", "-tool", &format!("{package}@{version}")], &format!("go get {name}"))?;
     let tmp = format!("{name}.tmp");
     go(&["build", "-o", &tmp, package], &format!("go build {name}")).with_context(|| format!("failed to build {name}"))?;
     fs::rename(dir.join(&tmp), dir.join(name))?;

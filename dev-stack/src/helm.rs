@@ -9,5 +9,5 @@ pub const VERSION: &str = "v3.22.0";
 /// Path of the helm binary, built on first use (see [`crate::go::build`]).
 pub fn ensure() -> anyhow::Result<PathBuf> {
     let package = "helm.sh/helm/v3/cmd/helm";
-    crate::go::build("helm", package, package, VERSION, "a few minutes")
+    crate::go::build("helm", package, VERSION, "a few minutes")
 }

@@ -143,5 +143,5 @@ fn read_pid(dir: &std::path::Path) -> Option<u32> {
 /// Path of the jaeger binary, built on first use (see [`crate::go::build`]).
 pub fn ensure() -> anyhow::Result<PathBuf> {
     let package = "github.com/jaegertracing/jaeger/cmd/jaeger";
-    crate::go::build("jaeger", package, package, VERSION, "about 5 minutes")
+    crate::go::build("jaeger", package, VERSION, "about 5 minutes")
 }

@@ -118,5 +118,5 @@ fn read_pid(dir: &Path) -> Option<u32> {
 /// Path of the mailpit binary, built on first use (see [`crate::go::build`]).
 pub fn ensure() -> anyhow::Result<PathBuf> {
     let module = "github.com/axllent/mailpit";
-    crate::go::build("mailpit", module, module, VERSION, "about a minute")
+    crate::go::build("mailpit", module, VERSION, "about a minute")
 }
