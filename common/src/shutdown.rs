@@ -10,9 +10,7 @@ use std::{
 };
 
 use axum::{
-    extract::{Request, State},
-    http::{header, HeaderValue},
-    middleware::{self, Next},
+    http::{header, HeaderValue, StatusCode},
     response::Response,
     Router,
 };
@@ -71,7 +69,9 @@ impl Drain {
 
     /// `router` with its responses marked `Connection: close` while draining.
     pub fn layer(&self, router: Router) -> Router {
-        router.layer(middleware::from_fn_with_state(self.closing.clone(), mark_closing))
+        // A plain response map: no boxed middleware chain per request.
+        let closing = self.closing.clone();
+        router.layer(tower::util::MapResponseLayer::new(move |response| mark_closing(&closing, response)))
     }
 
     /// For `with_graceful_shutdown`: resolves once `stop` is cancelled and the drain period has
@@ -86,10 +86,9 @@ impl Drain {
     }
 }
 
-async fn mark_closing(State(closing): State<Arc<AtomicBool>>, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+fn mark_closing(closing: &AtomicBool, mut response: Response) -> Response {
     // A protocol switch keeps its own `Connection: upgrade`.
-    if closing.load(Ordering::Relaxed) && response.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+    if closing.load(Ordering::Relaxed) && response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response

@@ -5,7 +5,10 @@
 //! Services log identifiers (patient ids, account ids, event ids), never names, emails or
 //! addresses: the log pipeline is not a place for personal data, and neither are span fields.
 
-use std::io::IsTerminal;
+use std::{
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use clap::Args;
 use opentelemetry::{propagation::TextMapCompositePropagator, trace::TracerProvider as _, KeyValue};
@@ -35,6 +38,18 @@ impl LogArgs {
     }
 }
 
+/// Whether [`init`] installed a trace exporter. Without one there is no trace context to carry,
+/// so [`continue_trace`] and [`inject`] return at once instead of looking for it.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (a trace context is worth carrying).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// The `traceparent` header (named once, not parsed again at each use).
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Flushes exported spans when dropped (keep it for the life of `main`).
 #[must_use = "spans are flushed when this is dropped"]
 pub struct Telemetry(Option<SdkTracerProvider>);
@@ -63,6 +78,7 @@ pub fn init(args: &LogArgs, service: &'static str) -> Telemetry {
             None
         }
     });
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     let traces = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     let logs = if args.log_json {
         fmt::layer().json().flatten_event(true).boxed()
@@ -87,6 +103,9 @@ fn exporter(endpoint: &str, service: &'static str) -> anyhow::Result<SdkTracerPr
 
 /// Makes `span` a child of the W3C trace context in `headers` (a `traceparent`), if any.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !exporting() {
+        return;
+    }
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
 }
@@ -94,6 +113,9 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 /// Writes the current span's context into `headers` as `traceparent` when spans are recorded;
 /// leaves them alone otherwise.
 pub fn inject(headers: &mut http::HeaderMap) {
+    if !exporting() {
+        return;
+    }
     let context = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
 }
@@ -116,7 +138,7 @@ pub fn current_traceparent() -> Option<String> {
 
 /// The trace id of a request's valid W3C `traceparent`.
 pub fn trace_id(headers: &http::HeaderMap) -> Option<&str> {
-    trace_id_of(headers.get("traceparent")?.to_str().ok()?)
+    trace_id_of(headers.get(&TRACEPARENT)?.to_str().ok()?)
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero).

@@ -21,7 +21,7 @@ use verifier::{
 use crate::{
     limit::{Decision, Limiter},
     metrics::{ALLOWED, FORBIDDEN, NOT_ROUTED, RATE_LIMITED, UNAUTHENTICATED, UPSTREAM_FAILURES},
-    proxy::{new_traceparent, Peer, Proxy, API_PREFIX, TRACEPARENT, X_REQUEST_ID},
+    proxy::{new_traceparent, Peer, Proxy, API_PREFIX, TRACEPARENT, TRACESTATE, X_REQUEST_ID},
     Error,
 };
 
@@ -40,7 +40,8 @@ pub struct Gateway {
 
 /// The handler of every API request, in a span that continues the caller's trace.
 pub async fn handle(State(g): State<Arc<Gateway>>, ConnectInfo(client): ConnectInfo<Peer>, mut req: Request) -> Response {
-    let span = tracing::info_span!("gateway", method = %req.method(), request_id = tracing::field::Empty,
+    let request_id = req.headers().get(&X_REQUEST_ID).filter(|v| v.len() <= 128).cloned().unwrap_or_else(new_request_id);
+    let span = tracing::info_span!("gateway", method = %req.method(), request_id = request_id.to_str().unwrap_or_default(),
         trace_id = tracing::field::Empty, subject = tracing::field::Empty);
     // A trace starts here unless the caller continues a valid one (W3C: an invalid one restarts,
     // its trace state dropped).
@@ -49,21 +50,21 @@ pub async fn handle(State(g): State<Arc<Gateway>>, ConnectInfo(client): ConnectI
         common::telemetry::continue_trace(&span, headers);
     } else {
         headers.remove(&TRACEPARENT);
-        headers.remove("tracestate");
+        headers.remove(&TRACESTATE);
     }
-    // The backends continue this span when spans are recorded; otherwise the caller's trace, or
+    // The backends continue this span when spans are exported; otherwise the caller's trace, or
     // a fresh one.
-    span.in_scope(|| common::telemetry::inject(headers));
+    if common::telemetry::exporting() {
+        span.in_scope(|| common::telemetry::inject(headers));
+    }
     if common::telemetry::trace_id(headers).is_none() {
         headers.insert(TRACEPARENT.clone(), new_traceparent());
     }
     span.record("trace_id", common::telemetry::trace_id(headers).unwrap_or_default());
-    handle_in_span(g, client, req).instrument(span).await
+    handle_in_span(g, client, req, request_id).instrument(span).await
 }
 
-async fn handle_in_span(g: Arc<Gateway>, client: Peer, req: Request) -> Response {
-    let request_id = req.headers().get(&X_REQUEST_ID).filter(|v| v.len() <= 128).cloned().unwrap_or_else(new_request_id);
-    tracing::Span::current().record("request_id", request_id.to_str().unwrap_or_default());
+async fn handle_in_span(g: Arc<Gateway>, client: Peer, req: Request, request_id: HeaderValue) -> Response {
     let mut response = match run(&g, client, req, &request_id).await {
         Ok(response) => response,
         Err(err) => {

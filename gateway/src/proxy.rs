@@ -3,7 +3,13 @@
 //! bounded connect and response times, and a response body that stalls longer than the response
 //! timeout between two chunks is cut (the client sees the connection end, never a hang).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{self, ready, Poll},
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum::{
@@ -13,14 +19,13 @@ use axum::{
     response::Response,
     serve::IncomingStream,
 };
-use http_body_util::BodyDataStream;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
 
-use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
+use tokio::{net::TcpListener, time::Sleep};
 
 use crate::Error;
 
@@ -31,11 +36,25 @@ const MAX_DOCUMENT: usize = 2 << 20;
 pub const API_PREFIX: &str = "/api";
 
 /// Headers meaningful for one connection only (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+/// (Named once: a header given by its text is parsed again at every use.)
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// How long an idle upstream connection is kept: shorter than the services' drain on shutdown
 /// (`SHUTDOWN_DRAIN_MS`, 3 s in the chart), so a connection is never reused just as a stopping
@@ -105,17 +124,69 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        // Each chunk must come within the response timeout; a stalled backend ends the body with
-        // an error, which closes the client's connection mid-body. (HTTP/1 trailers are dropped.)
-        let chunks = BodyDataStream::new(body).timeout(self.response_timeout).map(|chunk| match chunk {
-            Ok(Ok(data)) => Ok(data),
-            Ok(Err(err)) => Err(axum::Error::new(err)),
-            Err(elapsed) => {
-                tracing::warn!("backend stalled mid-body; response cut");
-                Err(axum::Error::new(elapsed))
+        Ok(Response::from_parts(parts, Body::new(Relayed::new(body, self.response_timeout))))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A backend's answer body, passed on frame by frame. Its length and its end stay known to the
+    /// server, which can finish the answer as soon as the last frame is in (without waiting for
+    /// the backend's connection to say the body is over). Each frame must come within `limit` of
+    /// the one before (the first within `limit` of the server asking for it); a stalled backend
+    /// ends the body with an error, which closes the client's connection mid-body. HTTP/1
+    /// trailers are dropped.
+    struct Relayed {
+        inner: Incoming,
+        limit: Duration,
+        // Armed while the server waits for a frame.
+        #[pin]
+        stall: Option<Sleep>,
+    }
+}
+
+impl Relayed {
+    fn new(inner: Incoming, limit: Duration) -> Self {
+        Self { inner, limit, stall: None }
+    }
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let mut this = self.project();
+        loop {
+            match Pin::new(&mut *this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.stall.set(None);
+                    if frame.is_data() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(axum::Error::new(err)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if this.stall.is_none() {
+                        this.stall.set(Some(tokio::time::sleep(*this.limit)));
+                    }
+                    if let Some(stall) = this.stall.as_mut().as_pin_mut() {
+                        ready!(stall.poll(cx));
+                    }
+                    tracing::warn!("backend stalled mid-body; response cut");
+                    let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, "backend stalled mid-body");
+                    return Poll::Ready(Some(Err(axum::Error::new(stalled))));
+                }
             }
-        });
-        Ok(Response::from_parts(parts, Body::from_stream(chunks)))
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -151,37 +222,39 @@ fn upstream_uri(base: &Uri, original: &Uri) -> anyhow::Result<Uri> {
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
 fn set_forwarded(headers: &mut HeaderMap, client: Peer, original_host: Option<HeaderValue>) {
     // A prior chain that is not visible ASCII is dropped, not extended.
-    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => {
             HeaderValue::from_maybe_shared(Bytes::from([prior.as_bytes(), b", ", client.forwarded_for.as_bytes()].concat())).ok()
         }
         None => Some(client.forwarded_for),
     };
     if let Some(v) = chain {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    headers.insert("x-forwarded-prefix", HeaderValue::from_static(API_PREFIX));
+    headers.insert(X_FORWARDED_PREFIX.clone(), HeaderValue::from_static(API_PREFIX));
 }
 
 /// A new W3C trace context (version 00, sampled) for requests that arrive without one.
