@@ -42,7 +42,9 @@ impl LogArgs {
 /// so [`continue_trace`] and [`inject`] return at once instead of looking for it.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-/// Whether spans are exported (a trace context is worth carrying).
+/// Whether spans are exported (a trace context is worth carrying). Only [`init`] installs the
+/// OpenTelemetry layer, and it sets this with it; a subscriber built elsewhere with that layer
+/// would need to set it too.
 pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }

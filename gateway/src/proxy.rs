@@ -131,10 +131,10 @@ impl Proxy {
 pin_project_lite::pin_project! {
     /// A backend's answer body, passed on frame by frame. Its length and its end stay known to the
     /// server, which can finish the answer as soon as the last frame is in (without waiting for
-    /// the backend's connection to say the body is over). Each frame must come within `limit` of
-    /// the one before (the first within `limit` of the server asking for it); a stalled backend
-    /// ends the body with an error, which closes the client's connection mid-body. HTTP/1
-    /// trailers are dropped.
+    /// the backend's connection to say the body is over). The server never waits longer than
+    /// `limit` for a frame (time spent writing to a slow client does not count against the
+    /// backend); a stalled backend ends the body with an error, which closes the client's
+    /// connection mid-body. HTTP/1 trailers are dropped.
     struct Relayed {
         inner: Incoming,
         limit: Duration,
