@@ -50,7 +50,7 @@ pub fn exporting() -> bool {
 }
 
 /// The `traceparent` header (named once, not parsed again at each use).
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Flushes exported spans when dropped (keep it for the life of `main`).
 #[must_use = "spans are flushed when this is dropped"]

@@ -49,7 +49,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub use common::telemetry::TRACEPARENT;
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
