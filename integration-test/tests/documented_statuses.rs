@@ -394,7 +394,7 @@ async fn every_documented_status_is_one_the_platform_gives() {
         let got = seen.get(op).cloned().unwrap_or_default();
         let lacking: Vec<&u16> = statuses.difference(&got).collect();
         if !lacking.is_empty() {
-            missing.push(format!("{} {}: {lacking:?}", op.0, op.1));
+            missing.push(format!("{} {}: {lacking:?} (seen: {got:?})", op.0, op.1));
         }
         let extra: Vec<&u16> = got.difference(statuses).collect();
         if !extra.is_empty() {
