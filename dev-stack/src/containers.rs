@@ -207,5 +207,8 @@ mod tests {
             assert!(chart.contains(&image), "the chart's values name {image}");
         }
         assert!(read("keycloak/Dockerfile").contains(&format!("ARG KEYCLOAK_IMAGE={keycloak}")));
+        let tag = crate::docker::SERVICE_IMAGE_TAG;
+        assert!(compose.contains(&format!("${{SERVICE_IMAGE_TAG:-{tag}}}")), "docker-compose.yml tags the services {tag}");
+        assert!(chart.contains(&format!("tag: \"{tag}\"")), "the chart runs the services' {tag}");
     }
 }

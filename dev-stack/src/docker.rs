@@ -252,6 +252,9 @@ fn link_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 pub const SERVICES: [&str; 6] =
     ["billing-service", "patient-service", "analytics-service", "appointment-service", "notification-service", "gateway"];
 
+/// The service images' tag: docker-compose.yml's default (`SERVICE_IMAGE_TAG`) and the chart's.
+pub const SERVICE_IMAGE_TAG: &str = "0.1.0";
+
 /// Host ports a compose stack publishes (the compose file's `*_PORT` overrides).
 #[derive(Debug, Clone, Copy)]
 pub struct ComposePorts {

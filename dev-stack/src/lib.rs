@@ -13,6 +13,7 @@
 //! - [`docker`]: the Docker engine, compose, and local equivalents of every image.
 //! - [`paths`]: where state and caches live (outside the work tree).
 //! - [`services`]: the platform's own services as background processes.
+//! - [`suite`]: the runner of `cargo xtask test` (the local and the Docker pass side by side).
 //! - [`net`]: free loopback ports.
 //! - [`tokens`]: RSA test keys (openssl CLI), JWKS entries and signed test tokens.
 
@@ -36,6 +37,7 @@ pub mod postgres;
 mod process;
 pub mod python;
 pub mod services;
+pub mod suite;
 pub mod tokens;
 
 pub use postgres::PgCluster;

@@ -13,6 +13,7 @@ use dev_stack::{
     mailpit::Mailpit,
     paths, postgres,
     services::{self, Infrastructure, ServiceDirs, ServicePorts, ServiceSpec},
+    suite::Stream,
     PgCluster,
 };
 
@@ -133,7 +134,8 @@ enum Cmd {
     },
     /// Run every test of the workspace (each suite starts its own infrastructure on free ports).
     Test {
-        /// Extra arguments for `cargo test`.
+        /// Options for `cargo test` (which tests: `-p gateway`, `--test edge`), then `--` and
+        /// options for every test binary (a name filter, `--nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -558,41 +560,60 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The fault suite runs the services' real binaries: build them all first (the same
     // dependency features as the test build, so nothing is compiled twice).
     cargo(&["build", "--workspace", "--bins"])?;
-    let mut totals = Totals::default();
-    let mut workspace = vec!["test", "--workspace", "--no-fail-fast"];
-    workspace.extend(args.iter().map(String::as_str));
-    let infra = std::env::var("TEST_INFRA").ok();
-    // TEST_INFRA=docker: everything on Docker (on the local images unless named otherwise).
-    let env = if infra.as_deref() == Some("docker") { docker_suite_env()? } else { Vec::new() };
-    let mut ok = run_suite(&workspace, &env, &mut totals)?;
-
-    // The integration suite again on the Docker backend (testcontainers), with the journeys
-    // against docker compose: unless TEST_INFRA names one backend, or no engine can be had.
-    match infra.as_deref() {
-        Some("local") | Some("docker") => {}
-        _ => match docker_suite_env() {
-            Ok(env) => {
-                println!("\n==> The integration suite on Docker (TEST_INFRA=docker)");
-                let mut integration = vec!["test", "-p", "integration-test", "--no-fail-fast"];
-                integration.extend(args.iter().map(String::as_str));
-                ok &= run_suite(&integration, &env, &mut totals)?;
-            }
-            // Skipped only where Docker cannot be had at all; any other failure fails the run.
-            Err(e) if !dev_stack::docker::obtainable() => println!("\n==> The Docker suite is skipped: {e:#}"),
-            Err(e) => {
-                println!("\n==> The Docker suite could not start: {e:#}");
-                ok = false;
-            }
-        },
+    // `cargo xtask test [cargo test options] [-- test binary options]`, as with `cargo test`.
+    let (cargo_args, binary_args) = match args.iter().position(|a| a == "--") {
+        Some(at) => (&args[..at], &args[at + 1..]),
+        None => (args, &[][..]),
+    };
+    let mut build: Vec<&str> = cargo_args.iter().map(String::as_str).collect();
+    if !build.iter().any(|a| *a == "-p" || a.starts_with("--package")) {
+        build.insert(0, "--workspace");
     }
+    let binaries = dev_stack::suite::build(&build)?;
+    let mut totals = dev_stack::suite::Totals::default();
+    dev_stack::suite::doc_tests(&build, binary_args, &mut totals)?;
+
+    let infra = std::env::var("TEST_INFRA").ok();
+    let mut ok = true;
+    let streams = match infra.as_deref() {
+        // TEST_INFRA=docker: everything on Docker (on the local images unless named otherwise).
+        Some("docker") => vec![Stream { name: "docker", env: docker_suite_env()?, binaries }],
+        Some("local") => vec![Stream { name: "local", env: Vec::new(), binaries }],
+        // Beside the local pass, the integration suite again on the Docker backend
+        // (testcontainers), with the journeys against docker compose: unless no engine can be had.
+        _ => {
+            let integration: Vec<_> = binaries.iter().filter(|b| b.package == "integration-test").cloned().collect();
+            let mut streams = vec![Stream { name: "local", env: Vec::new(), binaries }];
+            match docker_suite_env() {
+                Ok(env) => streams.push(Stream { name: "docker", env, binaries: integration }),
+                // Skipped only where Docker cannot be had at all; any other failure fails the run.
+                Err(e) if !dev_stack::docker::obtainable() => println!("\n==> The Docker pass is skipped: {e:#}"),
+                Err(e) => {
+                    println!("\n==> The Docker pass could not start: {e:#}");
+                    ok = false;
+                }
+            }
+            streams
+        }
+    };
+    for stream in &streams {
+        println!("==> the {} pass: {} test binaries", stream.name, stream.binaries.len());
+    }
+    let logs = paths::target_dir().join("test-logs");
+    let totals = dev_stack::suite::run(&streams, binary_args, &logs, totals)?;
     println!("\nall suites: {} passed, {} failed", totals.passed, totals.failed);
-    if !ok {
+    for failure in &totals.failures {
+        println!("  failed: {failure}");
+    }
+    if !ok || !totals.failures.is_empty() {
         std::process::exit(1);
     }
     Ok(())
 }
 
-/// A Docker engine (started when missing) and the local images: the Docker suite's environment.
+/// A Docker engine (started when missing), the local images, and the six service images the
+/// compose and Kubernetes tests run (built here, before any test runs, rather than inside a test
+/// while the other pass runs beside it): the Docker pass's environment.
 fn docker_suite_env() -> anyhow::Result<Vec<(String, String)>> {
     dev_stack::docker::ensure_daemon()?;
     // Images the caller named stay theirs.
@@ -601,43 +622,10 @@ fn docker_suite_env() -> anyhow::Result<Vec<(String, String)>> {
         .filter(|(var, _)| std::env::var_os(var).is_none())
         .map(|(var, tag)| (var.to_owned(), tag))
         .collect();
+    println!("==> building the service images");
+    Compose::existing(COMPOSE_PROJECT).build_services(dev_stack::docker::SERVICE_IMAGE_TAG)?;
     env.push(("TEST_INFRA".into(), "docker".into()));
     Ok(env)
-}
-
-#[derive(Default)]
-struct Totals {
-    passed: u64,
-    failed: u64,
-}
-
-/// Runs `cargo <args>` with `env`, echoing its output and adding its per-binary summaries to
-/// `totals`; whether it succeeded.
-fn run_suite(args: &[&str], env: &[(String, String)], totals: &mut Totals) -> anyhow::Result<bool> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(cargo)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(paths::workspace_root())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("failed to run cargo test")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let line = line?;
-        println!("{line}");
-        if let Some(summary) = line.strip_prefix("test result: ") {
-            totals.passed += count_before(summary, " passed");
-            totals.failed += count_before(summary, " failed");
-        }
-    }
-    Ok(child.wait()?.success())
-}
-
-/// The number just before `label` in a cargo summary such as `ok. 5 passed; 0 failed; …`.
-fn count_before(summary: &str, label: &str) -> u64 {
-    let words: Vec<&str> = summary.split_whitespace().collect();
-    words.windows(2).find(|w| w[1].trim_end_matches(';') == label.trim()).and_then(|w| w[0].parse().ok()).unwrap_or(0)
 }
 
 /// Runs the cargo that runs us, failing with its exit status.

@@ -40,7 +40,7 @@ use support::eventually;
 use tokio::sync::RwLock;
 
 const RELEASE: &str = "pp";
-const TAG: &str = "0.1.0";
+const TAG: &str = dev_stack::docker::SERVICE_IMAGE_TAG;
 /// The same build under the next version's tag: a new image reference for every Deployment,
 /// which is what an upgrade changes.
 const NEXT_TAG: &str = "0.1.1";
