@@ -10,6 +10,7 @@ pub mod extract;
 pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod keepalive;
 pub mod metrics;
 pub mod openapi;
 #[cfg(feature = "kafka")]

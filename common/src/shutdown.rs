@@ -1,28 +1,16 @@
-//! The process-wide stop signal: SIGTERM (what orchestrators send) or Ctrl-C; how an HTTP
-//! server drains its keep-alive connections before it stops; and how it tells a client not to
-//! reuse a connection it is about to close.
+//! The process-wide stop signal: SIGTERM (what orchestrators send) or Ctrl-C; and how an HTTP
+//! server drains its keep-alive connections before it stops.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
-use axum::{
-    body::{Body, Bytes, HttpBody},
-    extract::Request,
-    http::{header, HeaderValue, StatusCode},
-    response::Response,
-    Router,
-};
-use http_body::{Frame, SizeHint};
+use axum::Router;
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
 /// Resolves when the process is asked to stop.
 pub async fn signal() {
@@ -75,13 +63,10 @@ impl Drain {
         Self { closing: Arc::default(), period: Duration::from_millis(args.shutdown_drain_ms) }
     }
 
-    /// `router` with its responses marked `Connection: close` while draining, and whenever the
-    /// request's body was not read to its end: the server closes such a connection rather than
-    /// read the rest (hyper drains only what has already arrived), so a client that kept it for
-    /// its next request (the gateway's pool, a load balancer) would send that request into the
-    /// close and lose it. Typical case: a 413 for a body over the limit, or a 401 before the body.
+    /// `router` with its responses marked `Connection: close` while draining, and when an
+    /// answer's connection is about to close for another reason ([`crate::keepalive`]).
     pub fn layer(&self, router: Router) -> Router {
-        router.layer(CloseLayer { draining: self.closing.clone() })
+        crate::keepalive::layer(router, self.closing.clone())
     }
 
     /// For `with_graceful_shutdown`: resolves once `stop` is cancelled and the drain period has
@@ -96,113 +81,11 @@ impl Drain {
     }
 }
 
-#[derive(Clone)]
-struct CloseLayer {
-    draining: Arc<AtomicBool>,
-}
-
-impl<S> Layer<S> for CloseLayer {
-    type Service = Closing<S>;
-
-    fn layer(&self, inner: S) -> Closing<S> {
-        Closing { inner, draining: self.draining.clone() }
-    }
-}
-
-/// Marks the answers whose connection is about to close (see [`Drain::layer`]).
-#[derive(Clone)]
-struct Closing<S> {
-    inner: S,
-    draining: Arc<AtomicBool>,
-}
-
-impl<S> Service<Request> for Closing<S>
-where
-    S: Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Marked<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        // A request without a body (most of them) is passed on untouched.
-        let (req, read) = if req.body().is_end_stream() {
-            (req, None)
-        } else {
-            let read = Arc::new(AtomicBool::new(false));
-            let req = req.map(|inner| Body::new(Watched { inner, read: read.clone() }));
-            (req, Some(read))
-        };
-        Marked { inner: self.inner.call(req), read, draining: self.draining.clone() }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The inner service's answer, with `Connection: close` added when it is due.
-    struct Marked<F> {
-        #[pin]
-        inner: F,
-        read: Option<Arc<AtomicBool>>,
-        draining: Arc<AtomicBool>,
-    }
-}
-
-impl<F, E> Future for Marked<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
-        let unread = this.read.as_ref().is_some_and(|read| !read.load(Ordering::Acquire));
-        let draining = this.draining.load(Ordering::Relaxed);
-        // A protocol switch keeps its own `Connection: upgrade`.
-        if (unread || draining) && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Poll::Ready(Ok(response))
-    }
-}
-
-/// A request body that records when it has been read to its end.
-struct Watched {
-    inner: Body,
-    read: Arc<AtomicBool>,
-}
-
-impl HttpBody for Watched {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        // Readers of a body of known length stop at its last frame without asking for the end.
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.read.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
-    use axum::routing::{get, post};
+    use axum::routing::get;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpStream},
@@ -216,43 +99,6 @@ mod tests {
         let mut buf = vec![0; 4096];
         let n = conn.read(&mut buf).await.unwrap();
         String::from_utf8_lossy(&buf[..n]).to_lowercase()
-    }
-
-    /// A POST of `body` to `path` on a kept-alive connection; the response head, lower-cased.
-    async fn send(conn: &mut TcpStream, path: &str, body: &[u8]) -> String {
-        let head = format!("POST {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n", body.len());
-        conn.write_all(&[head.as_bytes(), body].concat()).await.unwrap();
-        let mut buf = vec![0; 4096];
-        let n = conn.read(&mut buf).await.unwrap();
-        String::from_utf8_lossy(&buf[..n]).to_lowercase()
-    }
-
-    #[tokio::test]
-    async fn an_answer_given_before_the_body_was_read_tells_the_client_to_close() {
-        let drain = Drain::new(&DrainArgs { shutdown_drain_ms: 0 });
-        let api = Router::new()
-            .route("/refuse", post(|| async { StatusCode::UNAUTHORIZED }))
-            .route("/read", post(|body: String| async move { body.len().to_string() }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, drain.layer(api)).await });
-
-        let mut conn = TcpStream::connect(addr).await.unwrap();
-        let refused = send(&mut conn, "/refuse", &[b'x'; 2048]).await;
-        assert!(refused.starts_with("http/1.1 401") && refused.contains("connection: close"), "{refused}");
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut rest)).await;
-        assert!(matches!(closed, Ok(Ok(0))), "closed after the answer: {closed:?}");
-
-        // A body read to its end keeps the connection for the next request.
-        let mut conn = TcpStream::connect(addr).await.unwrap();
-        for _ in 0..2 {
-            let read = send(&mut conn, "/read", b"hello").await;
-            assert!(read.starts_with("http/1.1 200") && !read.contains("connection: close"), "{read}");
-        }
-        // So does a request without a body.
-        let answered = send(&mut conn, "/refuse", b"").await;
-        assert!(answered.starts_with("http/1.1 401") && !answered.contains("connection: close"), "{answered}");
     }
 
     #[tokio::test]

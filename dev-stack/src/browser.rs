@@ -31,6 +31,9 @@ pub fn ensure() -> anyhow::Result<Browser> {
     }
     let home = crate::paths::cache_dir().join(format!("playwright-{PLAYWRIGHT_VERSION}"));
     let node_path = home.join("node_modules");
+    fs::create_dir_all(crate::paths::cache_dir())?;
+    // One installer at a time (test binaries run side by side); the first one's result serves all.
+    let _lock = crate::go::lock(&crate::paths::cache_dir().join(format!("playwright-{PLAYWRIGHT_VERSION}.lock")))?;
     if !node_path.join("playwright-core/package.json").exists() {
         fs::create_dir_all(&home)?;
         fs::write(home.join("package.json"), "{\"private\":true}\n")?;

@@ -198,7 +198,7 @@ fn k8s_up() -> anyhow::Result<()> {
         .filter(|(var, _)| ["POSTGRES_IMAGE", "KAFKA_IMAGE", "KEYCLOAK_IMAGE", "MAILPIT_IMAGE"].contains(var))
         .map(|(_, tag)| tag)
         .collect();
-    images.extend(Compose::existing(COMPOSE_PROJECT).build_services("0.1.0")?);
+    images.extend(Compose::existing(COMPOSE_PROJECT).build_services(dev_stack::docker::SERVICE_IMAGE_TAG)?);
     println!("==> Single-node Kubernetes {} (first run: builds its binaries, about 15 minutes)", dev_stack::kube::VERSION);
     let cluster = Cluster::start(Lifetime::Detached)?;
     cluster.load_images(&images)?;
@@ -554,28 +554,34 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Test binaries that never run at the same time as one another, whatever their pass: the
+/// fault suite (kills and restarts under load, with convergence deadlines) and the Kubernetes
+/// suite (a node with two replicas of everything, zero failed requests over an upgrade).
+const RUN_APART: [&str; 2] = ["integration-test/tests/faults.rs", "integration-test/tests/kubernetes.rs"];
+
 fn test(args: &[String]) -> anyhow::Result<()> {
+    // clap drops a leading `--` (`cargo xtask test -- --nocapture`), which matters here.
+    let leading = std::env::args().skip(1).skip_while(|a| a != "test").nth(1).is_some_and(|a| a == "--");
+    let args: Vec<String> = if leading && args.first().is_none_or(|a| a != "--") {
+        std::iter::once("--".to_owned()).chain(args.iter().cloned()).collect()
+    } else {
+        args.to_vec()
+    };
+    let (cargo_args, binary_args) = dev_stack::suite::split_args(&args);
     // Install once up front rather than racing apt-get from parallel test binaries.
     postgres::ensure_installed()?;
     // The fault suite runs the services' real binaries: build them all first (the same
     // dependency features as the test build, so nothing is compiled twice).
     cargo(&["build", "--workspace", "--bins"])?;
-    // `cargo xtask test [cargo test options] [-- test binary options]`, as with `cargo test`.
-    let (cargo_args, binary_args) = match args.iter().position(|a| a == "--") {
-        Some(at) => (&args[..at], &args[at + 1..]),
-        None => (args, &[][..]),
-    };
-    let mut build: Vec<&str> = cargo_args.iter().map(String::as_str).collect();
-    if !build.iter().any(|a| *a == "-p" || a.starts_with("--package")) {
-        build.insert(0, "--workspace");
-    }
-    let binaries = dev_stack::suite::build(&build)?;
+    let binaries = dev_stack::suite::build(&cargo_args)?;
     let mut totals = dev_stack::suite::Totals::default();
-    dev_stack::suite::doc_tests(&build, binary_args, &mut totals)?;
+    if dev_stack::suite::has_doc_tests(&cargo_args, &binaries) {
+        dev_stack::suite::doc_tests(&cargo_args, &binary_args, &mut totals)?;
+    }
 
     let infra = std::env::var("TEST_INFRA").ok();
     let mut ok = true;
-    let streams = match infra.as_deref() {
+    let mut streams = match infra.as_deref() {
         // TEST_INFRA=docker: everything on Docker (on the local images unless named otherwise).
         Some("docker") => vec![Stream { name: "docker", env: docker_suite_env()?, binaries }],
         Some("local") => vec![Stream { name: "local", env: Vec::new(), binaries }],
@@ -584,23 +590,31 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         _ => {
             let integration: Vec<_> = binaries.iter().filter(|b| b.package == "integration-test").cloned().collect();
             let mut streams = vec![Stream { name: "local", env: Vec::new(), binaries }];
-            match docker_suite_env() {
-                Ok(env) => streams.push(Stream { name: "docker", env, binaries: integration }),
-                // Skipped only where Docker cannot be had at all; any other failure fails the run.
-                Err(e) if !dev_stack::docker::obtainable() => println!("\n==> The Docker pass is skipped: {e:#}"),
-                Err(e) => {
-                    println!("\n==> The Docker pass could not start: {e:#}");
-                    ok = false;
+            if !integration.is_empty() {
+                match docker_suite_env() {
+                    Ok(env) => streams.push(Stream { name: "docker", env, binaries: integration }),
+                    // Skipped only where Docker cannot be had at all; any other failure fails the run.
+                    Err(e) if !dev_stack::docker::obtainable() => println!("\n==> The Docker pass is skipped: {e:#}"),
+                    Err(e) => {
+                        println!("\n==> The Docker pass could not start: {e:#}");
+                        ok = false;
+                    }
                 }
             }
             streams
         }
     };
-    for stream in &streams {
-        println!("==> the {} pass: {} test binaries", stream.name, stream.binaries.len());
+    // Each pass its own screenshots and fault reports.
+    let artifacts = std::env::var_os("TEST_ARTIFACTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("patient-platform-test-artifacts"));
+    for stream in &mut streams {
+        let dir = artifacts.join(stream.name);
+        stream.env.push(("TEST_ARTIFACTS_DIR".into(), dir.display().to_string()));
+        println!("==> the {} pass: {} test binaries (artifacts in {})", stream.name, stream.binaries.len(), dir.display());
     }
     let logs = paths::target_dir().join("test-logs");
-    let totals = dev_stack::suite::run(&streams, binary_args, &logs, totals)?;
+    let totals = dev_stack::suite::run(&streams, &binary_args, &logs, &RUN_APART, totals)?;
     println!("\nall suites: {} passed, {} failed", totals.passed, totals.failed);
     for failure in &totals.failures {
         println!("  failed: {failure}");

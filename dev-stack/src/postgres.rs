@@ -290,12 +290,15 @@ fn find_bin_dir() -> Option<PathBuf> {
 
 /// `apt-get install -y` with the package lists refreshed first.
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    // Test binaries run side by side may install at the same time: one apt-get at a time (and
+    // waiting for dpkg's own lock, should something else hold it).
+    let _lock = crate::go::lock(&crate::paths::cache_dir().join("apt.lock"))?;
     eprintln!("dev-stack: installing {} with apt-get", packages.join(" "));
-    run_checked(Command::new("apt-get").arg("update"), "apt-get update")?;
+    run_checked(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update"]), "apt-get update")?;
     run_checked(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends"])
             .args(packages),
         "apt-get install",
     )?;

@@ -2,7 +2,7 @@
 //! cache: schemathesis (the contract fuzzer run against the API's OpenAPI document) and
 //! kubernetes-validate (offline schema validation of the Helm chart's manifests).
 
-use std::{path::PathBuf, process::Command};
+use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context};
 
@@ -28,6 +28,12 @@ pub fn kubernetes_validate() -> anyhow::Result<PathBuf> {
 fn tool(package: &str, version: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let home = crate::paths::cache_dir().join(format!("{package}-{version}"));
     let path = home.join("bin").join(bin);
+    if path.exists() {
+        return Ok(path);
+    }
+    // One installer at a time (test binaries run side by side); the first one's result serves all.
+    fs::create_dir_all(crate::paths::cache_dir())?;
+    let _lock = crate::go::lock(&crate::paths::cache_dir().join(format!("{package}-{version}.lock")))?;
     if path.exists() {
         return Ok(path);
     }

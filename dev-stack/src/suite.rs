@@ -22,6 +22,8 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct TestBinary {
     pub package: String,
+    /// Its target's kind: `lib`, `bin`, `test`, …
+    pub kind: String,
     /// Its source, relative to the workspace (`gateway/tests/edge.rs`).
     pub source: String,
     pub executable: PathBuf,
@@ -29,8 +31,80 @@ pub struct TestBinary {
     pub manifest_dir: PathBuf,
 }
 
+/// `cargo test`'s options that take the next argument as their value.
+const VALUED: [&str; 20] = [
+    "-p",
+    "--package",
+    "--exclude",
+    "--test",
+    "--bin",
+    "--example",
+    "--bench",
+    "-F",
+    "--features",
+    "-j",
+    "--jobs",
+    "--target",
+    "--target-dir",
+    "--manifest-path",
+    "--profile",
+    "--color",
+    "--message-format",
+    "--config",
+    "-Z",
+    "--lockfile-path",
+];
+
+/// Options that select targets, with which `cargo test --doc` refuses to run.
+const TARGET_SELECTORS: [&str; 11] = [
+    "--lib",
+    "--bins",
+    "--bin",
+    "--tests",
+    "--test",
+    "--examples",
+    "--example",
+    "--benches",
+    "--bench",
+    "--all-targets",
+    "--doc",
+];
+
+/// Arguments as `cargo test` reads them: the options for cargo (which tests to build; the whole
+/// workspace unless packages are named), and the arguments for every test binary — a test name
+/// given before `--`, and everything after it.
+pub fn split_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let (before, after) = match args.iter().position(|a| a == "--") {
+        Some(at) => (&args[..at], &args[at + 1..]),
+        None => (args, &[][..]),
+    };
+    let (mut cargo, mut binary) = (Vec::new(), Vec::new());
+    let mut value_next = false;
+    for arg in before {
+        if value_next || arg.starts_with('-') {
+            value_next = !value_next && VALUED.contains(&arg.as_str());
+            cargo.push(arg.clone());
+        } else {
+            binary.push(arg.clone());
+        }
+    }
+    let packages = cargo.iter().any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace" || a == "--all");
+    if !packages {
+        cargo.insert(0, "--workspace".into());
+    }
+    binary.extend(after.iter().cloned());
+    (cargo, binary)
+}
+
+/// Whether `cargo test --doc` can run on this selection: no target named, and some library
+/// among the binaries built.
+pub fn has_doc_tests(cargo_args: &[String], binaries: &[TestBinary]) -> bool {
+    let selects = cargo_args.iter().any(|a| TARGET_SELECTORS.contains(&a.split('=').next().unwrap_or(a)));
+    !selects && binaries.iter().any(|b| b.kind.contains("lib") || b.kind == "proc-macro")
+}
+
 /// Builds the test binaries of `cargo test <cargo_args> --no-run` and lists them in cargo's order.
-pub fn build(cargo_args: &[&str]) -> anyhow::Result<Vec<TestBinary>> {
+pub fn build(cargo_args: &[String]) -> anyhow::Result<Vec<TestBinary>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = crate::paths::workspace_root();
     // Compiler messages are rendered on stderr as usual; stdout carries the artifacts.
@@ -57,7 +131,7 @@ pub fn build(cargo_args: &[&str]) -> anyhow::Result<Vec<TestBinary>> {
 
 /// Runs the doc tests of the same selection (`cargo test --doc`) with `args`, their output
 /// echoed, and adds them to `totals`.
-pub fn doc_tests(cargo_args: &[&str], args: &[String], totals: &mut Totals) -> anyhow::Result<()> {
+pub fn doc_tests(cargo_args: &[String], args: &[String], totals: &mut Totals) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .arg("test")
@@ -90,6 +164,7 @@ fn test_binary(message: &Value, root: &Path) -> Option<TestBinary> {
     let source = Path::new(message["target"]["src_path"].as_str()?);
     Some(TestBinary {
         package: package_name(message["package_id"].as_str()?)?,
+        kind: message["target"]["kind"][0].as_str().unwrap_or_default().to_owned(),
         source: source.strip_prefix(root).unwrap_or(source).display().to_string(),
         executable,
         manifest_dir,
@@ -126,16 +201,20 @@ pub struct Totals {
 }
 
 /// Runs the streams side by side, passing `args` (a test name filter, `--nocapture`, …) to every
-/// binary; logs go to `logs`, one file per binary, printed as each binary ends.
-pub fn run(streams: &[Stream], args: &[String], logs: &Path, totals: Totals) -> anyhow::Result<Totals> {
+/// binary; logs go to `logs`, one file per binary, printed as each binary ends. The binaries in
+/// `apart` (sources, such as the fault suite) never run at the same time as one another.
+pub fn run(streams: &[Stream], args: &[String], logs: &Path, apart: &[&str], totals: Totals) -> anyhow::Result<Totals> {
+    let _ = fs::remove_dir_all(logs);
     fs::create_dir_all(logs)?;
     let totals = Mutex::new(totals);
+    let alone = Mutex::new(());
     std::thread::scope(|scope| {
         for stream in streams {
-            let totals = &totals;
+            let (totals, alone) = (&totals, &alone);
             scope.spawn(move || {
                 for binary in &stream.binaries {
                     let label = format!("[{}] {}", stream.name, binary.source);
+                    let _apart = apart.contains(&binary.source.as_str()).then(|| alone.lock().unwrap_or_else(|p| p.into_inner()));
                     println!("==> started {label}");
                     let (output, success, took) = match run_one(stream, binary, args, logs) {
                         Ok(run) => run,
@@ -228,6 +307,42 @@ mod tests {
         assert!(test_binary(&artifact(false, json!("/t/debug/gateway")), root).is_none(), "a library or binary build");
         assert!(test_binary(&artifact(true, Value::Null), root).is_none(), "no executable");
         assert!(test_binary(&json!({ "reason": "build-finished", "success": true }), root).is_none());
+    }
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn arguments_are_split_as_cargo_test_splits_them() {
+        let split = |args: &[&str]| split_args(&strings(args));
+        assert_eq!(split(&[]), (strings(&["--workspace"]), vec![]));
+        assert_eq!(split(&["--", "--nocapture"]), (strings(&["--workspace"]), strings(&["--nocapture"])));
+        assert_eq!(split(&["--", "edge"]), (strings(&["--workspace"]), strings(&["edge"])));
+        assert_eq!(split(&["edge"]), (strings(&["--workspace"]), strings(&["edge"])), "a test name before --");
+        assert_eq!(
+            split(&["-p", "gateway", "--test", "edge", "cors", "--", "--nocapture"]),
+            (strings(&["-p", "gateway", "--test", "edge"]), strings(&["cors", "--nocapture"]))
+        );
+        assert_eq!(split(&["-pgateway", "x"]), (strings(&["-pgateway"]), strings(&["x"])));
+        assert_eq!(split(&["--package=gateway"]).0, strings(&["--package=gateway"]));
+        assert_eq!(split(&["--features", "kafka", "x"]).0, strings(&["--workspace", "--features", "kafka"]));
+    }
+
+    #[test]
+    fn doc_tests_run_unless_targets_are_named_or_no_library_is_built() {
+        let binary = |kind: &str| TestBinary {
+            package: "p".into(),
+            kind: kind.into(),
+            source: String::new(),
+            executable: PathBuf::new(),
+            manifest_dir: PathBuf::new(),
+        };
+        let libs = [binary("lib"), binary("test")];
+        assert!(has_doc_tests(&strings(&["--workspace"]), &libs));
+        assert!(!has_doc_tests(&strings(&["--workspace", "--test", "edge"]), &libs));
+        assert!(!has_doc_tests(&strings(&["--bin=xtask"]), &libs));
+        assert!(!has_doc_tests(&strings(&["-p", "bench"]), &[binary("bin")]));
     }
 
     #[test]
