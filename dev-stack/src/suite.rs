@@ -202,7 +202,8 @@ pub struct Totals {
 
 /// Runs the streams side by side, passing `args` (a test name filter, `--nocapture`, …) to every
 /// binary; logs go to `logs`, one file per binary, printed as each binary ends. The binaries in
-/// `apart` (sources, such as the fault suite) never run at the same time as one another.
+/// `apart` (labels as printed, `[local] integration-test/tests/faults.rs`) never run at the same
+/// time as one another.
 pub fn run(streams: &[Stream], args: &[String], logs: &Path, apart: &[&str], totals: Totals) -> anyhow::Result<Totals> {
     let _ = fs::remove_dir_all(logs);
     fs::create_dir_all(logs)?;
@@ -214,7 +215,7 @@ pub fn run(streams: &[Stream], args: &[String], logs: &Path, apart: &[&str], tot
             scope.spawn(move || {
                 for binary in &stream.binaries {
                     let label = format!("[{}] {}", stream.name, binary.source);
-                    let _apart = apart.contains(&binary.source.as_str()).then(|| alone.lock().unwrap_or_else(|p| p.into_inner()));
+                    let _apart = apart.contains(&label.as_str()).then(|| alone.lock().unwrap_or_else(|p| p.into_inner()));
                     println!("==> started {label}");
                     let (output, success, took) = match run_one(stream, binary, args, logs) {
                         Ok(run) => run,
