@@ -41,6 +41,11 @@ pub struct Settings {
     /// as in Keycloak's web origins. The default matches the dev realm's `patient-web` client.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "http://localhost:*,http://127.0.0.1:*")]
     pub cors_allowed_origins: Origins,
+    /// Threads serving HTTP, each with its own event loop and its own connections to the
+    /// backends: a client's connection and every request on it stay on one thread, with no
+    /// hand-over between threads per request. 0: one per CPU the process may use.
+    #[arg(long, env = "SERVER_THREADS", default_value_t = 0)]
+    pub server_threads: usize,
     #[command(flatten)]
     pub drain: DrainArgs,
     #[command(flatten)]

@@ -76,6 +76,11 @@ impl Docs {
         Ok(Self { proxy, sources: sources.into(), issuer: issuer.into(), cache: Arc::default(), ui: Arc::new(ui) })
     }
 
+    /// The same document source (and cache), fetched through `proxy`.
+    pub fn with_proxy(&self, proxy: Proxy) -> Self {
+        Self { proxy, ..self.clone() }
+    }
+
     pub fn routes(self) -> Router {
         Router::new()
             .route("/api/openapi.json", get(openapi))

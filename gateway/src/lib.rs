@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod startup;
+pub mod threads;
 
 pub use error::{Error, Result};

@@ -38,6 +38,22 @@ pub struct Gateway {
     pub metrics: Arc<Registry>,
 }
 
+impl Gateway {
+    /// The same gateway with a backend connection pool of its own (one per server thread).
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            verifier: self.verifier.clone(),
+            keys: self.keys.clone(),
+            limiter: self.limiter.clone(),
+            proxy: self.proxy.own_pool(),
+            patients: self.patients.clone(),
+            analytics: self.analytics.clone(),
+            appointments: self.appointments.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
 /// The handler of every API request, in a span that continues the caller's trace.
 pub async fn handle(State(g): State<Arc<Gateway>>, ConnectInfo(client): ConnectInfo<Peer>, mut req: Request) -> Response {
     let request_id = req.headers().get(&X_REQUEST_ID).filter(|v| v.len() <= 128).cloned().unwrap_or_else(new_request_id);

@@ -14,10 +14,9 @@ use std::{
 use anyhow::Context;
 use axum::{
     body::{Body, Bytes},
-    extract::{connect_info::Connected, Request},
+    extract::Request,
     http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Uri},
     response::Response,
-    serve::IncomingStream,
 };
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::{
@@ -25,7 +24,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use tokio::{net::TcpListener, time::Sleep};
+use tokio::time::Sleep;
 
 use crate::Error;
 
@@ -75,15 +74,11 @@ impl Peer {
     }
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Self::new(*stream.remote_addr())
-    }
-}
-
+/// A pool of backend connections. Clones share the pool; [`Proxy::own_pool`] makes a new one.
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
+    connect_timeout: Duration,
     response_timeout: Duration,
 }
 
@@ -93,7 +88,14 @@ impl Proxy {
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(UPSTREAM_IDLE).build(connector);
-        Self { client, response_timeout }
+        Self { client, connect_timeout, response_timeout }
+    }
+
+    /// The same settings with a pool of its own. A pooled connection is driven by a task of the
+    /// runtime that opened it; a server thread with its own pool never hands a request to
+    /// another thread.
+    pub fn own_pool(&self) -> Self {
+        Self::new(self.connect_timeout, self.response_timeout)
     }
 
     /// Sends `req` to `base` (scheme + authority) and streams the answer back.

@@ -16,7 +16,7 @@ use crate::{
     limit::Limiter,
     metrics as gw_metrics,
     pipeline::{self, Gateway},
-    proxy::{Peer, Proxy},
+    proxy::Proxy,
 };
 
 /// How often buckets of clients gone quiet are forgotten.
@@ -33,6 +33,8 @@ pub struct Application {
     cors: CorsLayer,
     /// How the server stops: its keep-alive clients asked to leave first.
     drain: Drain,
+    /// Server threads.
+    threads: usize,
 }
 
 impl Application {
@@ -69,6 +71,10 @@ impl Application {
             docs,
             cors: settings.cors_allowed_origins.layer(),
             drain: Drain::new(&settings.drain),
+            threads: match settings.server_threads {
+                0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                n => n,
+            },
         })
     }
 
@@ -77,28 +83,35 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves; the JWKS refresh runs beside the server.
+    ///
+    /// The server runs on [`Settings::server_threads`] threads ([`crate::threads`]), each with
+    /// its own router and backend connection pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        tracing::info!(port = self.port(), "gateway listening");
+        tracing::info!(port = self.port(), threads = self.threads, "gateway listening");
         let stop = CancellationToken::new();
         // Ready once at least one verification key is loaded.
         let keys = self.gateway.keys.clone();
         let readiness = Readiness::default().check("keys", move || std::future::ready(!keys.is_empty()));
         // The operational routes are the shared ones; the API is the pipeline, which sets its own
         // request id and counts its own outcomes (no per-request layer on the proxy's hot path).
-        let router = Router::new()
-            .fallback(pipeline::handle)
-            .with_state(self.gateway.clone())
-            .merge(self.docs.routes())
-            .merge(common::health::routes(readiness))
-            .merge(common::metrics::routes(self.gateway.metrics.clone()))
-            // Outermost: a preflight is answered before any stage looks at it.
-            .layer(self.cors);
-        let router = self.drain.layer(router);
-        let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<Peer>())
-            .with_graceful_shutdown(self.drain.clone().then_stop(stop.clone()));
+        let routers = (0..self.threads)
+            .map(|_| {
+                let gateway = Arc::new(self.gateway.with_own_pool());
+                let router = Router::new()
+                    .fallback(pipeline::handle)
+                    .with_state(gateway.clone())
+                    .merge(self.docs.with_proxy(gateway.proxy.clone()).routes())
+                    .merge(common::health::routes(readiness.clone()))
+                    .merge(common::metrics::routes(gateway.metrics.clone()))
+                    // Outermost: a preflight is answered before any stage looks at it.
+                    .layer(self.cors.clone());
+                self.drain.layer(router)
+            })
+            .collect();
+        let server = crate::threads::serve(self.listener, routers, self.drain.clone().then_stop(stop.clone()));
         let refresh = self.auth.keep_fresh(stop.clone());
         let tasks: Vec<(&str, Task)> = vec![
-            ("http-server", Box::pin(async move { server.await.context("HTTP server failed") })),
+            ("http-server", Box::pin(server)),
             ("jwks-refresh", Box::pin(refresh)),
             ("rate-limit-sweep", Box::pin(sweep(self.gateway.limiter.clone(), stop.clone()))),
         ];

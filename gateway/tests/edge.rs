@@ -139,3 +139,72 @@ async fn a_valid_traceparent_is_continued_and_an_invalid_one_restarts_the_trace(
     assert_eq!(hop.status(), 200);
     assert_eq!(backend.last().headers["traceparent"], valid, "the trace is carried past the hop-by-hop strip");
 }
+
+/// The gateway's server threads (named `http-<port>-<n>`) alive in this process, each with
+/// the number of times it has slept and been woken.
+fn server_thread_wakeups(port: u16) -> Vec<u64> {
+    let prefix = format!("http-{port}-");
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+            status.lines().next()?.strip_prefix("Name:")?.trim().starts_with(&prefix).then_some(())?;
+            status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse().ok())
+        })
+        .collect()
+}
+
+fn server_threads(port: u16) -> usize {
+    server_thread_wakeups(port).len()
+}
+
+/// Waits up to 5 s for `port`'s server thread count to become `n`.
+async fn server_threads_become(port: u16, n: usize) -> bool {
+    for _ in 0..50 {
+        if server_threads(port) == n {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn connections_are_spread_over_the_server_threads_which_all_end_when_the_gateway_stops_or_is_dropped() {
+    let kc = Keycloak::shared_for_tests();
+    let settings = |threads| {
+        let mut s = gateway::config::Settings::for_issuer(kc.issuer(REALM), "http://127.0.0.1:9");
+        s.server_threads = threads;
+        s
+    };
+
+    // Stopped by its shutdown signal.
+    let app = gateway::startup::Application::build(settings(3)).await.unwrap();
+    let port = app.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    assert!(server_threads_become(port, 3).await, "three server threads");
+    let before = server_thread_wakeups(port);
+    // Separate connections, handed to the threads in turn: each thread serves some.
+    for _ in 0..12 {
+        let live = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/health/live")).send().await.unwrap();
+        assert_eq!(live.status(), 200);
+    }
+    let after = server_thread_wakeups(port);
+    assert!(before.iter().zip(&after).all(|(b, a)| a > b), "every thread woke to serve: {before:?} -> {after:?}");
+    stop.send(()).unwrap();
+    run.await.unwrap().expect("a clean stop");
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "the port is closed once stopped");
+    assert!(server_threads_become(port, 0).await, "no server thread outlives the gateway");
+
+    // Dropped while serving (as a test's runtime drops it): its threads end too.
+    let app = gateway::startup::Application::build(settings(2)).await.unwrap();
+    let port = app.port();
+    let run = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    assert!(server_threads_become(port, 2).await, "two server threads");
+    run.abort();
+    assert!(server_threads_become(port, 0).await, "a dropped gateway's threads end");
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "and its port closes");
+}
