@@ -27,6 +27,7 @@ use crate::{
 
 /// Everything a request needs, built once at start (shared by reference: a request costs one
 /// reference count, not a copy of each part).
+#[derive(Clone)]
 pub struct Gateway {
     pub verifier: Arc<Verifier>,
     pub keys: Arc<KeyStore>,
@@ -41,16 +42,7 @@ pub struct Gateway {
 impl Gateway {
     /// The same gateway with a backend connection pool of its own (one per server thread).
     pub fn with_own_pool(&self) -> Self {
-        Self {
-            verifier: self.verifier.clone(),
-            keys: self.keys.clone(),
-            limiter: self.limiter.clone(),
-            proxy: self.proxy.own_pool(),
-            patients: self.patients.clone(),
-            analytics: self.analytics.clone(),
-            appointments: self.appointments.clone(),
-            metrics: self.metrics.clone(),
-        }
+        Self { proxy: self.proxy.own_pool(), ..self.clone() }
     }
 }
 
