@@ -1,4 +1,5 @@
-//! The verified-token cache and the unknown-kid rules, against a real HTTP JWKS endpoint.
+//! The verified-token cache, the unknown-kid rules and where key fetches run, against a real
+//! HTTP JWKS endpoint.
 
 mod support;
 
@@ -188,4 +189,46 @@ async fn a_failed_fetch_does_not_mark_the_kid_unknown_and_answers_unavailable_no
     provider.fail(false);
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(f.verifier.verify(&token).await.is_ok(), "the rotated key is found once the JWKS answers again");
+}
+
+/// The gateway serves on several runtimes, one per thread. A fetch asked for on one of them must
+/// not leave a pooled connection driven by that runtime: when it stops, a fetch in flight on that
+/// connection from anywhere else would fail.
+#[test]
+fn a_fetch_in_flight_survives_the_end_of_the_runtime_that_asked_for_an_earlier_one() {
+    let home = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (provider, f) = home.block_on(async {
+        let provider = Provider::start().await;
+        let key = TestKey::generate();
+        provider.publish(&[(&key, "k1")]);
+        let f = provider.verifier(COOLDOWN, 1_000);
+        (provider, f)
+    });
+
+    // A server thread's runtime fetches first, then keeps running until told to stop.
+    let (fetched, fetched_rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let keys = f.keys.clone();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            fetched.send(keys.refresh().await.is_ok()).unwrap();
+            let _ = stop_rx.await;
+        });
+    });
+    assert!(fetched_rx.recv().unwrap(), "the first fetch succeeds");
+
+    home.block_on(async {
+        // The next fetch is in flight (the realm is slow) when that runtime ends.
+        provider.delay(Duration::from_millis(600));
+        let keys = f.keys.clone();
+        let in_flight = tokio::spawn(async move { keys.refresh().await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(()).unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+
+        let result = in_flight.await.unwrap();
+        assert!(result.is_ok(), "the fetch in flight completes: {result:?}");
+        assert_eq!(provider.fetches(), 2);
+    });
 }

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::sync::{
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Arc, Mutex,
 };
 use std::time::Duration;
@@ -30,6 +30,8 @@ struct Published {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
+    /// How long (ms) the JWKS endpoint waits before it answers.
+    delay_ms: Arc<AtomicU64>,
     /// client_credentials grants served, and the lifetime (s) of the tokens handed out.
     grants: Arc<AtomicUsize>,
     token_lifetime: Arc<AtomicUsize>,
@@ -68,6 +70,11 @@ impl Provider {
     /// While set, the JWKS endpoint answers 500.
     pub fn fail(&self, failing: bool) {
         self.published.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// From now on the JWKS endpoint answers after `delay`.
+    pub fn delay(&self, delay: Duration) {
+        self.published.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// client_credentials grants served so far.
@@ -136,6 +143,7 @@ impl Fixture {
 
 async fn jwks(State(p): State<Published>) -> impl IntoResponse {
     p.fetches.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(p.delay_ms.load(Ordering::SeqCst))).await;
     if p.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
