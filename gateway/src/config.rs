@@ -43,9 +43,10 @@ pub struct Settings {
     pub cors_allowed_origins: Origins,
     /// Threads serving HTTP, each with its own event loop and its own connections to the
     /// backends: a client's connection and every request on it stay on one thread, with no
-    /// hand-over between threads per request. 0: one per CPU the process may use.
-    #[arg(long, env = "SERVER_THREADS", default_value_t = 0)]
-    pub server_threads: usize,
+    /// hand-over between threads per request. 0: one per CPU the process may use; at most
+    /// 256.
+    #[arg(long, env = "SERVER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub server_threads: u16,
     #[command(flatten)]
     pub drain: DrainArgs,
     #[command(flatten)]
@@ -70,5 +71,18 @@ impl Settings {
 
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_threads_are_bounded() {
+        assert_eq!(Settings::try_parse_from(["gateway", "--server-threads", "256"]).unwrap().server_threads, 256);
+        let err = Settings::try_parse_from(["gateway", "--server-threads", "100000"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("0..=256"), "{err}");
     }
 }

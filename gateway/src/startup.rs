@@ -73,7 +73,7 @@ impl Application {
             drain: Drain::new(&settings.drain),
             threads: match settings.server_threads {
                 0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-                n => n,
+                n => usize::from(n),
             },
         })
     }
