@@ -13,18 +13,20 @@
 //! - Keys are parsed once, when fetched; an unchanged key keeps its parsed form across refreshes.
 //! - Entries the gateway cannot use (`use: enc`, other key types or algorithms) are skipped one
 //!   by one instead of failing the whole set.
-//! - Every fetch runs on the runtime the store was made on, whichever runtime asked for it. The
-//!   HTTP client's pooled connections are then all driven by that one runtime, never by a
-//!   runtime that may stop before the others (the gateway serves on several, one per thread).
+//! - A fetch's connection is closed when the fetch ends, never kept for the next one. A pooled
+//!   connection is driven by the runtime that opened it, and the gateway serves on several, one
+//!   per thread: a later fetch from elsewhere on it would fail if that runtime stopped first.
+//!   Fetches are rare (the periodic refresh, at most one unknown `kid` per cooldown), so one
+//!   connection per fetch costs nothing that matters.
 
-use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
-use tokio::{runtime::Handle, sync::Mutex, time::Instant};
+use tokio::{sync::Mutex, time::Instant};
 
 use common::metrics::Registry;
 
@@ -87,8 +89,6 @@ pub enum KeyLookup {
 
 pub struct KeyStore {
     http: reqwest::Client,
-    /// The runtime the fetches run on (the one the store was made on), if made on one.
-    home: Option<Handle>,
     settings: JwksSettings,
     keys: moka::sync::Cache<String, Arc<VerifyKey>>,
     unknown: moka::sync::Cache<String, ()>,
@@ -107,10 +107,9 @@ impl std::fmt::Debug for KeyStore {
 
 impl KeyStore {
     pub fn new(settings: JwksSettings, tokens: Arc<TokenCache>, metrics: Arc<Registry>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(settings.fetch_timeout).build()?;
+        let http = reqwest::Client::builder().timeout(settings.fetch_timeout).pool_max_idle_per_host(0).build()?;
         Ok(Self {
             http,
-            home: Handle::try_current().ok(),
             keys: moka::sync::Cache::builder().max_capacity(256).build(),
             unknown: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(settings.negative_ttl).build(),
             settings,
@@ -235,39 +234,16 @@ impl KeyStore {
 
     /// OIDC discovery: the document must name one of our accepted issuers.
     async fn discover(&self) -> anyhow::Result<String> {
-        let (http, base, accepted) =
-            (self.http.clone(), self.settings.discovery_url.clone(), self.settings.expected_issuers.clone());
-        let metadata = self.at_home(async move { discovery::provider_metadata(&http, &base, &accepted).await }).await?;
+        let metadata =
+            discovery::provider_metadata(&self.http, &self.settings.discovery_url, &self.settings.expected_issuers).await?;
         Ok(metadata.jwks_uri().url().to_string())
     }
 
     /// GET `url` as JSON; `what` names it in errors.
-    async fn get_json<T: serde::de::DeserializeOwned + Send + 'static>(
-        &self,
-        url: &str,
-        what: &'static str,
-    ) -> anyhow::Result<T> {
-        let (http, url) = (self.http.clone(), url.to_owned());
-        self.at_home(async move {
-            let response = http.get(url).send().await.with_context(|| format!("{what} request failed"))?;
-            let response = response.error_for_status().with_context(|| format!("{what} request refused"))?;
-            response.json().await.with_context(|| format!("{what} is malformed"))
-        })
-        .await
-    }
-
-    /// Runs `fetch` on the store's home runtime, so the connections it opens or reuses are driven
-    /// there; waiting for it is bounded by `fetch_timeout`, as each request is. Dropping the
-    /// caller leaves the fetch to finish on its own.
-    async fn at_home<T: Send + 'static>(
-        &self,
-        fetch: impl Future<Output = anyhow::Result<T>> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let Some(home) = &self.home else { return fetch.await };
-        match tokio::time::timeout(self.settings.fetch_timeout, home.spawn(fetch)).await {
-            Ok(done) => done.context("key fetch interrupted: the runtime it ran on stopped")?,
-            Err(_) => bail!("key fetch timed out"),
-        }
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str, what: &str) -> anyhow::Result<T> {
+        let response = self.http.get(url).send().await.with_context(|| format!("{what} request failed"))?;
+        let response = response.error_for_status().with_context(|| format!("{what} request refused"))?;
+        response.json().await.with_context(|| format!("{what} is malformed"))
     }
 }
 

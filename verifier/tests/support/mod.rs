@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
     Arc, Mutex,
 };
 use std::time::Duration;
@@ -30,8 +30,8 @@ struct Published {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
-    /// How long (ms) the JWKS endpoint waits before it answers.
-    delay_ms: Arc<AtomicU64>,
+    /// The JWKS endpoint answers once it can read this; [`Provider::hold`] writes it.
+    gate: Arc<tokio::sync::RwLock<()>>,
     /// client_credentials grants served, and the lifetime (s) of the tokens handed out.
     grants: Arc<AtomicUsize>,
     token_lifetime: Arc<AtomicUsize>,
@@ -72,9 +72,10 @@ impl Provider {
         self.published.failing.store(failing, Ordering::SeqCst);
     }
 
-    /// From now on the JWKS endpoint answers after `delay`.
-    pub fn delay(&self, delay: Duration) {
-        self.published.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    /// Holds back the JWKS endpoint's answers (each fetch is still counted when it arrives)
+    /// until the returned guard is dropped.
+    pub async fn hold(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.published.gate.clone().write_owned().await
     }
 
     /// client_credentials grants served so far.
@@ -143,7 +144,7 @@ impl Fixture {
 
 async fn jwks(State(p): State<Published>) -> impl IntoResponse {
     p.fetches.fetch_add(1, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(p.delay_ms.load(Ordering::SeqCst))).await;
+    drop(p.gate.read().await);
     if p.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
