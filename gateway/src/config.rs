@@ -8,6 +8,9 @@ use verifier::settings::OidcArgs;
 
 use crate::{cors::Origins, limit::LimitSpec};
 
+/// More server threads than this is a typo, not a setting.
+pub const MAX_SERVER_THREADS: u16 = 256;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gateway", about = "JWT-verifying API gateway")]
 pub struct Settings {
@@ -43,9 +46,10 @@ pub struct Settings {
     pub cors_allowed_origins: Origins,
     /// Threads serving HTTP, each with its own event loop and its own connections to the
     /// backends: a client's connection and every request on it stay on one thread, with no
-    /// hand-over between threads per request. 0: one per CPU the process may use; at most
-    /// 256.
-    #[arg(long, env = "SERVER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    /// hand-over between threads per request. 0: one per CPU the process may use. At most
+    /// 256 either way.
+    #[arg(long, env = "SERVER_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_SERVER_THREADS)))]
     pub server_threads: u16,
     #[command(flatten)]
     pub drain: DrainArgs,
@@ -72,6 +76,16 @@ impl Settings {
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
+
+    /// How many server threads to run: [`Settings::server_threads`], 0 meaning one per CPU
+    /// the process may use; at most [`MAX_SERVER_THREADS`].
+    pub fn threads(&self) -> usize {
+        let n = match self.server_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => usize::from(n),
+        };
+        n.min(usize::from(MAX_SERVER_THREADS))
+    }
 }
 
 #[cfg(test)]
@@ -80,8 +94,9 @@ mod tests {
 
     #[test]
     fn server_threads_are_bounded() {
-        assert_eq!(Settings::try_parse_from(["gateway", "--server-threads", "256"]).unwrap().server_threads, 256);
-        let err = Settings::try_parse_from(["gateway", "--server-threads", "100000"]).unwrap_err();
+        assert_eq!(Settings::try_parse_from(["gateway", "--server-threads", "256"]).unwrap().threads(), 256);
+        assert!((1..=256).contains(&Settings::try_parse_from(["gateway", "--server-threads", "0"]).unwrap().threads()));
+        let err = Settings::try_parse_from(["gateway", "--server-threads", "257"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(err.to_string().contains("0..=256"), "{err}");
     }

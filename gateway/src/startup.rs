@@ -71,10 +71,7 @@ impl Application {
             docs,
             cors: settings.cors_allowed_origins.layer(),
             drain: Drain::new(&settings.drain),
-            threads: match settings.server_threads {
-                0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-                n => usize::from(n),
-            },
+            threads: settings.threads(),
         })
     }
 
