@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use common::{breaker::Breaker, metrics::Registry};
+use common::{breaker::Breaker, metrics::Registry, secret::Secret};
 use proto::billing::{billing_service_client::BillingServiceClient, BillingAccount, BillingRequest, GetBillingAccountRequest};
 use tokio::time::Instant;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
@@ -109,7 +109,7 @@ impl BillingClient {
                 tracing::warn!(retry_after_ms = open.retry_after.as_millis() as u64, "billing circuit open; call refused");
                 Error::BillingCircuitOpen(open.retry_after)
             })?;
-            let request = self.request(message.clone(), deadline).await?;
+            let (request, token) = self.request(message.clone(), deadline).await?;
             let outcome = match tokio::time::timeout_at(deadline, rpc(self.inner.clone(), request)).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
@@ -122,7 +122,7 @@ impl BillingClient {
                 Err(status) if status.code() == Code::Unauthenticated && !token_renewed => {
                     permit.succeeded();
                     tracing::warn!("billing refused our service token; fetching a new one");
-                    self.token.forget().await;
+                    self.token.forget(&token).await;
                     token_renewed = true;
                     // Not a failure of billing: the renewed call does not use up an attempt.
                     attempt -= 1;
@@ -149,8 +149,9 @@ impl BillingClient {
         }
     }
 
-    /// The message with what is left of the deadline and `authorization: Bearer <our token>`.
-    async fn request<T>(&self, message: T, deadline: Instant) -> Result<Request<T>, Error> {
+    /// The message with what is left of the deadline and `authorization: Bearer <our token>`;
+    /// and that token.
+    async fn request<T>(&self, message: T, deadline: Instant) -> Result<(Request<T>, Secret), Error> {
         // Getting the token counts against the call's deadline (Keycloak slow: 503, not a hang).
         let token = tokio::time::timeout_at(deadline, self.token.bearer())
             .await
@@ -170,7 +171,7 @@ impl BillingClient {
         if let Some(Ok(traceparent)) = trace.get("traceparent").map(|v| MetadataValue::try_from(v.as_bytes())) {
             request.metadata_mut().insert("traceparent", traceparent);
         }
-        Ok(request)
+        Ok((request, token))
     }
 }
 

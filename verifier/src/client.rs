@@ -1,6 +1,8 @@
 //! The service's own identity towards other services (SPEC §10): an access token from the
 //! realm by `client_credentials` (through `openidconnect`'s client), cached and fetched again
-//! shortly before it expires. The token and the secret never reach a log.
+//! shortly before it expires. When that early renewal fails (the realm restarting), the held
+//! token is used until it expires, and the renewal is tried again a little later rather than
+//! by every caller in turn. The token and the secret never reach a log.
 
 use std::time::Duration;
 
@@ -28,10 +30,13 @@ pub struct ClientArgs {
 
 /// Fetched again when less than this is left (or a quarter of the lifetime, if that is less).
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
+/// After a failed renewal, the held token serves until the next try, this much later.
+const RETRY_RENEWAL: Duration = Duration::from_secs(1);
 
 struct Held {
     token: Secret,
     renew_at: Instant,
+    expires_at: Instant,
 }
 
 /// What the single fetcher keeps: the realm's metadata (discovered once) and the token.
@@ -102,17 +107,38 @@ impl ServiceToken {
             Err(err) => {
                 // The realm may have moved: discover again next time.
                 state.metadata = None;
-                Err(err)
+                Self::still_valid(&mut state, err)
             }
         }
     }
 
-    /// Drops the cached token (e.g. after the callee rejected it).
-    pub async fn forget(&self) {
-        self.state.lock().await.held = None;
+    /// After a failed renewal: the held token while it has not expired (tried again after
+    /// [`RETRY_RENEWAL`]), else the failure.
+    fn still_valid(state: &mut State, err: anyhow::Error) -> anyhow::Result<Secret> {
+        let now = Instant::now();
+        match state.held.as_mut().filter(|h| now < h.expires_at) {
+            Some(held) => {
+                tracing::warn!(error = %format!("{err:#}"), expires_in_ms = (held.expires_at - now).as_millis() as u64,
+                    "service token renewal failed; using the held token until it expires");
+                held.renew_at = (now + RETRY_RENEWAL).min(held.expires_at);
+                Ok(held.token.clone())
+            }
+            None => Err(err),
+        }
+    }
+
+    /// Drops the cached token if it is still `rejected` (the callee refused it): callers that
+    /// saw the same refusal do not throw away the token the first of them fetched since.
+    pub async fn forget(&self, rejected: &Secret) {
+        let mut state = self.state.lock().await;
+        if state.held.as_ref().is_some_and(|h| h.token == *rejected) {
+            state.held = None;
+        }
     }
 
     async fn fetch(&self, metadata: CoreProviderMetadata) -> anyhow::Result<Held> {
+        // The token's life starts at the realm, after this moment.
+        let asked = Instant::now();
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.client.client_id.clone()),
@@ -127,7 +153,11 @@ impl ServiceToken {
         let lifetime = response.expires_in().unwrap_or(Duration::from_secs(60));
         let renew_in = lifetime.saturating_sub(RENEW_BEFORE.min(lifetime / 4));
         tracing::debug!(client_id = %self.client.client_id, lifetime_secs = lifetime.as_secs(), "service token fetched");
-        Ok(Held { token: Secret::new(response.access_token().secret().clone()), renew_at: Instant::now() + renew_in })
+        Ok(Held {
+            token: Secret::new(response.access_token().secret().clone()),
+            renew_at: asked + renew_in,
+            expires_at: asked + lifetime,
+        })
     }
 }
 

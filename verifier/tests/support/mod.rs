@@ -34,6 +34,8 @@ struct Published {
     gate: Arc<tokio::sync::RwLock<()>>,
     /// client_credentials grants served, and the lifetime (s) of the tokens handed out.
     grants: Arc<AtomicUsize>,
+    /// Requests to the token endpoint, answered or not.
+    token_requests: Arc<AtomicUsize>,
     token_lifetime: Arc<AtomicUsize>,
 }
 
@@ -67,7 +69,7 @@ impl Provider {
         *self.published.keys.lock().unwrap() = keys.iter().map(|(k, kid)| k.jwk(kid)).collect();
     }
 
-    /// While set, the JWKS endpoint answers 500.
+    /// While set, the JWKS and token endpoints answer 500.
     pub fn fail(&self, failing: bool) {
         self.published.failing.store(failing, Ordering::SeqCst);
     }
@@ -76,6 +78,11 @@ impl Provider {
     /// until the returned guard is dropped.
     pub async fn hold(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
         self.published.gate.clone().write_owned().await
+    }
+
+    /// Requests the token endpoint received so far, refused ones included.
+    pub fn token_requests(&self) -> usize {
+        self.published.token_requests.load(Ordering::SeqCst)
     }
 
     /// client_credentials grants served so far.
@@ -156,6 +163,10 @@ async fn jwks(State(p): State<Published>) -> impl IntoResponse {
 async fn token(State(p): State<Published>, headers: axum::http::HeaderMap, body: String) -> impl IntoResponse {
     use base64::Engine as _;
     let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:svc-secret"));
+    p.token_requests.fetch_add(1, Ordering::SeqCst);
+    if p.failing.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     let authorised = headers.get("authorization").is_some_and(|v| v.as_bytes() == expected.as_bytes());
     if !authorised || !body.contains("grant_type=client_credentials") {
         return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"}))).into_response();
