@@ -72,9 +72,8 @@ impl Application {
         let edge = Edge { args: self.edge, metrics: self.metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
         let drain = Drain::new(&edge.args.drain);
         let router = drain.layer(edge.wrap(routes::router(self.pool.clone(), self.auth.verifier.clone())));
-        let http = axum::serve(self.listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
-        let mut tasks: Vec<(&str, Task)> =
-            vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
+        let http = drain.serve(self.listener, router, stop.clone());
+        let mut tasks: Vec<(&str, Task)> = vec![("http-server", Box::pin(http))];
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));
         if let Some((consumer, handler)) = self.consumer {
             let stop = stop.clone();

@@ -110,11 +110,11 @@ impl Application {
         let edge = Edge { args: self.edge, metrics: metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
         let drain = Drain::new(&edge.args.drain);
         let http_routes = drain.layer(edge.wrap(axum::Router::new()));
-        let http = axum::serve(self.http, http_routes).with_graceful_shutdown(drain.then_stop(stop.clone()));
+        let http = drain.serve(self.http, http_routes, stop.clone());
 
         let mut tasks: Vec<(&str, Task)> = vec![
             ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),
-            ("http-server", Box::pin(async move { http.await.context("HTTP server failed") })),
+            ("http-server", Box::pin(http)),
             ("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))),
         ];
         match self.consumer {

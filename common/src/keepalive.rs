@@ -220,12 +220,17 @@ mod tests {
         net::{TcpListener, TcpStream},
     };
 
+    use std::net::SocketAddr;
+
     use super::*;
+
+    /// The servers' limit for a request's head, well above these tests' pace.
+    const SLOW_HEAD: Duration = Duration::from_secs(30);
 
     /// A server whose `/refuse` answers 401 without reading the body, `/read` reads it whole and
     /// `/frames` reads it frame by frame until it reports its end and keeps it a while (as a
     /// proxy's client does).
-    async fn server() -> std::net::SocketAddr {
+    async fn server() -> SocketAddr {
         let api = Router::new()
             .route("/refuse", post(|| async { StatusCode::UNAUTHORIZED }))
             .route("/read", post(|body: String| async move { body.len().to_string() }))
@@ -249,7 +254,12 @@ mod tests {
             );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, layer(api, Arc::default())).await });
+        tokio::spawn(crate::server::serve::<_, SocketAddr>(
+            listener,
+            layer(api, Arc::default()),
+            SLOW_HEAD,
+            std::future::pending(),
+        ));
         addr
     }
 
@@ -313,7 +323,8 @@ mod tests {
         let api = Router::new().route("/read", post(|body: String| async move { body.len().to_string() }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, layer(api, Arc::new(AtomicBool::new(true)))).await });
+        let drained = layer(api, Arc::new(AtomicBool::new(true)));
+        tokio::spawn(crate::server::serve::<_, SocketAddr>(listener, drained, SLOW_HEAD, std::future::pending()));
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let read = send(&mut conn, "/read", b"hello").await;
         assert!(read.starts_with("http/1.1 200") && read.contains("connection: close"), "{read}");

@@ -1,6 +1,6 @@
 //! Cross-cutting code shared by every service of the platform, so that no service copies it:
 //! the runtime and its threads' scheduling, telemetry set-up, database settings and helpers, health routes, the shutdown signal,
-//! RFC 9457 problem bodies and the validated [`email::Email`] type.
+//! the HTTP server with its time limits, RFC 9457 problem bodies and the validated [`email::Email`] type.
 
 pub mod breaker;
 pub mod db;
@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod problem;
 pub mod runtime;
 pub mod secret;
+pub mod server;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The process-wide stop signal: SIGTERM (what orchestrators send) or Ctrl-C; and how an HTTP
-//! server drains its keep-alive connections before it stops.
+//! server ends its connections: one too slow to send a request, and all of them when it stops,
+//! draining its keep-alive connections first.
 
 use std::{
     sync::{
@@ -36,8 +37,7 @@ pub async fn signal() {
     }
 }
 
-/// How long an HTTP server keeps serving after the stop signal while it asks its clients to
-/// leave (see [`Drain`]).
+/// How an HTTP server ends its connections (see [`Drain`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrainArgs {
     /// Milliseconds an HTTP server keeps answering after SIGTERM, each answer with
@@ -46,6 +46,12 @@ pub struct DrainArgs {
     /// sending one on a connection just closed. 0: stop at once (in-flight requests still finish).
     #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 0)]
     pub shutdown_drain_ms: u64,
+    /// Milliseconds a client has to send a request's head (line and headers), counted from
+    /// when the server starts waiting for it; a kept-alive connection idle that long is closed
+    /// too. Slower clients are disconnected, so a client sending a byte at a time cannot hold
+    /// connections open.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_header_read_timeout_ms: u64,
 }
 
 /// The stop of an HTTP server in two steps. After the stop signal, for the drain period, it
@@ -56,11 +62,34 @@ pub struct DrainArgs {
 pub struct Drain {
     closing: Arc<AtomicBool>,
     period: Duration,
+    header_read_timeout: Duration,
 }
 
 impl Drain {
     pub fn new(args: &DrainArgs) -> Self {
-        Self { closing: Arc::default(), period: Duration::from_millis(args.shutdown_drain_ms) }
+        Self {
+            closing: Arc::default(),
+            period: Duration::from_millis(args.shutdown_drain_ms),
+            header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms.max(1)),
+        }
+    }
+
+    /// How long a client has to send a request's head ([`DrainArgs::http_header_read_timeout_ms`]).
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
+    /// Serves `router` on `listener` ([`crate::server::serve`]) until `stop` is cancelled and the
+    /// drain period has passed; then stops gracefully. Never fails: the result is for the
+    /// service's task list.
+    pub async fn serve<L>(self, listener: L, router: Router, stop: CancellationToken) -> anyhow::Result<()>
+    where
+        L: axum::serve::Listener,
+        L::Addr: Clone + Send + Sync + 'static,
+    {
+        let header_read_timeout = self.header_read_timeout;
+        crate::server::serve::<L, L::Addr>(listener, router, header_read_timeout, self.then_stop(stop)).await;
+        Ok(())
     }
 
     /// `router` with its responses marked `Connection: close` while draining, and when an
@@ -69,8 +98,7 @@ impl Drain {
         crate::keepalive::layer(router, self.closing.clone())
     }
 
-    /// For `with_graceful_shutdown`: resolves once `stop` is cancelled and the drain period has
-    /// passed.
+    /// The server's stop: resolves once `stop` is cancelled and the drain period has passed.
     pub async fn then_stop(self, stop: CancellationToken) {
         stop.cancelled().await;
         if !self.period.is_zero() {
@@ -103,13 +131,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopping_server_keeps_answering_kept_alive_connections_and_asks_them_to_close() {
-        let drain = Drain::new(&DrainArgs { shutdown_drain_ms: 400 });
+        let drain = Drain::new(&DrainArgs { shutdown_drain_ms: 400, http_header_read_timeout_ms: 30_000 });
         let router = drain.layer(Router::new().route("/", get(|| async { "ok" })));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let serving = axum::serve(listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
-        let server = tokio::spawn(async move { serving.await });
+        let server = tokio::spawn(drain.serve(listener, router, stop.clone()));
 
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let first = ask(&mut conn).await;
@@ -134,12 +161,11 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_drain_period_the_server_stops_at_once() {
-        let drain = Drain::new(&DrainArgs { shutdown_drain_ms: 0 });
+        let drain = Drain::new(&DrainArgs { shutdown_drain_ms: 0, http_header_read_timeout_ms: 30_000 });
         let router = drain.layer(Router::new().route("/", get(|| async { "ok" })));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stop = CancellationToken::new();
-        let serving = axum::serve(listener, router).with_graceful_shutdown(drain.then_stop(stop.clone()));
-        let server = tokio::spawn(async move { serving.await });
+        let server = tokio::spawn(drain.serve(listener, router, stop.clone()));
         let stopped_at = Instant::now();
         stop.cancel();
         server.await.unwrap().unwrap();

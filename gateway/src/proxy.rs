@@ -74,6 +74,12 @@ impl Peer {
     }
 }
 
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Self::new(addr)
+    }
+}
+
 /// A pool of backend connections. Clones share the pool; [`Proxy::own_pool`] makes a new one.
 #[derive(Clone)]
 pub struct Proxy {

@@ -105,7 +105,9 @@ impl Application {
                 self.drain.layer(router)
             })
             .collect();
-        let server = crate::threads::serve(self.listener, routers, self.drain.clone().then_stop(stop.clone()));
+        let header_read_timeout = self.drain.header_read_timeout();
+        let server =
+            crate::threads::serve(self.listener, routers, header_read_timeout, self.drain.clone().then_stop(stop.clone()));
         let refresh = self.auth.keep_fresh(stop.clone());
         let tasks: Vec<(&str, Task)> = vec![
             ("http-server", Box::pin(server)),

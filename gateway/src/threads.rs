@@ -8,11 +8,7 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use axum::{
-    extract::connect_info::Connected,
-    serve::{IncomingStream, Listener},
-    Router,
-};
+use axum::{serve::Listener, Router};
 use futures::{stream::FuturesUnordered, StreamExt};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -24,9 +20,15 @@ use crate::proxy::Peer;
 
 /// Serves on `listener`, one thread per router, until `shutdown` resolves; then each thread
 /// shuts down gracefully (no new connections; requests in flight finish), and this resolves
-/// once every thread has ended. A thread that fails or ends stops the others; the first error
-/// is returned after all have ended. Dropping this future stops the threads too.
-pub async fn serve(listener: TcpListener, routers: Vec<Router>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// once every thread has ended. A request's head must arrive within `header_read_timeout`
+/// ([`common::server`]). A thread that fails or ends stops the others; the first error is
+/// returned after all have ended. Dropping this future stops the threads too.
+pub async fn serve(
+    listener: TcpListener,
+    routers: Vec<Router>,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let local = listener.local_addr().context("listener")?;
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
@@ -35,7 +37,8 @@ pub async fn serve(listener: TcpListener, routers: Vec<Router>, shutdown: impl F
     let mut failed = None;
     for (n, router) in routers.into_iter().enumerate() {
         let (hand, handed) = mpsc::unbounded_channel();
-        match start(format!("http-{}-{n}", local.port()), Handed { handed, local }, router, stop.clone().cancelled_owned()) {
+        let handed = Handed { handed, local };
+        match start(format!("http-{}-{n}", local.port()), handed, router, header_read_timeout, stop.clone().cancelled_owned()) {
             Ok(thread) => {
                 threads.push(hand);
                 ended.push(thread);
@@ -140,18 +143,13 @@ impl Listener for Handed {
     }
 }
 
-impl Connected<IncomingStream<'_, Handed>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Handed>) -> Self {
-        Self::new(*stream.remote_addr())
-    }
-}
-
 /// Starts thread `name` serving `router` on `listener` until `shutdown` resolves; resolves
 /// when that thread's server has stopped.
 fn start(
     name: String,
     listener: Handed,
     router: Router,
+    header_read_timeout: Duration,
     shutdown: WaitForCancellationFutureOwned,
 ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
     let (done, stopped) = oneshot::channel();
@@ -161,12 +159,8 @@ fn start(
             let served =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(
                     |runtime| {
-                        runtime.block_on(async move {
-                            axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
-                                .with_graceful_shutdown(shutdown)
-                                .await?;
-                            anyhow::Ok(())
-                        })
+                        runtime.block_on(common::server::serve::<_, Peer>(listener, router, header_read_timeout, shutdown));
+                        anyhow::Ok(())
                     },
                 );
             // The receiver is gone only if the gateway stopped for another reason.

@@ -1,4 +1,5 @@
-//! The gateway's edge against a real Keycloak: rate limits per client and CORS.
+//! The gateway's edge against a real Keycloak: rate limits per client, CORS, slow clients and
+//! the server threads.
 
 mod support;
 
@@ -207,4 +208,37 @@ async fn connections_are_spread_over_the_server_threads_which_all_end_when_the_g
     run.abort();
     assert!(server_threads_become(port, 0).await, "a dropped gateway's threads end");
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "and its port closes");
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_request_head_is_disconnected_and_nothing_reaches_the_backend() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kc = Keycloak::shared_for_tests();
+    let backend = Backend::spawn().await;
+    let gw = spawn_gateway(kc, &backend.url, |s| s.drain.http_header_read_timeout_ms = 500).await;
+    let token = service_token(kc).await;
+
+    let mut conn = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
+    let started = std::time::Instant::now();
+    conn.write_all(format!("GET /api/patients HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {token}\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Then a header a byte every 100 ms: the connection makes progress, the head never ends.
+    for byte in b"x-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if conn.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let closed_after = started.elapsed();
+
+    assert!(read.is_ok(), "the gateway never closed the connection");
+    assert!(
+        closed_after >= std::time::Duration::from_millis(450) && closed_after < std::time::Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    assert!(!String::from_utf8_lossy(&answer).contains(" 200 "), "no request was served");
+    assert_eq!(backend.count(), 0, "nothing reached the backend");
 }

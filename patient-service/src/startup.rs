@@ -68,11 +68,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "patient-service listening");
         let stop = CancellationToken::new();
-        // The peer address goes into audit records.
-        let service = self.router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let http = axum::serve(self.listener, service).with_graceful_shutdown(self.drain.then_stop(stop.clone()));
-        let mut tasks: Vec<(&str, Task)> =
-            vec![("http-server", Box::pin(async move { http.await.context("HTTP server failed") }))];
+        // The peer address (`ConnectInfo`) goes into audit records.
+        let http = self.drain.serve(self.listener, self.router, stop.clone());
+        let mut tasks: Vec<(&str, Task)> = vec![("http-server", Box::pin(http))];
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));
         if let Some(relay) = self.relay {
             tasks.push(("outbox-relay", Box::pin(relay.run(stop.clone()))));
