@@ -1,10 +1,12 @@
-//! Serving a router over HTTP as `axum::serve` does, plus the time limit a server on a network
-//! needs: a request's head must arrive within a bound. `axum::serve` gives hyper no timer, which
-//! turns hyper's own limit off, so a client that sends its head a byte at a time, or opens a
-//! connection and sends nothing, holds that connection and its task for ever. Here the clock
-//! starts when the server begins waiting for a head (on a kept-alive connection: after the
-//! previous answer), and a head not complete within the bound closes the connection. An idle
-//! kept-alive connection is closed after the same time.
+//! Serving a router over HTTP/1.1 as `axum::serve` does, plus the time limit a server on a
+//! network needs: a request's head must arrive within a bound. `axum::serve` gives hyper no
+//! timer, which turns hyper's own limit off, so a client that sends its head a byte at a time,
+//! or opens a connection and sends nothing, holds that connection and its task for ever. Here
+//! the clock starts when the server begins waiting for a head (on a new connection at once, on
+//! a kept-alive one after the previous answer), and a head not complete within the bound closes
+//! the connection. An idle kept-alive connection is closed after the same time. HTTP/2 without
+//! TLS (h2c) is not served: no client of the platform speaks it, and the gRPC services have
+//! their own server.
 //!
 //! Every request carries its connection's peer as [`ConnectInfo<P>`], made once per connection
 //! from the peer's address (`P` = the address itself, or what a service derives from it), as with
@@ -18,9 +20,9 @@ use axum::{
     Router,
 };
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto::Builder,
+    rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use tokio::sync::watch;
@@ -33,8 +35,10 @@ where
     L: Listener,
     P: From<L::Addr> + Clone + Send + Sync + 'static,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    // HTTP/1.1 only (the services' gRPC runs on its own server): the head's clock then starts
+    // as soon as the connection is served, before its first byte.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     // Dropped when the stop comes: every connection then shuts down gracefully.
     let (stopping, stop_seen) = watch::channel(());
     // A receiver per connection: the server has ended when all are gone.
@@ -53,7 +57,7 @@ where
         let builder = builder.clone();
         let (mut stop_seen, open) = (stop_seen.clone(), open.clone());
         tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+            let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).with_upgrades();
             tokio::pin!(conn);
             let mut stopping = false;
             loop {
@@ -80,7 +84,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{net::SocketAddr, time::Instant};
+    use std::{net::SocketAddr, sync::Arc, time::Instant};
 
     use axum::routing::get;
     use tokio::{
@@ -129,6 +133,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        let (addr, _stop) = start(Duration::from_millis(500)).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let (answer, closed) = until_closed(&mut conn).await;
+        assert!(!answer.contains("200"), "{answer}");
+        assert!(closed - started >= Duration::from_millis(450), "closed after {:?}", closed - started);
+    }
+
+    #[tokio::test]
     async fn an_idle_connection_is_closed_after_the_same_time_and_a_prompt_one_is_served() {
         let (addr, _stop) = start(Duration::from_millis(500)).await;
         let mut conn = TcpStream::connect(addr).await.unwrap();
@@ -142,11 +156,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_lets_the_request_in_flight_finish_then_refuses_new_connections() {
+        let started = Arc::new(tokio::sync::Notify::new());
         let router = Router::new().route(
             "/",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                "done"
+            get({
+                let started = started.clone();
+                || async move {
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }
             }),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -157,7 +176,7 @@ mod tests {
         }));
         let mut conn = TcpStream::connect(addr).await.unwrap();
         conn.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        started.notified().await;
         stop.send(()).unwrap();
 
         let (answer, _) = until_closed(&mut conn).await;

@@ -49,8 +49,8 @@ pub struct DrainArgs {
     /// Milliseconds a client has to send a request's head (line and headers), counted from
     /// when the server starts waiting for it; a kept-alive connection idle that long is closed
     /// too. Slower clients are disconnected, so a client sending a byte at a time cannot hold
-    /// connections open.
-    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    /// connections open. HTTP/1.1; at least 1.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_header_read_timeout_ms: u64,
 }
 
@@ -70,7 +70,7 @@ impl Drain {
         Self {
             closing: Arc::default(),
             period: Duration::from_millis(args.shutdown_drain_ms),
-            header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms.max(1)),
+            header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms),
         }
     }
 

@@ -122,7 +122,7 @@ impl BillingClient {
                 Err(status) if status.code() == Code::Unauthenticated && !token_renewed => {
                     permit.succeeded();
                     tracing::warn!("billing refused our service token; fetching a new one");
-                    self.token.forget(&token).await;
+                    self.token.forget(&token);
                     token_renewed = true;
                     // Not a failure of billing: the renewed call does not use up an attempt.
                     attempt -= 1;

@@ -1,9 +1,12 @@
 //! The service's own identity towards other services (SPEC §10): an access token from the
-//! realm by `client_credentials` (through `openidconnect`'s client), cached and fetched again
-//! shortly before it expires. When that early renewal fails (the realm restarting), the held
-//! token is used until it expires, and the renewal is tried again a little later rather than
-//! by every caller in turn. The token and the secret never reach a log.
+//! realm by `client_credentials` (through `openidconnect`'s client), cached and renewed shortly
+//! before it expires. The renewal runs in the background: while the held token is valid no
+//! caller waits for the realm, so a realm that is slow, restarting or down costs nothing until
+//! the token actually expires (a failed renewal is tried again a second later). Only a caller
+//! with no valid token waits for a fetch, shared with the callers that arrive meanwhile. The
+//! token and the secret never reach a log.
 
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,9 +31,9 @@ pub struct ClientArgs {
     pub client_secret: Secret,
 }
 
-/// Fetched again when less than this is left (or a quarter of the lifetime, if that is less).
+/// Renewed when less than this is left (or a quarter of the lifetime, if that is less).
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
-/// After a failed renewal, the held token serves until the next try, this much later.
+/// After a renewal started, the next one is not started before this much later.
 const RETRY_RENEWAL: Duration = Duration::from_secs(1);
 
 struct Held {
@@ -39,20 +42,26 @@ struct Held {
     expires_at: Instant,
 }
 
-/// What the single fetcher keeps: the realm's metadata (discovered once) and the token.
-#[derive(Default)]
-struct State {
-    metadata: Option<CoreProviderMetadata>,
-    held: Option<Held>,
+/// What [`ServiceToken::held`] found.
+enum Found {
+    /// Valid, renewal not due.
+    Fresh(Secret),
+    /// Valid, and this caller is to start its renewal.
+    Renew(Secret),
+    /// No valid token.
+    Nothing,
 }
 
-/// A cached client_credentials token; one fetch at a time.
+/// A cached client_credentials token.
 pub struct ServiceToken {
     http: reqwest::Client,
     oidc: OidcArgs,
     client: ClientArgs,
-    /// One fetch at a time; callers that arrive meanwhile wait for it and share its token.
-    state: Mutex<State>,
+    /// The token; read without waiting for a fetch.
+    held: SyncMutex<Option<Held>>,
+    /// One fetch at a time; it keeps the realm's metadata (discovered once, again after a
+    /// failure: the realm may have moved).
+    fetching: Mutex<Option<CoreProviderMetadata>>,
 }
 
 impl std::fmt::Debug for ServiceToken {
@@ -68,13 +77,13 @@ impl ServiceToken {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(oidc.jwks_fetch_timeout_ms))
             .build()?;
-        Ok(Self { http, oidc, client, state: Mutex::new(State::default()) })
+        Ok(Self { http, oidc, client, held: SyncMutex::new(None), fetching: Mutex::new(None) })
     }
 
     /// Fetches the first token in the background, so the first call to another service does not
     /// pay for discovery and the grant inside its own deadline. A failure is only logged: the
     /// next [`ServiceToken::bearer`] tries again.
-    pub fn prefetch(self: &std::sync::Arc<Self>) {
+    pub fn prefetch(self: &Arc<Self>) {
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(err) = this.bearer().await {
@@ -83,56 +92,71 @@ impl ServiceToken {
         });
     }
 
-    /// A valid access token, from the cache unless it is about to expire.
-    pub async fn bearer(&self) -> anyhow::Result<Secret> {
-        let mut state = self.state.lock().await;
-        if let Some(h) = state.held.as_ref().filter(|h| Instant::now() < h.renew_at) {
-            return Ok(h.token.clone());
+    /// A valid access token: the held one while it is valid (its renewal, when due, started in
+    /// the background), else one fetched now.
+    pub async fn bearer(self: &Arc<Self>) -> anyhow::Result<Secret> {
+        match self.held(Instant::now()) {
+            Found::Fresh(token) => return Ok(token),
+            Found::Renew(token) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let mut metadata = this.fetching.lock().await;
+                    if let Err(err) = this.renew(&mut metadata).await {
+                        tracing::warn!(error = %format!("{err:#}"), client_id = %this.client.client_id,
+                            "service token renewal failed; the held token serves until it expires");
+                    }
+                });
+                return Ok(token);
+            }
+            Found::Nothing => {}
         }
-        let metadata = match state.metadata.clone() {
-            Some(metadata) => metadata,
-            None => {
-                let found =
-                    discovery::provider_metadata(&self.http, self.oidc.discovery_base(), &self.oidc.accepted_issuers()).await?;
-                state.metadata = Some(found.clone());
-                found
+        let mut metadata = self.fetching.lock().await;
+        // The fetch this caller waited for may have brought one.
+        if let Found::Fresh(token) | Found::Renew(token) = self.held(Instant::now()) {
+            return Ok(token);
+        }
+        self.renew(&mut metadata).await
+    }
+
+    /// The held token, if valid at `now`; when its renewal is due, the caller is told to start it
+    /// and the next renewal is not due before [`RETRY_RENEWAL`] has passed.
+    fn held(&self, now: Instant) -> Found {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.as_mut() {
+            Some(h) if now < h.renew_at => Found::Fresh(h.token.clone()),
+            Some(h) if now < h.expires_at => {
+                h.renew_at = (now + RETRY_RENEWAL).min(h.expires_at);
+                Found::Renew(h.token.clone())
             }
-        };
-        match self.fetch(metadata).await {
-            Ok(fresh) => {
-                let token = fresh.token.clone();
-                state.held = Some(fresh);
-                Ok(token)
-            }
-            Err(err) => {
-                // The realm may have moved: discover again next time.
-                state.metadata = None;
-                Self::still_valid(&mut state, err)
-            }
+            _ => Found::Nothing,
         }
     }
 
-    /// After a failed renewal: the held token while it has not expired (tried again after
-    /// [`RETRY_RENEWAL`]), else the failure.
-    fn still_valid(state: &mut State, err: anyhow::Error) -> anyhow::Result<Secret> {
-        let now = Instant::now();
-        match state.held.as_mut().filter(|h| now < h.expires_at) {
-            Some(held) => {
-                tracing::warn!(error = %format!("{err:#}"), expires_in_ms = (held.expires_at - now).as_millis() as u64,
-                    "service token renewal failed; using the held token until it expires");
-                held.renew_at = (now + RETRY_RENEWAL).min(held.expires_at);
-                Ok(held.token.clone())
-            }
-            None => Err(err),
+    /// Discovers the realm if needed and fetches a token, which is then held.
+    async fn renew(&self, metadata: &mut Option<CoreProviderMetadata>) -> anyhow::Result<Secret> {
+        let fetched = async {
+            let found = match metadata.take() {
+                Some(found) => found,
+                None => {
+                    discovery::provider_metadata(&self.http, self.oidc.discovery_base(), &self.oidc.accepted_issuers()).await?
+                }
+            };
+            let fresh = self.fetch(found.clone()).await?;
+            *metadata = Some(found);
+            anyhow::Ok(fresh)
         }
+        .await?;
+        let token = fetched.token.clone();
+        *self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fetched);
+        Ok(token)
     }
 
-    /// Drops the cached token if it is still `rejected` (the callee refused it): callers that
-    /// saw the same refusal do not throw away the token the first of them fetched since.
-    pub async fn forget(&self, rejected: &Secret) {
-        let mut state = self.state.lock().await;
-        if state.held.as_ref().is_some_and(|h| h.token == *rejected) {
-            state.held = None;
+    /// Drops the held token if it is still `rejected` (the callee refused it): callers that saw
+    /// the same refusal do not throw away a token fetched since.
+    pub fn forget(&self, rejected: &Secret) {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.as_ref().is_some_and(|h| h.token == *rejected) {
+            *held = None;
         }
     }
 
@@ -150,7 +174,8 @@ impl ServiceToken {
             .request_async(&self.http)
             .await
             .map_err(|e| anyhow::anyhow!("client_credentials request failed: {}", describe(&e)))?;
-        let lifetime = response.expires_in().unwrap_or(Duration::from_secs(60));
+        // A day at most (renewing sooner is harmless), which keeps the arithmetic from overflowing.
+        let lifetime = response.expires_in().unwrap_or(Duration::from_secs(60)).min(Duration::from_secs(86_400));
         let renew_in = lifetime.saturating_sub(RENEW_BEFORE.min(lifetime / 4));
         tracing::debug!(client_id = %self.client.client_id, lifetime_secs = lifetime.as_secs(), "service token fetched");
         Ok(Held {

@@ -34,8 +34,8 @@ struct Published {
     gate: Arc<tokio::sync::RwLock<()>>,
     /// client_credentials grants served, and the lifetime (s) of the tokens handed out.
     grants: Arc<AtomicUsize>,
-    /// Requests to the token endpoint, answered or not.
-    token_requests: Arc<AtomicUsize>,
+    /// Requests to the discovery and token endpoints, answered or not.
+    realm_requests: Arc<AtomicUsize>,
     token_lifetime: Arc<AtomicUsize>,
 }
 
@@ -56,7 +56,10 @@ impl Provider {
                                "response_types_supported": ["code"], "subject_types_supported": ["public"],
                                "id_token_signing_alg_values_supported": ["RS256"]});
         let app = Router::new()
-            .route("/.well-known/openid-configuration", get(move || async move { Json(discovery) }))
+            .route(
+                "/.well-known/openid-configuration",
+                get(move |State(p): State<Published>| async move { discover(p, discovery).await }),
+            )
             .route("/jwks", get(jwks))
             .route("/token", axum::routing::post(token))
             .with_state(published.clone());
@@ -69,20 +72,20 @@ impl Provider {
         *self.published.keys.lock().unwrap() = keys.iter().map(|(k, kid)| k.jwk(kid)).collect();
     }
 
-    /// While set, the JWKS and token endpoints answer 500.
+    /// While set, the discovery, JWKS and token endpoints answer 500.
     pub fn fail(&self, failing: bool) {
         self.published.failing.store(failing, Ordering::SeqCst);
     }
 
-    /// Holds back the JWKS endpoint's answers (each fetch is still counted when it arrives)
-    /// until the returned guard is dropped.
+    /// Holds back the JWKS and token endpoints' answers (each request is still counted when it
+    /// arrives) until the returned guard is dropped.
     pub async fn hold(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
         self.published.gate.clone().write_owned().await
     }
 
-    /// Requests the token endpoint received so far, refused ones included.
-    pub fn token_requests(&self) -> usize {
-        self.published.token_requests.load(Ordering::SeqCst)
+    /// Requests the discovery and token endpoints received so far, refused ones included.
+    pub fn realm_requests(&self) -> usize {
+        self.published.realm_requests.load(Ordering::SeqCst)
     }
 
     /// client_credentials grants served so far.
@@ -163,7 +166,8 @@ async fn jwks(State(p): State<Published>) -> impl IntoResponse {
 async fn token(State(p): State<Published>, headers: axum::http::HeaderMap, body: String) -> impl IntoResponse {
     use base64::Engine as _;
     let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:svc-secret"));
-    p.token_requests.fetch_add(1, Ordering::SeqCst);
+    p.realm_requests.fetch_add(1, Ordering::SeqCst);
+    drop(p.gate.read().await);
     if p.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
@@ -174,6 +178,14 @@ async fn token(State(p): State<Published>, headers: axum::http::HeaderMap, body:
     let n = p.grants.fetch_add(1, Ordering::SeqCst) + 1;
     let lifetime = p.token_lifetime.load(Ordering::SeqCst).max(1);
     Json(json!({"access_token": format!("token-{n}"), "token_type": "Bearer", "expires_in": lifetime})).into_response()
+}
+
+async fn discover(p: Published, document: Value) -> axum::response::Response {
+    p.realm_requests.fetch_add(1, Ordering::SeqCst);
+    if p.failing.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    Json(document).into_response()
 }
 
 pub fn now() -> u64 {
