@@ -100,7 +100,8 @@ impl ServiceToken {
             Found::Renew(token) => {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let mut metadata = this.fetching.lock().await;
+                    // A fetch in flight stores a token or fails; the next caller due tries again.
+                    let Ok(mut metadata) = this.fetching.try_lock() else { return };
                     if let Err(err) = this.renew(&mut metadata).await {
                         tracing::warn!(error = %format!("{err:#}"), client_id = %this.client.client_id,
                             "service token renewal failed; the held token serves until it expires");
