@@ -293,11 +293,18 @@ pub async fn read_until(
     while !enough(&out) {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(m)) => out.push(m.detach()),
+            // The topic is created by its first record, which may come after this subscription.
+            Ok(Err(e)) if topic_not_there_yet(&e) => {}
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
             Err(_) => panic!("{topic}: what arrived within {limit:?} ({} records) was not enough", out.len()),
         }
     }
     out
+}
+
+fn topic_not_there_yet(err: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
+    matches!(err.rdkafka_error_code(), Some(UnknownTopicOrPartition | UnknownTopic))
 }
 
 /// Produces one raw record and waits for the broker's acknowledgement.
