@@ -30,10 +30,25 @@ use tower::ServiceExt;
 
 /// Serves `router` on `listener` until `shutdown` resolves; then takes no new connection, lets
 /// each connection finish its request in flight, and resolves once every connection has closed.
-pub async fn serve<L, P>(mut listener: L, router: Router, header_read_timeout: Duration, shutdown: impl Future<Output = ()>)
+pub async fn serve<L, P>(listener: L, router: Router, header_read_timeout: Duration, shutdown: impl Future<Output = ()>)
 where
     L: Listener,
     P: From<L::Addr> + Clone + Send + Sync + 'static,
+{
+    serve_with(listener, router, header_read_timeout, P::from, shutdown).await;
+}
+
+/// [`serve`], with each connection's [`ConnectInfo<P>`] made by `peer` from the peer's address
+/// (for a `P` that needs more than the address, e.g. the gateway's trusted proxies).
+pub async fn serve_with<L, P>(
+    mut listener: L,
+    router: Router,
+    header_read_timeout: Duration,
+    peer: impl Fn(L::Addr) -> P,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: Listener,
+    P: Clone + Send + Sync + 'static,
 {
     // HTTP/1.1 only (the services' gRPC runs on its own server): the head's clock then starts
     // as soon as the connection is served, before its first byte.
@@ -49,7 +64,7 @@ where
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let peer = P::from(addr);
+        let peer = peer(addr);
         let service = router.clone().map_request(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer.clone()));
             req

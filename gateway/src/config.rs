@@ -6,7 +6,7 @@ use clap::Parser;
 use common::{runtime::RuntimeArgs, shutdown::DrainArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
-use crate::{cors::Origins, limit::LimitSpec};
+use crate::{cors::Origins, limit::LimitSpec, proxy::TrustedProxies};
 
 /// More server threads than this is a typo, not a setting.
 pub const MAX_SERVER_THREADS: u16 = 256;
@@ -44,6 +44,12 @@ pub struct Settings {
     /// as in Keycloak's web origins. The default matches the dev realm's `patient-web` client.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "http://localhost:*,http://127.0.0.1:*")]
     pub cors_allowed_origins: Origins,
+    /// Proxies in front of the gateway (e.g. an ingress) whose `X-Forwarded-For`, `-Proto` and
+    /// `-Host` are believed: IP addresses or CIDR ranges, comma-separated. From any other peer
+    /// the forwarding headers a client wrote are replaced, so backends and the audit trail see
+    /// the address the gateway saw. None by default.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
     /// Threads serving HTTP, each with its own event loop and its own connections to the
     /// backends: a client's connection and every request on it stay on one thread, with no
     /// hand-over between threads per request. 0: one per CPU the process may use. At most

@@ -2,11 +2,17 @@
 //! dropped, `X-Forwarded-*` and `x-request-id` set, `traceparent` (set by the pipeline) carried, the bearer token forwarded;
 //! bounded connect and response times, and a response body that stalls longer than the response
 //! timeout between two chunks is cut (the client sees the connection end, never a hang).
+//!
+//! Forwarding headers a client wrote itself are believed only from a trusted proxy
+//! ([`TrustedProxies`]); from anyone else they are replaced, so the chain a backend (and its
+//! audit trail) sees starts at the address the gateway saw.
 
 use std::{
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
+    str::FromStr,
+    sync::Arc,
     task::{self, ready, Poll},
     time::Duration,
 };
@@ -23,6 +29,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use ipnet::IpNet;
 
 use tokio::time::Sleep;
 
@@ -54,6 +61,17 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+/// Headers that tell a backend who the client is or how it came; from a peer that is not a
+/// trusted proxy, those the client wrote are dropped before the gateway sets its own.
+static CLIENT_WRITTEN_FORWARDING: [HeaderName; 7] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
+];
 
 /// How long an idle upstream connection is kept: shorter than the services' drain on shutdown
 /// (`SHUTDOWN_DRAIN_MS`, 3 s in the chart), so a connection is never reused just as a stopping
@@ -61,22 +79,54 @@ static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-pre
 /// has already been dropped here.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(2);
 
-/// The caller's end of a connection, its `X-Forwarded-For` entry written once per connection
-/// rather than once per request.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    forwarded_for: HeaderValue,
-}
+/// The peers whose forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`) are
+/// believed: proxies in front of the gateway, such as an ingress (`TRUSTED_PROXIES`: IP
+/// addresses or CIDR ranges, comma-separated; none by default).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Arc<[IpNet]>);
 
-impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a header value") }
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
     }
 }
 
-impl From<SocketAddr> for Peer {
-    fn from(addr: SocketAddr) -> Self {
-        Self::new(addr)
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .map(|net| net.trunc())
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("`{entry}` is neither an IP address nor a CIDR range (e.g. 10.0.0.0/8)"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+/// The caller's end of a connection, worked out once per connection rather than once per
+/// request: its `X-Forwarded-For` entry, and whether it is a trusted proxy.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    forwarded_for: HeaderValue,
+    trusted: bool,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, trusted: &TrustedProxies) -> Self {
+        // An IPv4 client of a dual-stack listener is named as IPv4, not `::ffff:a.b.c.d`.
+        let ip = addr.ip().to_canonical();
+        Self {
+            forwarded_for: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value"),
+            trusted: trusted.contains(ip),
+        }
     }
 }
 
@@ -247,20 +297,38 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Sets the forwarding headers. From a trusted proxy, its `X-Forwarded-For` chain is extended
+/// with the proxy's address and the protocol and host it reports are kept; from anyone else,
+/// every forwarding header the client wrote is replaced or dropped.
 fn set_forwarded(headers: &mut HeaderMap, client: Peer, original_host: Option<HeaderValue>) {
-    // A prior chain that is not visible ASCII is dropped, not extended.
-    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            HeaderValue::from_maybe_shared(Bytes::from([prior.as_bytes(), b", ", client.forwarded_for.as_bytes()].concat())).ok()
+    if client.trusted {
+        // A prior chain (one or several header lines) that is not visible ASCII is dropped, not extended.
+        let prior: Option<Vec<&str>> = headers.get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().ok()).collect();
+        let chain = match prior {
+            Some(prior) if !prior.is_empty() => {
+                let mut chain = prior.join(", ");
+                chain.push_str(", ");
+                chain.push_str(client.forwarded_for.to_str().expect("an IP address is ASCII"));
+                HeaderValue::from_maybe_shared(Bytes::from(chain)).unwrap_or_else(|_| client.forwarded_for.clone())
+            }
+            _ => client.forwarded_for,
+        };
+        headers.insert(X_FORWARDED_FOR.clone(), chain);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
-        None => Some(client.forwarded_for),
-    };
-    if let Some(v) = chain {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), original_host) {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    } else {
+        for name in &CLIENT_WRITTEN_FORWARDING {
+            headers.remove(name);
+        }
+        headers.insert(X_FORWARDED_FOR.clone(), client.forwarded_for);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        if let Some(host) = original_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
     }
     headers.insert(X_FORWARDED_PREFIX.clone(), HeaderValue::from_static(API_PREFIX));
 }
@@ -320,19 +388,76 @@ mod tests {
         assert_eq!(traceparent_of(trace, span), format!("00-{trace:032x}-{span:016x}-01").as_str());
     }
 
+    fn peer(addr: &str, trusted: &str) -> Peer {
+        Peer::new(addr.parse().unwrap(), &trusted.parse().unwrap())
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
     #[test]
-    fn forwarded_for_appends_the_peer_to_a_prior_chain() {
-        let peer = Peer::new("10.1.2.3:5000".parse().unwrap());
-        let mut h = HeaderMap::new();
-        set_forwarded(&mut h, peer.clone(), None);
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
-        set_forwarded(&mut h, Peer::new("[::1]:5000".parse().unwrap()), Some(HeaderValue::from_static("example.org")));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7, ::1");
-        assert_eq!(h["x-forwarded-host"], "example.org");
+    fn a_client_that_is_not_a_trusted_proxy_cannot_name_another_client() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "198.51.100.1, 198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "bank.example"),
+            ("x-forwarded-port", "443"),
+            ("x-real-ip", "198.51.100.3"),
+            ("forwarded", "for=198.51.100.4"),
+        ]);
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.5"));
+        set_forwarded(&mut h, peer("10.1.2.3:5000", "10.1.2.4, 192.168.0.0/16"), None);
+        assert_eq!(h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["10.1.2.3"]);
+        assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-prefix"], "/api");
+        for dropped in ["x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded"] {
+            assert!(!h.contains_key(dropped), "{dropped} kept: {h:?}");
+        }
+        set_forwarded(&mut h, peer("[::1]:5000", ""), Some(HeaderValue::from_static("example.org")));
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-host"], "example.org", "the Host the client asked for");
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_chain_is_extended_and_what_it_reports_kept() {
+        let proxy = peer("192.168.7.9:5000", "10.1.2.4, 192.168.0.0/16");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, proxy.clone(), Some(HeaderValue::from_static("example.org")));
+        assert_eq!(
+            (&h["x-forwarded-for"], &h["x-forwarded-proto"]),
+            (&"192.168.7.9".parse::<HeaderValue>().unwrap(), &HeaderValue::from_static("http"))
+        );
+        assert_eq!(h["x-forwarded-host"], "example.org");
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "clinic.example"),
+        ]);
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.8"));
+        set_forwarded(&mut h, proxy.clone(), Some(HeaderValue::from_static("gateway.internal")));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 203.0.113.8, 192.168.7.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "clinic.example");
+        let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        set_forwarded(&mut h, peer, None);
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3", "a chain that is not ASCII is replaced");
+        set_forwarded(&mut h, peer("10.1.2.4:1", "10.1.2.4"), None);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.4", "a chain that is not ASCII is replaced");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let t: TrustedProxies = " 10.0.0.0/8 ,192.168.1.7, fd00::/8,".parse().unwrap();
+        for ip in ["10.200.0.1", "192.168.1.7", "fd00::1", "::ffff:10.0.0.1"] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["11.0.0.1", "192.168.1.8", "fe80::1", "127.0.0.1"] {
+            assert!(!t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!"".parse::<TrustedProxies>().unwrap().contains("127.0.0.1".parse().unwrap()));
+        assert!("10.1.2.3/40".parse::<TrustedProxies>().unwrap_err().contains("`10.1.2.3/40`"));
+        assert!("proxy.internal".parse::<TrustedProxies>().is_err());
+        assert!(peer("[::ffff:10.1.2.3]:1", "10.1.2.3").trusted, "an IPv4 peer of a dual-stack listener");
+        assert_eq!(peer("[::ffff:10.1.2.3]:1", "").forwarded_for, "10.1.2.3");
     }
 }

@@ -16,7 +16,7 @@ use crate::{
     limit::Limiter,
     metrics as gw_metrics,
     pipeline::{self, Gateway},
-    proxy::Proxy,
+    proxy::{Proxy, TrustedProxies},
 };
 
 /// How often buckets of clients gone quiet are forgotten.
@@ -35,6 +35,8 @@ pub struct Application {
     drain: Drain,
     /// Server threads.
     threads: usize,
+    /// Proxies whose forwarding headers are believed.
+    trusted_proxies: TrustedProxies,
 }
 
 impl Application {
@@ -72,6 +74,7 @@ impl Application {
             cors: settings.cors_allowed_origins.layer(),
             drain: Drain::new(&settings.drain),
             threads: settings.threads(),
+            trusted_proxies: settings.trusted_proxies,
         })
     }
 
@@ -106,8 +109,8 @@ impl Application {
             })
             .collect();
         let header_read_timeout = self.drain.header_read_timeout();
-        let server =
-            crate::threads::serve(self.listener, routers, header_read_timeout, self.drain.clone().then_stop(stop.clone()));
+        let stopping = self.drain.clone().then_stop(stop.clone());
+        let server = crate::threads::serve(self.listener, routers, header_read_timeout, self.trusted_proxies, stopping);
         let refresh = self.auth.keep_fresh(stop.clone());
         let tasks: Vec<(&str, Task)> = vec![
             ("http-server", Box::pin(server)),

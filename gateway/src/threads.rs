@@ -16,17 +16,18 @@ use tokio::{
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::proxy::Peer;
+use crate::proxy::{Peer, TrustedProxies};
 
 /// Serves on `listener`, one thread per router, until `shutdown` resolves; then each thread
 /// shuts down gracefully (no new connections; requests in flight finish), and this resolves
 /// once every thread has ended. A request's head must arrive within `header_read_timeout`
-/// ([`common::server`]). A thread that fails or ends stops the others; the first error is
+/// ([`common::server`]); each connection's [`Peer`] is judged against `trusted`. A thread that fails or ends stops the others; the first error is
 /// returned after all have ended. Dropping this future stops the threads too.
 pub async fn serve(
     listener: TcpListener,
     routers: Vec<Router>,
     header_read_timeout: Duration,
+    trusted: TrustedProxies,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().context("listener")?;
@@ -38,7 +39,8 @@ pub async fn serve(
     for (n, router) in routers.into_iter().enumerate() {
         let (hand, handed) = mpsc::unbounded_channel();
         let handed = Handed { handed, local };
-        match start(format!("http-{}-{n}", local.port()), handed, router, header_read_timeout, stop.clone().cancelled_owned()) {
+        let thread = format!("http-{}-{n}", local.port());
+        match start(thread, handed, router, header_read_timeout, trusted.clone(), stop.clone().cancelled_owned()) {
             Ok(thread) => {
                 threads.push(hand);
                 ended.push(thread);
@@ -150,6 +152,7 @@ fn start(
     listener: Handed,
     router: Router,
     header_read_timeout: Duration,
+    trusted: TrustedProxies,
     shutdown: WaitForCancellationFutureOwned,
 ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
     let (done, stopped) = oneshot::channel();
@@ -159,7 +162,8 @@ fn start(
             let served =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(
                     |runtime| {
-                        runtime.block_on(common::server::serve::<_, Peer>(listener, router, header_read_timeout, shutdown));
+                        let peer = |addr| Peer::new(addr, &trusted);
+                        runtime.block_on(common::server::serve_with(listener, router, header_read_timeout, peer, shutdown));
                         anyhow::Ok(())
                     },
                 );

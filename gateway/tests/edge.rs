@@ -1,5 +1,5 @@
-//! The gateway's edge against a real Keycloak: rate limits per client, CORS, slow clients and
-//! the server threads.
+//! The gateway's edge against a real Keycloak: rate limits per client, CORS, forwarding headers,
+//! slow clients and the server threads.
 
 mod support;
 
@@ -241,4 +241,41 @@ async fn a_client_too_slow_to_send_its_request_head_is_disconnected_and_nothing_
     );
     assert!(!String::from_utf8_lossy(&answer).contains(" 200 "), "no request was served");
     assert_eq!(backend.count(), 0, "nothing reached the backend");
+}
+
+#[tokio::test]
+async fn forwarding_headers_a_client_wrote_reach_a_backend_only_through_a_trusted_proxy() {
+    let kc = Keycloak::shared_for_tests();
+    let backend = Backend::spawn().await;
+    let token = service_token(kc).await;
+    let spoofing = |gw: &str| {
+        reqwest::Client::new()
+            .get(format!("{gw}/api/patients"))
+            .bearer_auth(&token)
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "clinic.example")
+            .header("forwarded", "for=198.51.100.2")
+            .header("x-real-ip", "198.51.100.3")
+            .send()
+    };
+
+    // By default nobody is a trusted proxy: the chain starts at the gateway's peer.
+    let gw = spawn_gateway(kc, &backend.url, |_| {}).await;
+    assert_eq!(spoofing(&gw).await.unwrap().status(), 200);
+    let seen = backend.last().headers;
+    assert_eq!(seen.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["127.0.0.1"]);
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], gw.trim_start_matches("http://"), "the Host the client used");
+    assert!(!seen.contains_key("forwarded") && !seen.contains_key("x-real-ip"), "{seen:?}");
+
+    // Behind a trusted proxy (here: loopback) its chain is extended and its protocol kept.
+    let behind = spawn_gateway(kc, &backend.url, |s| s.trusted_proxies = "10.0.0.0/8, 127.0.0.1".parse().unwrap()).await;
+    assert_eq!(spoofing(&behind).await.unwrap().status(), 200);
+    let seen = backend.last().headers;
+    assert_eq!(seen["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], "clinic.example");
+    assert_eq!(seen["forwarded"], "for=198.51.100.2");
+    assert_eq!(backend.count(), 2);
 }

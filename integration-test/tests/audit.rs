@@ -37,7 +37,9 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     let create_request_id = created.headers()["x-request-id"].to_str().unwrap().to_owned();
     let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let one = format!("{gw}/api/patients/{id}");
-    assert_eq!(call(&clinician, Method::GET, one.clone()).send().await.unwrap().status(), 200);
+    // A client naming another client in `X-Forwarded-For` is not believed by the gateway.
+    let read = call(&clinician, Method::GET, one.clone()).header("x-forwarded-for", "198.51.100.1");
+    assert_eq!(read.send().await.unwrap().status(), 200);
     let mut changed = body.clone();
     changed["address"] = json!("8 Ledger Lane");
     assert_eq!(call(&clinician, Method::PUT, one.clone()).json(&changed).send().await.unwrap().status(), 200);
@@ -45,8 +47,11 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     assert_eq!(call(&clinician, Method::GET, list).send().await.unwrap().status(), 200);
     assert_eq!(call(&clinician, Method::GET, format!("{one}/bill")).send().await.unwrap().status(), 200);
     // The analyst bypasses the gateway: patient-service refuses and records it.
+    // A long chain presented to the service itself keeps the end nearest to it.
     let direct = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
-    assert_eq!(call(&analyst, Method::GET, direct).send().await.unwrap().status(), 403);
+    let chain = "198.51.100.1, ".repeat(30) + "192.0.2.1";
+    let refused = call(&analyst, Method::GET, direct).header("x-forwarded-for", chain);
+    assert_eq!(refused.send().await.unwrap().status(), 403);
     // The admin deletes.
     assert_eq!(call(&admin, Method::DELETE, one.clone()).send().await.unwrap().status(), 204);
 
@@ -105,6 +110,18 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     assert_eq!(audit(&admin, "from=yesterday".into()).send().await.unwrap().status(), 400);
     assert_eq!(audit(&analyst, format!("patientId={id}")).send().await.unwrap().status(), 403);
     assert_eq!(audit(&clinician, format!("patientId={id}")).send().await.unwrap().status(), 403);
+
+    // Who called from where: the gateway's peer, never what a client claimed.
+    let reads: Vec<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT client_address, forwarded_for FROM audit_log WHERE action = 'patient.read' ORDER BY seq")
+            .fetch_all(&patients.db)
+            .await
+            .unwrap();
+    assert_eq!(reads[0], (Some("127.0.0.1".into()), Some("127.0.0.1".into())), "through the gateway");
+    let (address, chain) = &reads[1];
+    let chain = chain.as_deref().unwrap();
+    assert_eq!(address.as_deref(), Some("127.0.0.1"), "directly");
+    assert!(chain.starts_with("…, 198.51.100.1") && chain.ends_with(", 192.0.2.1") && chain.chars().count() <= 200, "{chain}");
 
     // No name, email or address of the patient anywhere in the trail.
     let dump: Vec<String> =

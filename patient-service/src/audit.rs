@@ -68,6 +68,25 @@ impl Action {
     }
 }
 
+/// The most of a request header an audit record keeps.
+const MAX_HEADER: usize = 200;
+
+/// An `X-Forwarded-For` chain to keep, at most [`MAX_HEADER`] characters: its right end, where
+/// the hops nearest to this service (the gateway, then any proxy the gateway trusts) wrote
+/// their entries. Entries further left are the least trustworthy; a cut chain starts with `…`.
+fn chain_tail(chain: &str) -> String {
+    const CUT: &str = "…, ";
+    if chain.chars().count() <= MAX_HEADER {
+        return chain.to_owned();
+    }
+    // A header value read as text is visible ASCII: one byte per character.
+    let room = MAX_HEADER - CUT.chars().count();
+    let tail = &chain[chain.len() - room..];
+    // Whole entries only; one entry longer than the room is kept as its end.
+    let tail = tail.split_once(',').map_or(tail, |(_, rest)| rest).trim_start();
+    format!("{CUT}{tail}")
+}
+
 /// The request's side of an audit record, gathered before the handler runs.
 #[derive(Debug, Clone)]
 pub struct AuditContext {
@@ -91,8 +110,8 @@ impl AuditContext {
     /// The context of an audited request, `None` for routes outside the trail.
     fn of(head: &Parts, principal: &Principal) -> Option<Self> {
         let (action, id) = Action::of(&head.method, head.uri.path())?;
-        let header =
-            |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(200).collect::<String>());
+        let text = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+        let header = |name: &str| text(name).map(|v| v.chars().take(MAX_HEADER).collect::<String>());
         let trace_id = header("traceparent").and_then(|t| t.split('-').nth(1).map(str::to_owned)).filter(|t| t.len() == 32);
         Some(Self {
             subject: principal.subject.clone(),
@@ -103,7 +122,7 @@ impl AuditContext {
             request_id: header("x-request-id"),
             trace_id,
             client_address: head.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()),
-            forwarded_for: header("x-forwarded-for"),
+            forwarded_for: text("x-forwarded-for").map(chain_tail),
         })
     }
 
@@ -266,5 +285,16 @@ mod tests {
         assert_eq!(Action::of(&Method::DELETE, "/patients/x"), Some((Action::Delete, Some("x"))));
         assert_eq!(Action::of(&Method::GET, "/patients/x/bill"), Some((Action::BillRead, Some("x"))));
         assert_eq!(Action::of(&Method::GET, "/audit"), None);
+    }
+
+    #[test]
+    fn a_long_forwarding_chain_keeps_its_right_end() {
+        assert_eq!(chain_tail("203.0.113.7, 10.0.0.1"), "203.0.113.7, 10.0.0.1");
+        let spoofed = "198.51.100.1, ".repeat(40) + "203.0.113.7, 10.0.0.1";
+        let kept = chain_tail(&spoofed);
+        assert!(kept.chars().count() <= MAX_HEADER, "{kept}");
+        assert!(kept.starts_with("…, 198.51.100.1, ") && kept.ends_with(", 203.0.113.7, 10.0.0.1"), "{kept}");
+        let one_entry = "x".repeat(300);
+        assert_eq!(chain_tail(&one_entry), format!("…, {}", &one_entry[..197]));
     }
 }

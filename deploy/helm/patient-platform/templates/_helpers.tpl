@@ -41,6 +41,7 @@ gateway:
     ANALYTICS_SERVICE_URL: "http://{{ .Release.Name }}-analytics-service:4002"
     APPOINTMENT_SERVICE_URL: "http://{{ .Release.Name }}-appointment-service:4003"
     RATE_LIMITS: {{ .Values.gateway.rateLimits | quote }}
+    TRUSTED_PROXIES: {{ .Values.gateway.trustedProxies | quote }}
 patient-service:
   port: 4000
   database: patient_service
