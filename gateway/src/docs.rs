@@ -96,9 +96,11 @@ impl Docs {
         if cache.asked.is_some_and(|at| at.elapsed() < FRESH_FOR) {
             return cache.doc.clone();
         }
-        cache.asked = Some(Instant::now());
         let fetches = self.sources.iter().map(|(name, uri)| async move { (*name, self.proxy.fetch_json(uri.clone()).await) });
         let results = tokio::time::timeout(FETCH_DEADLINE, futures::future::join_all(fetches)).await;
+        // Counted once it has ended: a refresh cancelled with its caller (who went away) is
+        // not one, and the next caller asks again.
+        cache.asked = Some(Instant::now());
         let mut parts = Vec::new();
         for (name, result) in results.unwrap_or_default() {
             match result {
@@ -192,7 +194,35 @@ fn problem(description: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_refresh_whose_caller_went_away_does_not_hold_back_the_next_one() {
+        // Services that hang until told to answer.
+        let hang = Arc::new(AtomicBool::new(true));
+        let described = {
+            let hang = hang.clone();
+            move || async move {
+                if hang.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                ([(header::CONTENT_TYPE, "application/json")], r#"{"paths": {"/things": {"get": {"responses": {}}}}}"#)
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        let services = axum::serve(listener, Router::new().route("/openapi.json", get(described)));
+        tokio::spawn(async move { services.await });
+        let proxy = Proxy::new(Duration::from_secs(1), Duration::from_secs(10));
+        let docs = Docs::new(proxy, [("a", &base), ("b", &base), ("c", &base)], "http://kc/realms/r").unwrap();
+
+        assert!(tokio::time::timeout(Duration::from_millis(300), docs.merged()).await.is_err(), "the first caller gives up");
+        hang.store(false, Ordering::SeqCst);
+        let doc = tokio::time::timeout(Duration::from_secs(5), docs.merged()).await.expect("answered");
+        assert!(doc.expect("the next caller's refresh is made").contains("/things"));
+    }
 
     #[test]
     fn paths_schemas_and_tags_of_every_service_with_the_gateways_answers() {
