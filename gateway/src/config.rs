@@ -44,8 +44,8 @@ pub struct Settings {
     /// as in Keycloak's web origins. The default matches the dev realm's `patient-web` client.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "http://localhost:*,http://127.0.0.1:*")]
     pub cors_allowed_origins: Origins,
-    /// Proxies in front of the gateway (e.g. an ingress) whose `X-Forwarded-For`, `-Proto` and
-    /// `-Host` are believed: IP addresses or CIDR ranges, comma-separated. From any other peer
+    /// Proxies in front of the gateway (e.g. an ingress) whose `X-Forwarded-For`, `-Proto`,
+    /// `-Host` and `-Port` are believed: IP addresses or CIDR ranges, comma-separated. From any other peer
     /// the forwarding headers a client wrote are replaced, so backends and the audit trail see
     /// the address the gateway saw. None by default.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
@@ -76,6 +76,7 @@ impl Settings {
         s.patient_service_url = backend.clone();
         s.analytics_service_url = backend.clone();
         s.appointment_service_url = backend;
+        s.trusted_proxies = TrustedProxies::default();
         s
     }
 

@@ -61,17 +61,25 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-/// Headers that tell a backend who the client is or how it came; from a peer that is not a
-/// trusted proxy, those the client wrote are dropped before the gateway sets its own.
-static CLIENT_WRITTEN_FORWARDING: [HeaderName; 7] = [
-    header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-real-ip"),
-];
+
+/// Whether a request header a client wrote claims who the client is or how it came, and is
+/// dropped: headers of that kind the gateway does not write itself always (backends get
+/// `X-Forwarded-*` only), and `X-Forwarded-Host`/`-Port` unless from a trusted proxy. (The
+/// `X-Forwarded-*` the gateway always writes are overwritten anyway.) One pass over the names,
+/// no lookup per header of the list.
+fn is_dropped_claim(name: &HeaderName, trusted: bool) -> bool {
+    match name.as_str() {
+        "forwarded"
+        | "x-real-ip"
+        | "true-client-ip"
+        | "x-client-ip"
+        | "x-cluster-client-ip"
+        | "cf-connecting-ip"
+        | "x-original-forwarded-for" => true,
+        "x-forwarded-host" | "x-forwarded-port" => !trusted,
+        _ => false,
+    }
+}
 
 /// How long an idle upstream connection is kept: shorter than the services' drain on shutdown
 /// (`SHUTDOWN_DRAIN_MS`, 3 s in the chart), so a connection is never reused just as a stopping
@@ -79,7 +87,7 @@ static CLIENT_WRITTEN_FORWARDING: [HeaderName; 7] = [
 /// has already been dropped here.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(2);
 
-/// The peers whose forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`) are
+/// The peers whose forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, `-Port`) are
 /// believed: proxies in front of the gateway, such as an ingress (`TRUSTED_PROXIES`: IP
 /// addresses or CIDR ranges, comma-separated; none by default).
 #[derive(Debug, Clone, Default)]
@@ -96,19 +104,30 @@ impl FromStr for TrustedProxies {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .map(|entry| {
-                entry
-                    .parse::<IpNet>()
-                    .map(|net| net.trunc())
-                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("`{entry}` is neither an IP address nor a CIDR range (e.g. 10.0.0.0/8)"))
-            })
-            .collect::<Result<_, _>>()
-            .map(Self)
+        s.split(',').map(str::trim).filter(|entry| !entry.is_empty()).map(trusted_range).collect::<Result<_, _>>().map(Self)
     }
+}
+
+/// One entry of `TRUSTED_PROXIES`: an address (a range of one) or a range; IPv4-mapped IPv6
+/// taken as IPv4, as peers are compared.
+fn trusted_range(entry: &str) -> Result<IpNet, String> {
+    let net = match entry.parse::<IpNet>() {
+        Ok(net) if net.trunc() != net => {
+            return Err(format!("`{entry}` has bits set past its prefix length: did you mean {}?", net.trunc()))
+        }
+        Ok(net) => net,
+        Err(_) => entry
+            .parse::<IpAddr>()
+            .map(|ip| IpNet::from(ip.to_canonical()))
+            .map_err(|_| format!("`{entry}` is neither an IP address nor a CIDR range (e.g. 10.0.0.0/8)"))?,
+    };
+    Ok(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("at most 32 bits")),
+            None => net,
+        },
+        _ => net,
+    })
 }
 
 /// The caller's end of a connection, worked out once per connection rather than once per
@@ -298,9 +317,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets the forwarding headers. From a trusted proxy, its `X-Forwarded-For` chain is extended
-/// with the proxy's address and the protocol and host it reports are kept; from anyone else,
-/// every forwarding header the client wrote is replaced or dropped.
+/// with the proxy's address and the protocol, host and port it reports are kept; from anyone
+/// else, every forwarding header the client wrote is replaced or dropped ([`is_dropped_claim`]).
 fn set_forwarded(headers: &mut HeaderMap, client: Peer, original_host: Option<HeaderValue>) {
+    // No allocation unless there is something to drop.
+    let dropped: Vec<HeaderName> = headers.keys().filter(|name| is_dropped_claim(name, client.trusted)).cloned().collect();
+    for name in dropped {
+        headers.remove(name);
+    }
     if client.trusted {
         // A prior chain (one or several header lines) that is not visible ASCII is dropped, not extended.
         let prior: Option<Vec<&str>> = headers.get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().ok()).collect();
@@ -321,9 +345,6 @@ fn set_forwarded(headers: &mut HeaderMap, client: Peer, original_host: Option<He
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
     } else {
-        for name in &CLIENT_WRITTEN_FORWARDING {
-            headers.remove(name);
-        }
         headers.insert(X_FORWARDED_FOR.clone(), client.forwarded_for);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         if let Some(host) = original_host {
@@ -405,15 +426,18 @@ mod tests {
             ("x-forwarded-port", "443"),
             ("x-real-ip", "198.51.100.3"),
             ("forwarded", "for=198.51.100.4"),
+            ("true-client-ip", "198.51.100.6"),
+            ("authorization", "Bearer t"),
         ]);
         h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.5"));
         set_forwarded(&mut h, peer("10.1.2.3:5000", "10.1.2.4, 192.168.0.0/16"), None);
         assert_eq!(h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["10.1.2.3"]);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-prefix"], "/api");
-        for dropped in ["x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded"] {
+        for dropped in ["x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded", "true-client-ip"] {
             assert!(!h.contains_key(dropped), "{dropped} kept: {h:?}");
         }
+        assert_eq!(h["authorization"], "Bearer t", "other headers are left alone");
         set_forwarded(&mut h, peer("[::1]:5000", ""), Some(HeaderValue::from_static("example.org")));
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-host"], "example.org", "the Host the client asked for");
@@ -433,12 +457,20 @@ mod tests {
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "clinic.example"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=198.51.100.4"),
+            ("x-real-ip", "198.51.100.3"),
         ]);
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.8"));
         set_forwarded(&mut h, proxy.clone(), Some(HeaderValue::from_static("gateway.internal")));
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 203.0.113.8, 192.168.7.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "clinic.example");
+        assert_eq!(h["x-forwarded-port"], "443");
+        assert!(
+            !h.contains_key("forwarded") && !h.contains_key("x-real-ip"),
+            "never passed on, the gateway does not extend them"
+        );
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_bytes(b"caf\xe9").unwrap());
         set_forwarded(&mut h, peer("10.1.2.4:1", "10.1.2.4"), None);
@@ -456,6 +488,10 @@ mod tests {
         }
         assert!(!"".parse::<TrustedProxies>().unwrap().contains("127.0.0.1".parse().unwrap()));
         assert!("10.1.2.3/40".parse::<TrustedProxies>().unwrap_err().contains("`10.1.2.3/40`"));
+        assert!("10.1.2.3/8".parse::<TrustedProxies>().unwrap_err().contains("did you mean 10.0.0.0/8?"));
+        let mapped: TrustedProxies = "::ffff:10.0.0.0/104, ::ffff:192.168.1.7".parse().unwrap();
+        assert!(mapped.contains("10.9.9.9".parse().unwrap()) && mapped.contains("192.168.1.7".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
         assert!("proxy.internal".parse::<TrustedProxies>().is_err());
         assert!(peer("[::ffff:10.1.2.3]:1", "10.1.2.3").trusted, "an IPv4 peer of a dual-stack listener");
         assert_eq!(peer("[::ffff:10.1.2.3]:1", "").forwarded_for, "10.1.2.3");

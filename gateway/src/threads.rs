@@ -21,8 +21,9 @@ use crate::proxy::{Peer, TrustedProxies};
 /// Serves on `listener`, one thread per router, until `shutdown` resolves; then each thread
 /// shuts down gracefully (no new connections; requests in flight finish), and this resolves
 /// once every thread has ended. A request's head must arrive within `header_read_timeout`
-/// ([`common::server`]); each connection's [`Peer`] is judged against `trusted`. A thread that fails or ends stops the others; the first error is
-/// returned after all have ended. Dropping this future stops the threads too.
+/// ([`common::server`]); each connection's [`Peer`] is judged against `trusted`. A thread that
+/// fails or ends stops the others; the first error is returned after all have ended. Dropping
+/// this future stops the threads too.
 pub async fn serve(
     listener: TcpListener,
     routers: Vec<Router>,

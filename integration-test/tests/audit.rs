@@ -47,10 +47,10 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     assert_eq!(call(&clinician, Method::GET, list).send().await.unwrap().status(), 200);
     assert_eq!(call(&clinician, Method::GET, format!("{one}/bill")).send().await.unwrap().status(), 200);
     // The analyst bypasses the gateway: patient-service refuses and records it.
-    // A long chain presented to the service itself keeps the end nearest to it.
+    // A long chain presented to the service itself, in two header lines, keeps the end nearest to it.
     let direct = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
-    let chain = "198.51.100.1, ".repeat(30) + "192.0.2.1";
-    let refused = call(&analyst, Method::GET, direct).header("x-forwarded-for", chain);
+    let far = "198.51.100.1, ".repeat(29) + "198.51.100.1";
+    let refused = call(&analyst, Method::GET, direct).header("x-forwarded-for", far).header("x-forwarded-for", "192.0.2.1");
     assert_eq!(refused.send().await.unwrap().status(), 403);
     // The admin deletes.
     assert_eq!(call(&admin, Method::DELETE, one.clone()).send().await.unwrap().status(), 204);
@@ -111,7 +111,8 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     assert_eq!(audit(&analyst, format!("patientId={id}")).send().await.unwrap().status(), 403);
     assert_eq!(audit(&clinician, format!("patientId={id}")).send().await.unwrap().status(), 403);
 
-    // Who called from where: the gateway's peer, never what a client claimed.
+    // Who called from where: through the gateway, the address it saw, not what the client
+    // claimed; directly, the service's peer, and the claimed chain's end nearest the service.
     let reads: Vec<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT client_address, forwarded_for FROM audit_log WHERE action = 'patient.read' ORDER BY seq")
             .fetch_all(&patients.db)

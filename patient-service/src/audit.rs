@@ -76,15 +76,20 @@ const MAX_HEADER: usize = 200;
 /// their entries. Entries further left are the least trustworthy; a cut chain starts with `…`.
 fn chain_tail(chain: &str) -> String {
     const CUT: &str = "…, ";
-    if chain.chars().count() <= MAX_HEADER {
+    let length = chain.chars().count();
+    if length <= MAX_HEADER {
         return chain.to_owned();
     }
-    // A header value read as text is visible ASCII: one byte per character.
     let room = MAX_HEADER - CUT.chars().count();
-    let tail = &chain[chain.len() - room..];
-    // Whole entries only; one entry longer than the room is kept as its end.
-    let tail = tail.split_once(',').map_or(tail, |(_, rest)| rest).trim_start();
-    format!("{CUT}{tail}")
+    let (start, _) = chain.char_indices().nth(length - room).expect("within the chain");
+    let (before, tail) = chain.split_at(start);
+    // Whole entries only: the piece of one left at the cut goes, unless the cut fell between
+    // entries; a single entry longer than the room keeps its end.
+    let tail = match before.trim_end().ends_with(',') {
+        true => tail,
+        false => tail.split_once(',').map_or(tail, |(_, rest)| rest),
+    };
+    format!("{CUT}{}", tail.trim_start())
 }
 
 /// The request's side of an audit record, gathered before the handler runs.
@@ -110,8 +115,11 @@ impl AuditContext {
     /// The context of an audited request, `None` for routes outside the trail.
     fn of(head: &Parts, principal: &Principal) -> Option<Self> {
         let (action, id) = Action::of(&head.method, head.uri.path())?;
-        let text = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
-        let header = |name: &str| text(name).map(|v| v.chars().take(MAX_HEADER).collect::<String>());
+        let header = |name: &str| {
+            head.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(MAX_HEADER).collect::<String>())
+        };
+        // A chain may come in several header lines, in order; lines that are not text are left out.
+        let chain: Vec<&str> = head.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
         let trace_id = header("traceparent").and_then(|t| t.split('-').nth(1).map(str::to_owned)).filter(|t| t.len() == 32);
         Some(Self {
             subject: principal.subject.clone(),
@@ -122,7 +130,7 @@ impl AuditContext {
             request_id: header("x-request-id"),
             trace_id,
             client_address: head.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()),
-            forwarded_for: text("x-forwarded-for").map(chain_tail),
+            forwarded_for: (!chain.is_empty()).then(|| chain_tail(&chain.join(", "))),
         })
     }
 
@@ -294,7 +302,17 @@ mod tests {
         let kept = chain_tail(&spoofed);
         assert!(kept.chars().count() <= MAX_HEADER, "{kept}");
         assert!(kept.starts_with("…, 198.51.100.1, ") && kept.ends_with(", 203.0.113.7, 10.0.0.1"), "{kept}");
-        let one_entry = "x".repeat(300);
-        assert_eq!(chain_tail(&one_entry), format!("…, {}", &one_entry[..197]));
+        // One entry longer than the room: its end.
+        let one_entry: String = (0..300).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        assert_eq!(chain_tail(&one_entry), format!("…, {}", &one_entry[300 - 197..]));
+        // A cut that falls just before an entry keeps that entry whole.
+        let (x, y) = ("x".repeat(100), "y".repeat(95));
+        let exact = format!("{}, {x}, {y}", "9".repeat(50));
+        assert_eq!(chain_tail(&exact), format!("…, {x}, {y}"));
+        let inside = format!("{}, 12{x}, {}", "9".repeat(50), &y[1..]);
+        assert_eq!(chain_tail(&inside), format!("…, {}", &y[1..]), "a partial entry is not kept");
+        // Text that is not ASCII is cut at a character.
+        let wide = "é".repeat(300);
+        assert_eq!(chain_tail(&wide), format!("…, {}", "é".repeat(197)));
     }
 }
