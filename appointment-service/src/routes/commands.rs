@@ -93,12 +93,23 @@ async fn book(State(state): State<AppState>, headers: HeaderMap, AppJson(body): 
 }
 
 /// Runs `command` on appointment `raw_id`: version check, transition table, change and event.
+///
+/// Locks are taken in the order every writer takes them — the patient (a booking, a
+/// reschedule; the replica when the patient is deleted), the clinician's schedule, then the
+/// appointment — so no two writers ever wait for each other in a cycle. The appointment's
+/// patient and clinician never change, so they are read before any lock.
 async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderMap, slot: Option<Slot>) -> Result<Response> {
     let id = appointment_id(raw_id)?;
     let expected = if_match(headers)?;
+    let known = repo::get(&state.db, id).await?.ok_or(Error::NotFound)?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+    // A new slot is a booking: not for a deleted patient (whose appointment was under way when
+    // the deletion came, so it was not cancelled).
+    if command == Command::Reschedule && repo::patient_deleted(&mut tx, known.patient_id).await? == Some(true) {
+        return Err(Error::UnknownPatient("the patient was deleted"));
+    }
+    repo::lock_schedule(&mut tx, known.clinician_id).await?;
     let current = repo::lock(&mut tx, id).await?.ok_or(Error::NotFound)?;
-    repo::lock_schedule(&mut tx, current.clinician_id).await?;
     if let Some(expected) = expected.filter(|versions| !versions.contains(&current.version)) {
         return Err(Error::StaleVersion { expected: expected.into_iter().max().unwrap_or_default(), current: current.version });
     }
@@ -141,6 +152,7 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
         (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not BOOKED, or the clinician is booked then (`conflictingAppointmentId`)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` names an older version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The patient was deleted", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 async fn reschedule(

@@ -12,7 +12,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{Datelike, Duration, NaiveDate, Utc};
 use common::{extract::AppQuery, problem::Problem};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -135,7 +135,9 @@ async fn schedule(State(state): State<AppState>, headers: HeaderMap, AppQuery(q)
     let clinician_id = required_id("clinicianId", q.clinician_id.as_deref(), &mut errors);
     let date = match q.date.as_deref() {
         None => Some(Utc::now().date_naive()),
-        Some(raw) => NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok().or_else(|| {
+        // Four-digit years only, as in RFC 3339: chrono also reads signed years of any length,
+        // which would overflow a week's end or fall outside PostgreSQL's range.
+        Some(raw) => NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok().filter(|d| (1..=9999).contains(&d.year())).or_else(|| {
             errors.insert("date".into(), "must be a date like 2027-03-01".into());
             None
         }),

@@ -73,6 +73,12 @@ async fn a_query_waits_for_the_commands_token_and_reports_its_freshness() {
     ] {
         problem(app.client.get(app.url(bad)).send().await.unwrap(), 400).await;
     }
+    // Dates a calendar query cannot mean (chrono reads any number of year digits, signed).
+    let any_day = format!("/appointments/schedule?clinicianId={}", Uuid::new_v4());
+    for date in ["%2B262142-12-31", "-5000-01-01", "0000-01-01", "10000-01-01"] {
+        let resp = app.client.get(app.url(&format!("{any_day}&date={date}&view=week"))).send().await.unwrap();
+        assert_eq!(problem(resp, 400).await["errors"]["date"], "must be a date like 2027-03-01", "{date}");
+    }
 }
 
 #[tokio::test]

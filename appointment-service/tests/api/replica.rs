@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use chrono::Duration as Span;
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, problem, read_topic, tomorrow_at, TestApp};
+use crate::helpers::{eventually, problem, read_topic, rfc3339, tomorrow_at, TestApp};
 
 #[tokio::test]
 async fn a_deleted_patient_loses_future_appointments_and_cannot_book() {
@@ -70,6 +70,42 @@ async fn a_deleted_patient_loses_future_appointments_and_cannot_book() {
         assert_eq!(e.sequence, 2);
         assert!([&first, &second].iter().any(|a| a["id"] == key.as_str()));
     }
+}
+
+#[tokio::test]
+async fn an_appointment_under_way_when_its_patient_is_deleted_cannot_be_moved_into_the_future() {
+    let app = TestApp::spawn().await;
+    let patient = app.known_patient().await;
+    let clinician = Uuid::new_v4();
+    let starts = chrono::Utc::now() + Span::seconds(3);
+    let booked = app.book(patient, clinician, starts, 30).await;
+    assert_eq!(booked.status(), 201);
+    let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let under_way = (starts - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(200);
+    tokio::time::sleep(under_way).await;
+
+    app.publish_patient(patient, "PATIENT_DELETED", 2).await;
+    eventually(Duration::from_secs(30), "the deletion is applied", || async {
+        let deleted: bool =
+            sqlx::query_scalar("SELECT deleted FROM patients WHERE id = $1").bind(patient).fetch_one(&app.db).await.unwrap();
+        deleted.then_some(())
+    })
+    .await;
+    assert_eq!(app.status_of(&id).await, "BOOKED", "under way, so not cancelled");
+
+    let tomorrow = json!({"startsAt": rfc3339(tomorrow_at(9)), "endsAt": rfc3339(tomorrow_at(9) + Span::minutes(30))});
+    let refused = problem(app.command(&id, "reschedule", None, Some(tomorrow)).await, 422).await;
+    assert!(refused["detail"].as_str().unwrap().contains("the patient was deleted"), "{refused}");
+    let (version, still_starts): (i64, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT version, starts_at FROM appointments WHERE id = $1")
+            .bind(Uuid::parse_str(&id).unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((version, still_starts.timestamp()), (1, starts.timestamp()), "nothing changed");
+    assert_eq!(app.events_of(&id).await.len(), 1, "no event but the booking");
+    // What happens to it now is still recorded.
+    assert_eq!(app.command(&id, "check-in", None, None).await.status(), 200);
 }
 
 #[tokio::test]
