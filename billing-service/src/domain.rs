@@ -1,6 +1,6 @@
 //! Validated inputs of the billing API (parse, don't validate).
 
-use common::email::Email;
+use common::{email::Email, name::PersonName};
 use uuid::Uuid;
 
 use crate::Error;
@@ -9,12 +9,9 @@ use crate::Error;
 #[derive(Debug)]
 pub struct NewAccount {
     pub patient_id: Uuid,
-    pub name: String,
+    pub name: PersonName,
     pub email: Email,
 }
-
-/// Maximum length of an account holder's name (same bound as a patient's name).
-const MAX_NAME_CHARS: usize = 100;
 
 pub fn parse_patient_id(raw: &str) -> Result<Uuid, Error> {
     if raw.trim().is_empty() {
@@ -28,15 +25,9 @@ impl TryFrom<proto::billing::BillingRequest> for NewAccount {
 
     fn try_from(req: proto::billing::BillingRequest) -> Result<Self, Error> {
         let patient_id = parse_patient_id(&req.patient_id)?;
-        let name = req.name.trim();
-        if name.is_empty() {
-            return Err(Error::InvalidArgument("name is required".into()));
-        }
-        if name.chars().count() > MAX_NAME_CHARS {
-            return Err(Error::InvalidArgument(format!("name must be at most {MAX_NAME_CHARS} characters")));
-        }
+        let name = PersonName::parse(&req.name).map_err(|e| Error::InvalidArgument(format!("name {e}")))?;
         let email = Email::parse(&req.email).map_err(|e| Error::InvalidArgument(format!("email {e}")))?;
-        Ok(Self { patient_id, name: name.to_owned(), email })
+        Ok(Self { patient_id, name, email })
     }
 }
 
@@ -64,6 +55,7 @@ mod tests {
             (req("not-a-uuid", "Ann", "ann@example.com"), "patientId"),
             (req(&id, " ", "ann@example.com"), "name"),
             (req(&id, &"x".repeat(101), "ann@example.com"), "name"),
+            (req(&id, "Ann\u{0}", "ann@example.com"), "name"),
             (req(&id, "Ann", "nope"), "email"),
         ] {
             match NewAccount::try_from(r) {

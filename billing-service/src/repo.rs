@@ -38,7 +38,7 @@ pub async fn create_or_get(pool: &PgPool, new: &NewAccount) -> anyhow::Result<(A
     )
     .bind(candidate)
     .bind(new.patient_id)
-    .bind(&new.name)
+    .bind(new.name.as_str())
     .bind(new.email.as_str())
     .fetch_one(pool)
     .await

@@ -149,6 +149,7 @@ async fn invalid_requests_get_invalid_argument_and_store_nothing() {
         (BillingRequest { email: "not-an-email".into(), ..request(&id) }, "email"),
         (BillingRequest { email: "".into(), ..request(&id) }, "email"),
         (BillingRequest { name: "  ".into(), ..request(&id) }, "name"),
+        (BillingRequest { name: "Ann\u{0}Example".into(), ..request(&id) }, "name"),
     ];
     for (req, field) in cases {
         let status = client.create_billing_account(req).await.expect_err("must be rejected");

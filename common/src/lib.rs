@@ -12,6 +12,7 @@ pub mod health;
 pub mod kafka;
 pub mod keepalive;
 pub mod metrics;
+pub mod name;
 pub mod openapi;
 #[cfg(feature = "kafka")]
 pub mod outbox;

@@ -24,13 +24,21 @@ struct DemoPatient {
     registered_date: NaiveDate,
 }
 
-/// Inserts the demo patients that are not there yet (by id or email), each with its
-/// `PATIENT_CREATED` outbox event, in one transaction. Returns how many were inserted.
+/// Inserts the demo patients that are not there yet (by id or email) and never were, each with
+/// its `PATIENT_CREATED` outbox event, in one transaction. Returns how many were inserted.
 pub async fn seed(pool: &PgPool) -> anyhow::Result<usize> {
     let demo: Vec<DemoPatient> = serde_json::from_str(DEMO_PATIENTS).context("embedded demo data is invalid")?;
     let mut tx = pool.begin().await.context("failed to begin demo seed")?;
+    // A demo patient with any event in the outbox (its rows are kept, without their payload once
+    // published) has been here: one that was deleted stays deleted, at every restart.
+    let ids: Vec<Uuid> = demo.iter().map(|p| p.id).collect();
+    let known: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT patient_id FROM outbox WHERE patient_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .context("failed to read which demo patients were seeded before")?;
     let mut inserted = 0;
-    for p in demo {
+    for p in demo.into_iter().filter(|p| !known.contains(&p.id)) {
         let row = sqlx::query_as::<_, Patient>(
             r#"
             INSERT INTO patients (id, name, email, address, date_of_birth, registered_date)

@@ -2,34 +2,11 @@
 
 use chrono::NaiveDate;
 
-/// At most this many characters in a name (SPEC §5).
-pub const MAX_NAME_CHARS: usize = 100;
 /// An upper bound on addresses so a single row cannot grow without limit.
 pub const MAX_ADDRESS_CHARS: usize = 500;
 
-/// A trimmed, non-empty name of at most [`MAX_NAME_CHARS`] characters without control characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PatientName(String);
-
-impl PatientName {
-    pub fn parse(raw: &str) -> Result<Self, &'static str> {
-        let s = raw.trim();
-        if s.is_empty() {
-            return Err("is required");
-        }
-        if s.chars().count() > MAX_NAME_CHARS {
-            return Err("must be at most 100 characters");
-        }
-        if s.chars().any(char::is_control) {
-            return Err("must not contain control characters");
-        }
-        Ok(Self(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// A patient's name: the platform's [`common::name::PersonName`].
+pub type PatientName = common::name::PersonName;
 
 /// A trimmed, non-empty postal address of at most [`MAX_ADDRESS_CHARS`] characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,15 +72,6 @@ mod tests {
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()
-    }
-
-    #[test]
-    fn names_are_trimmed_and_bounded() {
-        assert_eq!(PatientName::parse("  Ann  ").unwrap().as_str(), "Ann");
-        assert!(PatientName::parse(&"é".repeat(100)).is_ok(), "100 characters, not bytes");
-        assert!(PatientName::parse(&"é".repeat(101)).is_err());
-        assert!(PatientName::parse("   ").is_err());
-        assert!(PatientName::parse("A\u{0}B").is_err());
     }
 
     #[test]

@@ -63,7 +63,8 @@ impl PatientRequest {
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
 
         let name = PatientName::parse(&text(&self.name));
-        check("name", name.as_ref().map(|_| ()).map_err(|e| *e));
+        let name_msg = name.as_ref().err().map(ToString::to_string);
+        check("name", name_msg.as_deref().map_or(Ok(()), Err));
         let email = Email::parse(&text(&self.email));
         let email_msg = email.as_ref().err().map(ToString::to_string);
         check("email", email_msg.as_deref().map_or(Ok(()), Err));

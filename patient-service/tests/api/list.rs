@@ -87,4 +87,11 @@ async fn demo_data_seeds_the_fifteen_known_patients_once() {
     let inserted = patient_service::demo::seed(&app.db).await.unwrap();
     assert_eq!(inserted, 0, "seeding again is a no-op");
     assert_eq!(app.patient_rows().await, 15);
+
+    // A deleted demo patient is not brought back by the next start's seeding.
+    let john = app.url("/patients/123e4567-e89b-12d3-a456-426614174000");
+    assert_eq!(app.client.delete(&john).send().await.unwrap().status(), 204);
+    assert_eq!(patient_service::demo::seed(&app.db).await.unwrap(), 0);
+    assert_eq!(app.client.get(&john).send().await.unwrap().status(), 404);
+    assert_eq!((app.patient_rows().await, app.outbox_events().await.len()), (14, 16), "no new PATIENT_CREATED");
 }

@@ -1,0 +1,61 @@
+//! A person's name as the platform keeps it, shared by every service that accepts one.
+
+use std::fmt;
+
+/// At most this many characters in a name (SPEC §5).
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// A name that passed [`PersonName::parse`]: trimmed, non-empty, at most [`MAX_NAME_CHARS`]
+/// characters, no control characters (PostgreSQL's text refuses NUL; the others have no place
+/// in a name, a mail header or a log line).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PersonName(String);
+
+/// Why a string is not a [`PersonName`] (client-facing text; holds no part of the input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidName(&'static str);
+
+impl PersonName {
+    pub fn parse(raw: &str) -> Result<Self, InvalidName> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err(InvalidName("is required"));
+        }
+        if s.chars().count() > MAX_NAME_CHARS {
+            return Err(InvalidName("must be at most 100 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidName("must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Personal data: never printed by `{:?}`.
+impl fmt::Debug for PersonName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PersonName(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_bounded_in_characters_and_plain_text() {
+        assert_eq!(PersonName::parse("  Ann  ").unwrap().as_str(), "Ann");
+        assert!(PersonName::parse(&"é".repeat(MAX_NAME_CHARS)).is_ok(), "characters, not bytes");
+        assert_eq!(PersonName::parse(&"é".repeat(MAX_NAME_CHARS + 1)).unwrap_err().to_string(), "must be at most 100 characters");
+        assert_eq!(PersonName::parse("   ").unwrap_err().to_string(), "is required");
+        for control in ["A\u{0}B", "A\u{7}B", "A\nB", "A\u{85}B"] {
+            assert_eq!(PersonName::parse(control).unwrap_err().to_string(), "must not contain control characters", "{control:?}");
+        }
+        assert_eq!(format!("{:?}", PersonName::parse("Ann").unwrap()), "PersonName(<redacted>)");
+    }
+}
