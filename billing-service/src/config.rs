@@ -38,7 +38,51 @@ pub struct Settings {
     /// Limits of the HTTP port (health and metrics only).
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// Limits of the gRPC port.
+    #[command(flatten)]
+    pub grpc: GrpcLimits,
 }
+
+/// How long a call, and a connection, may last on the gRPC port: nothing a client does (or
+/// fails to do) holds a call or a connection for ever.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrpcLimits {
+    /// The most a call may take, its request message included; a call still running then ends
+    /// with CANCELLED. (Callers' own deadlines, `grpc-timeout`, are shorter.)
+    #[arg(long, env = "GRPC_CALL_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub grpc_call_timeout_ms: u64,
+    /// A connection this old is asked to close (GOAWAY): its calls finish and the client
+    /// reconnects, possibly to another replica. One that never started HTTP/2 is closed then.
+    #[arg(long, env = "GRPC_MAX_CONNECTION_AGE_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub grpc_max_connection_age_ms: u64,
+    /// How long the calls of a connection asked to close may still run before it is cut.
+    #[arg(long, env = "GRPC_MAX_CONNECTION_AGE_GRACE_MS", default_value_t = 30_000)]
+    pub grpc_max_connection_age_grace_ms: u64,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        Self { grpc_call_timeout_ms: 30_000, grpc_max_connection_age_ms: 300_000, grpc_max_connection_age_grace_ms: 30_000 }
+    }
+}
+
+impl GrpcLimits {
+    /// A server builder with these limits, and keepalive pings that find a peer gone silent.
+    pub fn server(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(self.grpc_call_timeout_ms))
+            .max_connection_age(Duration::from_millis(self.grpc_max_connection_age_ms))
+            .max_connection_age_grace(Duration::from_millis(self.grpc_max_connection_age_grace_ms))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
+    }
+}
+
+/// A connection quiet this long is pinged; one that does not answer within
+/// [`KEEPALIVE_TIMEOUT`] is closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Settings {
     /// Settings for tests and tools: loopback, OS-chosen ports, the given database and realm.
@@ -54,6 +98,7 @@ impl Settings {
             log: LogArgs::quiet(),
             runtime: RuntimeArgs::default(),
             edge: EdgeArgs::default(),
+            grpc: GrpcLimits::default(),
         }
     }
 

@@ -20,7 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use verifier::{access, grpc::RequireCallerLayer, settings::Auth};
 
-use crate::{config::Settings, consumer::BillingEventHandler, grpc::BillingGrpc, pending, MIGRATOR};
+use crate::{
+    config::{GrpcLimits, Settings},
+    consumer::BillingEventHandler,
+    grpc::BillingGrpc,
+    pending, MIGRATOR,
+};
 
 /// A bound, migrated, not yet serving billing-service.
 pub struct Application {
@@ -32,6 +37,7 @@ pub struct Application {
     auth: Auth,
     pending_window: std::time::Duration,
     edge: EdgeArgs,
+    grpc_limits: GrpcLimits,
 }
 
 impl Application {
@@ -68,7 +74,7 @@ impl Application {
         };
         let auth = settings.oidc.start(metrics.clone()).await?;
         let pending_window = settings.pending_account_window();
-        Ok(Self { grpc, http, pool, consumer, metrics, auth, pending_window, edge: settings.edge })
+        Ok(Self { grpc, http, pool, consumer, metrics, auth, pending_window, edge: settings.edge, grpc_limits: settings.grpc })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -89,7 +95,9 @@ impl Application {
         health.set_serving::<BillingServiceServer<BillingGrpc>>().await;
         let reflection_v1 = reflection().build_v1().context("failed to build reflection v1")?;
         let reflection_v1alpha = reflection().build_v1alpha().context("failed to build reflection v1alpha")?;
-        let grpc = tonic::transport::Server::builder()
+        let grpc = self
+            .grpc_limits
+            .server()
             // One span per call, a child of the caller's (W3C trace context in the metadata).
             .trace_fn(|req| {
                 let trace_id = common::telemetry::trace_id(req.headers()).unwrap_or_default();

@@ -39,9 +39,15 @@ struct TestApp {
 
 impl TestApp {
     async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let url = PgCluster::shared_for_tests().fresh_database("billing").await.unwrap();
         let oidc = OidcArgs::for_issuer(Keycloak::shared_for_tests().issuer(REALM));
-        let app = Application::build(Settings::for_database(&url, oidc)).await.unwrap();
+        let mut settings = Settings::for_database(&url, oidc);
+        tweak(&mut settings);
+        let app = Application::build(settings).await.unwrap();
         let (grpc_port, http_port) = (app.grpc_port(), app.http_port());
         tokio::spawn(app.run_until_stopped(std::future::pending()));
         Self { grpc_port, http_port, db: PgPool::connect(&url).await.unwrap() }
@@ -270,4 +276,41 @@ async fn an_account_moves_pending_voided_active_closed_and_closed_is_final() {
     let unknown = Uuid::new_v4();
     assert_eq!(repo::activate_for_patient(&app.db, unknown, "Bo", "bo@example.com").await.unwrap(), Activation::Opened);
     assert_eq!(app.account_rows().await, 2);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_and_a_call_whose_request_never_comes_is_ended() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+
+    let app = TestApp::spawn_with(|s| {
+        s.grpc.grpc_call_timeout_ms = 1_000;
+        s.grpc.grpc_max_connection_age_ms = 1_500;
+        s.grpc.grpc_max_connection_age_grace_ms = 500;
+    })
+    .await;
+
+    // A client that connects and never speaks HTTP/2.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", app.grpc_port)).await.unwrap();
+    let started = Instant::now();
+    // The server's SETTINGS come at once; then nothing, until the connection is closed.
+    let mut sent = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut sent)).await;
+    assert!(read.is_ok(), "the server never closed the connection (it sent {} bytes)", sent.len());
+    assert!(started.elapsed() >= Duration::from_millis(1_000), "closed after {:?}", started.elapsed());
+
+    // A caller with a valid token whose request message never comes.
+    let token = format!("Bearer {}", Keycloak::shared_for_tests().service_token().await.unwrap());
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(futures::stream::pending::<BillingRequest>());
+    request.metadata_mut().insert("authorization", token.parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/BillingService/CreateBillingAccount");
+    let started = Instant::now();
+    let call =
+        grpc.client_streaming::<_, _, proto::billing::BillingResponse, _>(request, path, tonic_prost::ProstCodec::default());
+    let status = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the call was ended").unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "ended after {:?}", started.elapsed());
+    assert_eq!(app.account_rows().await, 0);
 }
