@@ -45,7 +45,7 @@ pub struct Settings {
 
 /// How long a call, and a connection, may last on the gRPC port: nothing a client does (or
 /// fails to do) holds a call or a connection for ever.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Parser)]
 pub struct GrpcLimits {
     /// The most a call may take, its request message included; a call still running then ends
     /// with CANCELLED. (Callers' own deadlines, `grpc-timeout`, are shorter.)
@@ -62,7 +62,7 @@ pub struct GrpcLimits {
 
 impl Default for GrpcLimits {
     fn default() -> Self {
-        Self { grpc_call_timeout_ms: 30_000, grpc_max_connection_age_ms: 300_000, grpc_max_connection_age_grace_ms: 30_000 }
+        Self::parse_from(["grpc"])
     }
 }
 

@@ -3,7 +3,8 @@
 //! every operation and Keycloak's flows as security schemes; `/api/docs` is Swagger UI (assets
 //! from the `utoipa-swagger-ui` crate) with "Authorize" wired to the realm. Both are public, so
 //! the services are asked at most once per [`FRESH_FOR`] whatever the traffic (one refresh at a
-//! time, both services at once, within [`FETCH_DEADLINE`]); only a complete document is served
+//! time, run to its end even if its caller leaves; the services at once, within
+//! [`FETCH_DEADLINE`]); only a complete document is served
 //! — the last one while a service cannot be asked, 503 before there was any.
 
 use std::{
@@ -20,7 +21,7 @@ use axum::{
 };
 use common::problem::Problem;
 use serde_json::{json, Map, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use utoipa_swagger_ui::{oauth, Config};
 
 use crate::proxy::Proxy;
@@ -92,14 +93,21 @@ impl Docs {
 
     /// The merged document, `None` until every service has described itself once.
     async fn merged(&self) -> Option<Arc<str>> {
-        let mut cache = self.cache.lock().await;
+        let cache = self.cache.clone().lock_owned().await;
         if cache.asked.is_some_and(|at| at.elapsed() < FRESH_FOR) {
             return cache.doc.clone();
         }
+        // The refresh runs to its end, holding the cache, even if this caller goes away: the
+        // callers behind it find it done, and the services are still asked once per period.
+        let docs = self.clone();
+        tokio::spawn(async move { docs.refresh(cache).await }).await.unwrap_or_default()
+    }
+
+    /// Asks every service for its document and merges them; the last complete document stays
+    /// if one cannot answer.
+    async fn refresh(&self, mut cache: OwnedMutexGuard<Cache>) -> Option<Arc<str>> {
         let fetches = self.sources.iter().map(|(name, uri)| async move { (*name, self.proxy.fetch_json(uri.clone()).await) });
         let results = tokio::time::timeout(FETCH_DEADLINE, futures::future::join_all(fetches)).await;
-        // Counted once it has ended: a refresh cancelled with its caller (who went away) is
-        // not one, and the next caller asks again.
         cache.asked = Some(Instant::now());
         let mut parts = Vec::new();
         for (name, result) in results.unwrap_or_default() {
@@ -194,20 +202,20 @@ fn problem(description: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
     #[tokio::test]
-    async fn a_refresh_whose_caller_went_away_does_not_hold_back_the_next_one() {
-        // Services that hang until told to answer.
-        let hang = Arc::new(AtomicBool::new(true));
+    async fn a_refresh_whose_caller_went_away_completes_for_the_callers_behind_it() {
+        // Services that answer once released, counting what they are asked.
+        let (release, released) = tokio::sync::watch::channel(false);
+        let asked = Arc::new(AtomicUsize::new(0));
         let described = {
-            let hang = hang.clone();
+            let asked = asked.clone();
             move || async move {
-                if hang.load(Ordering::SeqCst) {
-                    std::future::pending::<()>().await;
-                }
+                asked.fetch_add(1, Ordering::SeqCst);
+                let _ = released.clone().wait_for(|r| *r).await;
                 ([(header::CONTENT_TYPE, "application/json")], r#"{"paths": {"/things": {"get": {"responses": {}}}}}"#)
             }
         };
@@ -219,9 +227,10 @@ mod tests {
         let docs = Docs::new(proxy, [("a", &base), ("b", &base), ("c", &base)], "http://kc/realms/r").unwrap();
 
         assert!(tokio::time::timeout(Duration::from_millis(300), docs.merged()).await.is_err(), "the first caller gives up");
-        hang.store(false, Ordering::SeqCst);
+        release.send(true).unwrap();
         let doc = tokio::time::timeout(Duration::from_secs(5), docs.merged()).await.expect("answered");
-        assert!(doc.expect("the next caller's refresh is made").contains("/things"));
+        assert!(doc.expect("the refresh the first caller started").contains("/things"));
+        assert_eq!(asked.load(Ordering::SeqCst), 3, "each service asked once");
     }
 
     #[test]

@@ -103,11 +103,10 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
     let expected = if_match(headers)?;
     let known = repo::get(&state.db, id).await?.ok_or(Error::NotFound)?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
-    // A new slot is a booking: not for a deleted patient (whose appointment was under way when
-    // the deletion came, so it was not cancelled).
-    if command == Command::Reschedule && repo::patient_deleted(&mut tx, known.patient_id).await? == Some(true) {
-        return Err(Error::UnknownPatient("the patient was deleted"));
-    }
+    let patient_deleted = match command {
+        Command::Reschedule => repo::patient_deleted(&mut tx, known.patient_id).await? == Some(true),
+        _ => false,
+    };
     repo::lock_schedule(&mut tx, known.clinician_id).await?;
     let current = repo::lock(&mut tx, id).await?.ok_or(Error::NotFound)?;
     if let Some(expected) = expected.filter(|versions| !versions.contains(&current.version)) {
@@ -119,6 +118,12 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
     }
     if command == Command::NoShow && current.starts_at > Utc::now() {
         return Err(Error::NotStarted);
+    }
+    // A new slot is a booking: not for a deleted patient (whose appointment was under way when
+    // the deletion came, so it was not cancelled). After the version and status checks, so a
+    // stale `If-Match` is a 412 and an appointment the deletion cancelled a 409, as ever.
+    if patient_deleted {
+        return Err(Error::UnknownPatient("the patient was deleted"));
     }
     let updated = match repo::change(&mut tx, id, command.target(), slot.as_ref()).await {
         Ok(updated) => updated,

@@ -135,8 +135,8 @@ async fn schedule(State(state): State<AppState>, headers: HeaderMap, AppQuery(q)
     let clinician_id = required_id("clinicianId", q.clinician_id.as_deref(), &mut errors);
     let date = match q.date.as_deref() {
         None => Some(Utc::now().date_naive()),
-        // Four-digit years only, as in RFC 3339: chrono also reads signed years of any length,
-        // which would overflow a week's end or fall outside PostgreSQL's range.
+        // Years 1-9999, as RFC 3339 allows: chrono also reads signed years of any length, which
+        // would overflow a week's end or fall outside PostgreSQL's range.
         Some(raw) => NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok().filter(|d| (1..=9999).contains(&d.year())).or_else(|| {
             errors.insert("date".into(), "must be a date like 2027-03-01".into());
             None

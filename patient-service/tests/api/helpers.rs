@@ -47,9 +47,14 @@ pub struct TestApp {
 type Running = (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>);
 
 /// billing-service on `database_url`, its gRPC API on `port` (0: any free one).
-async fn start_billing(database_url: &str, port: u16) -> (u16, Running) {
+async fn start_billing(
+    database_url: &str,
+    port: u16,
+    tweak: impl FnOnce(&mut billing_service::config::Settings),
+) -> (u16, Running) {
     let mut settings = billing_service::config::Settings::for_database(database_url, oidc());
     settings.grpc_addr.set_port(port);
+    tweak(&mut settings);
     let app = Billing::build(settings).await.unwrap();
     let port = app.grpc_port();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -66,8 +71,16 @@ impl TestApp {
 
     /// Spawns both services; `tweak` adjusts patient-service's settings first.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_with_billing(|_| {}, tweak).await
+    }
+
+    /// Spawns both services, adjusting billing-service's settings and patient-service's first.
+    pub async fn spawn_with_billing(
+        billing_tweak: impl FnOnce(&mut billing_service::config::Settings),
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
         let billing_db_url = PgCluster::shared_for_tests().fresh_database("billing").await.unwrap();
-        let (port, billing) = start_billing(&billing_db_url, 0).await;
+        let (port, billing) = start_billing(&billing_db_url, 0, billing_tweak).await;
         let grpc = format!("http://127.0.0.1:{port}");
         let url = PgCluster::shared_for_tests().fresh_database("patients").await.unwrap();
         let mut settings = Settings::for_database(&url, grpc.clone(), oidc(), service_client());
@@ -96,7 +109,7 @@ impl TestApp {
     /// Starts billing-service again on its old port and database.
     pub async fn restart_billing(&mut self) {
         assert!(self.billing.is_none(), "billing is stopped");
-        self.billing = Some(start_billing(&self.billing_db_url, self.billing_port).await.1);
+        self.billing = Some(start_billing(&self.billing_db_url, self.billing_port, |_| {}).await.1);
     }
 
     /// A series of the service's `/metrics` (every series we read is exported from the start).
