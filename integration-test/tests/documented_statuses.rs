@@ -268,6 +268,18 @@ async fn every_documented_status_is_one_the_platform_gives() {
     send("POST", "/appointments/not-a-uuid/reschedule".into(), to(&starts, &ends), vec![]).await;
     send("POST", format!("/appointments/{first}/reschedule"), big(), vec![]).await;
     send("POST", format!("/appointments/{first}/reschedule"), text(), vec![]).await;
+    // The patient deleted (an appointment under way when that came stays BOOKED and cannot be
+    // moved): the replica marked as a PATIENT_DELETED would, and restored for what follows.
+    let mark_deleted = |deleted: bool| {
+        sqlx::query("UPDATE patients SET deleted = $1 WHERE id = $2")
+            .bind(deleted)
+            .bind(uuid::Uuid::parse_str(&a_id).unwrap())
+            .execute(&appointments.db)
+    };
+    mark_deleted(true).await.unwrap();
+    let (later_starts, later_ends) = slot(16);
+    send("POST", format!("/appointments/{first}/reschedule"), to(&later_starts, &later_ends), vec![]).await;
+    mark_deleted(false).await.unwrap();
     // Each status command: a stale version, an unknown and a malformed id, then done on a
     // BOOKED appointment of its own, then again (its status no longer allows it).
     let commands: Vec<String> = documented
