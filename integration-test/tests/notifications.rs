@@ -1,7 +1,8 @@
 //! notification-service against a real mail server (Mailpit) and real Kafka: exactly one mail per
 //! event when the service is killed mid-stream and its events are delivered again; nothing lost
 //! nor sent twice while the mail server is down; reminders moved by a reschedule, dropped by a
-//! cancellation, and kept across a restart.
+//! cancellation, kept across a restart, held back while catching up on a backlog, and dropped
+//! once held up past the start.
 
 mod support;
 
@@ -217,6 +218,106 @@ async fn reminders_follow_reschedules_and_cancellations_and_survive_a_restart() 
         .unwrap();
     assert_eq!(cancelled, 2, "X's first reminder and Y's");
     second.stop().await;
+}
+
+#[tokio::test]
+async fn a_reminder_found_due_while_catching_up_waits_for_the_rest_of_the_backlog() {
+    use chrono::{Duration as Span, Utc};
+    let mailpit = Mailpit::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let service = spawn_notifications(None, kafka_args(&bootstrap, &topic), &appointments, mailpit.smtp_port(), |s| {
+        quick(s);
+        s.reminder_before_secs = 3_600;
+    })
+    .await;
+    let patient = created(1).remove(0);
+    publish(&bootstrap, &topic, std::slice::from_ref(&patient)).await;
+
+    // Booked ten minutes ago for half an hour from now (its reminder due already), and cancelled
+    // since: the events come late, as after an outage, the cancellation after the booking.
+    let appointment = Uuid::new_v4();
+    let starts = Utc::now() + Span::minutes(30);
+    let late = |mut e: AppointmentEvent, ago: i64| {
+        e.occurred_at = (Utc::now() - Span::minutes(ago)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        e
+    };
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let send = |e: AppointmentEvent| {
+        let producer = producer.clone();
+        let topic = appointments.clone();
+        async move {
+            let payload = e.encode_to_vec();
+            let record = FutureRecord::to(&topic).key(&e.appointment_id).payload(&payload);
+            producer.send(record, Duration::from_secs(10)).await.unwrap();
+        }
+    };
+    send(late(appointment_event(&patient, appointment, 1, "APPOINTMENT_BOOKED", starts), 10)).await;
+    let due: chrono::DateTime<Utc> = eventually(Duration::from_secs(30), "the reminder is scheduled", || async {
+        sqlx::query_scalar("SELECT next_attempt_at FROM mails WHERE kind = 'REMINDER'").fetch_optional(&service.db).await.unwrap()
+    })
+    .await;
+    assert!(due > Utc::now() + Span::seconds(30), "not sent at once: due {due}");
+    send(late(appointment_event(&patient, appointment, 2, "APPOINTMENT_CANCELLED", starts), 5)).await;
+    eventually(Duration::from_secs(30), "the reminder is cancelled", || async {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM mails WHERE kind = 'REMINDER'").fetch_one(&service.db).await.unwrap();
+        (status == "CANCELLED").then_some(())
+    })
+    .await;
+    let got = delivered(&mailpit, std::slice::from_ref(&patient), 3).await;
+    assert_eq!(got[&patient.email], 3, "welcome, booked, cancelled");
+    let subjects: Vec<String> = mails(&mailpit, Some(&patient.email)).await.into_iter().map(|m| m.subject).collect();
+    assert!(!subjects.iter().any(|s| s.contains("Reminder")), "{subjects:?}");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_reminder_held_up_past_the_start_of_its_appointment_is_dropped() {
+    use chrono::{Duration as Span, Utc};
+    let mailpit = Mailpit::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let service = spawn_notifications(None, kafka_args(&bootstrap, &topic), &appointments, mailpit.smtp_port(), |s| {
+        quick(s);
+        s.reminder_before_secs = 3_600;
+        s.sender.sender_retry_max_ms = 2_000;
+    })
+    .await;
+    mailpit.stop();
+    let patient = created(1).remove(0);
+    publish(&bootstrap, &topic, std::slice::from_ref(&patient)).await;
+    // Booked now for a few seconds from now: its reminder is due at once, and the server is down.
+    let starts = Utc::now() + Span::seconds(6);
+    let booked = appointment_event(&patient, Uuid::new_v4(), 1, "APPOINTMENT_BOOKED", starts);
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let payload = booked.encode_to_vec();
+    let record = FutureRecord::to(&appointments).key(&booked.appointment_id).payload(&payload);
+    producer.send(record, Duration::from_secs(10)).await.unwrap();
+    eventually(Duration::from_secs(30), "the reminder was tried", || async {
+        let tried: Option<i32> =
+            sqlx::query_scalar("SELECT attempts FROM mails WHERE kind = 'REMINDER'").fetch_optional(&service.db).await.unwrap();
+        tried.filter(|n| *n >= 1)
+    })
+    .await;
+    tokio::time::sleep((starts - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1)).await;
+
+    // The server is back after the start: the welcome and the confirmation go, the reminder not.
+    mailpit.restart().unwrap();
+    let status: String = eventually(Duration::from_secs(90), "the reminder is settled", || async {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM mails WHERE kind = 'REMINDER'").fetch_one(&service.db).await.unwrap();
+        (status != "PENDING" && status != "SENDING").then_some(status)
+    })
+    .await;
+    assert_eq!(status, "CANCELLED");
+    let got = delivered(&mailpit, std::slice::from_ref(&patient), 2).await;
+    assert_eq!(got[&patient.email], 2, "welcome and booked");
+    let subjects: Vec<String> = mails(&mailpit, Some(&patient.email)).await.into_iter().map(|m| m.subject).collect();
+    assert!(!subjects.iter().any(|s| s.contains("Reminder")), "{subjects:?}");
+    service.stop().await;
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@
 //!   PATIENT_DELETED: contact scrubbed, unsent mails cancelled.
 //! - APPOINTMENT_BOOKED / _RESCHEDULED / _CANCELLED: a confirmation, keyed by the event id; a
 //!   booked appointment gets a reminder `REMINDER_BEFORE_SECS` ahead (at once when that is past,
-//!   none once it started), replaced by a reschedule and cancelled by any other change.
+//!   none once it started), replaced by a reschedule and cancelled by any other change. A
+//!   reminder due at once by a booking consumed late (catching up after an outage) waits a
+//!   minute, when the start leaves room, for a cancellation further on in the backlog.
 //!   A cancellation because the patient was deleted mails nobody.
 //! - Events from before the service's first start (less `MAIL_BACKFILL_SECS`: a new consumer
 //!   group replays history) keep contacts and reminders current but mail nothing else.
@@ -117,6 +119,12 @@ impl RecordHandler for Notifier {
     }
 }
 
+/// An event older than this when consumed means the consumer is catching up on a backlog.
+const BEHIND: chrono::Duration = chrono::Duration::seconds(10);
+/// How long a reminder found due while catching up waits, so that later events of its
+/// appointment still in the backlog are consumed first.
+const CATCH_UP_SETTLE: chrono::Duration = chrono::Duration::seconds(60);
+
 impl Notifier {
     /// Whether an event is recent enough to mail about.
     fn recent(&self, occurred_at: DateTime<Utc>) -> bool {
@@ -165,7 +173,14 @@ impl Notifier {
             mails::record(&mut tx, &key, kind, change.patient_id, Some(about), now).await.context("failed to record the mail")?;
         }
         if change.status == "BOOKED" && about.starts_at > now {
-            let due = (about.starts_at - self.reminder_before).max(now);
+            let mut due = (about.starts_at - self.reminder_before).max(now);
+            if now - change.occurred_at > BEHIND && about.starts_at - now > CATCH_UP_SETTLE * 2 {
+                // Catching up on a backlog (after an outage, say): a cancellation or a move of
+                // this appointment may still be behind this event (same key, same partition). A
+                // reminder due now waits for it when the start leaves room; closer to the start,
+                // it goes now. (Event age is read from the producer's clock: skew shifts it.)
+                due = due.max(now + CATCH_UP_SETTLE);
+            }
             mails::schedule_reminder(&mut tx, change.patient_id, about, due).await.context("failed to schedule the reminder")?;
         } else {
             // Cancelled, checked in, finished, or already started: no reminder (any more).

@@ -3,7 +3,8 @@
 //! - Claims due mails (marked SENDING with a lease, `FOR UPDATE SKIP LOCKED`: replicas share the
 //!   work), renders each with the patient's current contact, sends it, marks it SENT.
 //! - SMTP down or refusing for now: the mail goes back to PENDING, due again after a backoff that
-//!   doubles per attempt (capped); nothing is dropped. A permanent refusal (5xx) or an address
+//!   doubles per attempt (capped); nothing is dropped but a reminder whose appointment has
+//!   started meanwhile (CANCELLED). A permanent refusal (5xx) or an address
 //!   that cannot be a mailbox is FAILED.
 //! - A claim is renewed right before its mail is sent and the outcome is recorded only for that
 //!   same claim (its attempt number): a mail cancelled meanwhile, or taken over by another sender
@@ -154,6 +155,11 @@ impl Sender {
 
     async fn attempt(&self, mail: &Claimed) -> anyhow::Result<Outcome> {
         let kind = Kind::parse(&mail.kind).context("unknown mail kind in the queue")?;
+        // A reminder is for before its appointment: one held up past the start (the mail server
+        // down, the patient not known yet) is dropped.
+        if kind == Kind::Reminder && mail.starts_at.is_some_and(|starts| starts <= Utc::now()) {
+            return Ok(Outcome::Cancelled);
+        }
         let (name, email) = match mails::contact(&self.db, mail.patient_id).await? {
             Some(Some(contact)) => contact,
             Some(None) => return Ok(Outcome::Cancelled),
