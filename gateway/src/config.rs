@@ -6,7 +6,7 @@ use clap::Parser;
 use common::{runtime::RuntimeArgs, shutdown::DrainArgs, telemetry::LogArgs};
 use verifier::settings::OidcArgs;
 
-use crate::{cors::Origins, limit::LimitSpec, proxy::TrustedProxies};
+use crate::{cors::Origins, forwarded::TrustedProxies, limit::LimitSpec};
 
 /// More server threads than this is a typo, not a setting.
 pub const MAX_SERVER_THREADS: u16 = 256;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod cors;
 pub mod docs;
 pub mod error;
+pub mod forwarded;
 pub mod limit;
 pub mod metrics;
 pub mod pipeline;

@@ -19,9 +19,10 @@ use verifier::{
 };
 
 use crate::{
+    forwarded::Peer,
     limit::{Decision, Limiter},
     metrics::{ALLOWED, FORBIDDEN, NOT_ROUTED, RATE_LIMITED, UNAUTHENTICATED, UPSTREAM_FAILURES},
-    proxy::{new_traceparent, Peer, Proxy, API_PREFIX, TRACEPARENT, TRACESTATE, X_REQUEST_ID},
+    proxy::{new_traceparent, Proxy, API_PREFIX, TRACEPARENT, TRACESTATE, X_REQUEST_ID},
     Error,
 };
 

@@ -13,10 +13,11 @@ use verifier::settings::Auth;
 use crate::{
     config::Settings,
     docs::Docs,
+    forwarded::TrustedProxies,
     limit::Limiter,
     metrics as gw_metrics,
     pipeline::{self, Gateway},
-    proxy::{Proxy, TrustedProxies},
+    proxy::Proxy,
 };
 
 /// How often buckets of clients gone quiet are forgotten.

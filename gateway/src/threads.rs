@@ -16,7 +16,7 @@ use tokio::{
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::proxy::{Peer, TrustedProxies};
+use crate::forwarded::{Peer, TrustedProxies};
 
 /// Serves on `listener`, one thread per router, until `shutdown` resolves; then each thread
 /// shuts down gracefully (no new connections; requests in flight finish), and this resolves

@@ -123,6 +123,14 @@ async fn killed_mid_stream_and_fed_the_same_events_again_it_mails_each_patient_o
 }
 
 /// An appointment event of `patient`.
+/// Produces one appointment event to `topic`, keyed by its appointment.
+async fn produce(bootstrap: &str, topic: &str, event: &AppointmentEvent) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let payload = event.encode_to_vec();
+    let record = FutureRecord::to(topic).key(&event.appointment_id).payload(&payload);
+    producer.send(record, Duration::from_secs(10)).await.unwrap();
+}
+
 fn appointment_event(
     patient: &PatientEvent,
     appointment: Uuid,
@@ -243,23 +251,15 @@ async fn a_reminder_found_due_while_catching_up_waits_for_the_rest_of_the_backlo
         e.occurred_at = (Utc::now() - Span::minutes(ago)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         e
     };
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-    let send = |e: AppointmentEvent| {
-        let producer = producer.clone();
-        let topic = appointments.clone();
-        async move {
-            let payload = e.encode_to_vec();
-            let record = FutureRecord::to(&topic).key(&e.appointment_id).payload(&payload);
-            producer.send(record, Duration::from_secs(10)).await.unwrap();
-        }
-    };
-    send(late(appointment_event(&patient, appointment, 1, "APPOINTMENT_BOOKED", starts), 10)).await;
+    let booked = late(appointment_event(&patient, appointment, 1, "APPOINTMENT_BOOKED", starts), 10);
+    produce(&bootstrap, &appointments, &booked).await;
     let due: chrono::DateTime<Utc> = eventually(Duration::from_secs(30), "the reminder is scheduled", || async {
         sqlx::query_scalar("SELECT next_attempt_at FROM mails WHERE kind = 'REMINDER'").fetch_optional(&service.db).await.unwrap()
     })
     .await;
     assert!(due > Utc::now() + Span::seconds(30), "not sent at once: due {due}");
-    send(late(appointment_event(&patient, appointment, 2, "APPOINTMENT_CANCELLED", starts), 5)).await;
+    let cancelled = late(appointment_event(&patient, appointment, 2, "APPOINTMENT_CANCELLED", starts), 5);
+    produce(&bootstrap, &appointments, &cancelled).await;
     eventually(Duration::from_secs(30), "the reminder is cancelled", || async {
         let status: String =
             sqlx::query_scalar("SELECT status FROM mails WHERE kind = 'REMINDER'").fetch_one(&service.db).await.unwrap();
@@ -289,13 +289,10 @@ async fn a_reminder_held_up_past_the_start_of_its_appointment_is_dropped() {
     mailpit.stop();
     let patient = created(1).remove(0);
     publish(&bootstrap, &topic, std::slice::from_ref(&patient)).await;
-    // Booked now for a few seconds from now: its reminder is due at once, and the server is down.
-    let starts = Utc::now() + Span::seconds(6);
-    let booked = appointment_event(&patient, Uuid::new_v4(), 1, "APPOINTMENT_BOOKED", starts);
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-    let payload = booked.encode_to_vec();
-    let record = FutureRecord::to(&appointments).key(&booked.appointment_id).payload(&payload);
-    producer.send(record, Duration::from_secs(10)).await.unwrap();
+    // Booked now for a little later (room for the event to arrive first): its reminder is due
+    // at once, and the server is down.
+    let starts = Utc::now() + Span::seconds(15);
+    produce(&bootstrap, &appointments, &appointment_event(&patient, Uuid::new_v4(), 1, "APPOINTMENT_BOOKED", starts)).await;
     eventually(Duration::from_secs(30), "the reminder was tried", || async {
         let tried: Option<i32> =
             sqlx::query_scalar("SELECT attempts FROM mails WHERE kind = 'REMINDER'").fetch_optional(&service.db).await.unwrap();

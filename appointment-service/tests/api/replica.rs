@@ -78,7 +78,7 @@ async fn an_appointment_under_way_when_its_patient_is_deleted_cannot_be_moved_in
     let patient = app.known_patient().await;
     let clinician = Uuid::new_v4();
     // Room for the booking to arrive while still in the future (times are sent in whole seconds).
-    let starts = chrono::Utc::now() + Span::seconds(5);
+    let starts = chrono::Utc::now() + Span::seconds(10);
     let booked = app.book(patient, clinician, starts, 30).await;
     assert_eq!(booked.status(), 201);
     let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
