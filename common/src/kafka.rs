@@ -137,15 +137,18 @@ impl KafkaArgs {
     }
 
     /// An idempotent producer (acks=all, ordered retries), so a retry never duplicates or
-    /// reorders records within a partition.
-    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
-        Ok(ClientConfig::new()
+    /// reorders records within a partition; it replaces itself after a fatal error (see
+    /// [`EventProducer`]).
+    pub fn producer(&self) -> anyhow::Result<EventProducer> {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.kafka_bootstrap_servers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", self.kafka_delivery_timeout_ms.to_string())
-            .set("linger.ms", "5")
-            .create()?)
+            .set("linger.ms", "5");
+        let current = config.create()?;
+        Ok(EventProducer { config, current: std::sync::Arc::new(std::sync::Mutex::new(current)) })
     }
 
     /// A consumer of `group` on the events topic that stores offsets only when told to (see
@@ -433,6 +436,47 @@ fn commit_on_exit(consumer: &EventConsumer) -> anyhow::Result<()> {
     }
 }
 
+/// An idempotent producer that outlives a fatal error of its client.
+///
+/// librdkafka raises a fatal error on an idempotent producer whose state can no longer be trusted
+/// (e.g. the broker lost acknowledged records, or a sequence gap); from then on every send fails at
+/// once, for the life of the client. After a failed send, [`EventProducer::renew_if_fatal`] swaps
+/// in a new client (a new producer id): records not acknowledged are sent again by their caller,
+/// which the consumers' de-duplication on the event id absorbs.
+#[derive(Clone)]
+pub struct EventProducer {
+    config: ClientConfig,
+    current: std::sync::Arc<std::sync::Mutex<FutureProducer>>,
+}
+
+impl EventProducer {
+    /// The client in use (a cheap handle).
+    pub fn current(&self) -> FutureProducer {
+        self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the client when it has failed fatally; true if it did. When a new client cannot
+    /// be created, the old one stays and the next failed send tries again.
+    pub fn renew_if_fatal(&self) -> bool {
+        use rdkafka::producer::Producer as _;
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((code, _)) = current.client().fatal_error() else { return false };
+        match self.config.create() {
+            Ok(renewed) => {
+                let failed = std::mem::replace(&mut *current, renewed);
+                // Dropping a client purges and joins its threads (blocking): not on this one.
+                std::thread::spawn(move || drop(failed));
+                tracing::error!(error = ?code, "the Kafka producer failed fatally and was replaced; unacknowledged records are sent again");
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = ?code, renewal = %err, "the Kafka producer failed fatally and could not be replaced yet");
+                false
+            }
+        }
+    }
+}
+
 /// The dead-letter topic of `topic`.
 pub fn dead_letter_topic_of(topic: &str) -> String {
     format!("{topic}.DLT")
@@ -443,7 +487,7 @@ pub fn dead_letter_topic_of(topic: &str) -> String {
 /// the database rejects them (a data or constraint error: the same record would fail every time).
 /// Anything else (database down) is the caller's to retry in place: nothing is skipped.
 pub struct DeadLetters {
-    pub producer: FutureProducer,
+    pub producer: EventProducer,
     /// The consumer group, named in the `dlt-group` header.
     pub group: String,
     /// Tries of a record the database rejects before it is dead-lettered.
@@ -498,10 +542,12 @@ impl DeadLetters {
         if let Some(key) = record.key() {
             out = out.key(key);
         }
-        self.producer
-            .send(out, Duration::from_secs(10))
-            .await
-            .map_err(|(err, _)| anyhow::Error::new(err).context("dead-letter publish failed"))?;
+        let sent = self.producer.current().send(out, Duration::from_secs(10)).await;
+        if let Err((err, _)) = sent {
+            // The caller retries the record, on a new client if this one failed for good.
+            self.producer.renew_if_fatal();
+            return Err(anyhow::Error::new(err).context("dead-letter publish failed"));
+        }
         self.metrics.inc(self.series);
         Ok(())
     }

@@ -112,10 +112,17 @@ impl RelayArgs {
     }
 }
 
+/// One relay transaction's outcome.
+#[derive(Default)]
+struct Batch {
+    sent: usize,
+    failure: Option<anyhow::Error>,
+}
+
 pub struct Relay {
     pub outbox: Outbox,
     pub db: PgPool,
-    pub producer: FutureProducer,
+    pub producer: crate::kafka::EventProducer,
     pub topic: String,
     pub batch_size: i64,
     pub idle_poll: Duration,
@@ -125,18 +132,32 @@ pub struct Relay {
 
 impl Relay {
     /// Publishes until `stop`, then flushes the producer.
+    ///
+    /// A batch that published something is followed by the next at once, even when some of its
+    /// events failed (they are retried there): one event the broker keeps refusing does not slow
+    /// every other aggregate's. A batch that published nothing backs off (250 ms doubling to 10 s).
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(250);
         while !stop.is_cancelled() {
-            let wait = match self.publish_batch().await {
-                Ok(0) => self.idle_poll,
-                Ok(sent) => {
-                    tracing::debug!(sent, "outbox batch published");
-                    backoff = Duration::from_millis(250);
-                    continue;
+            let failure = match self.publish_batch().await {
+                Ok(batch) => {
+                    if let Some(err) = &batch.failure {
+                        tracing::warn!(error = %format!("{err:#}"), sent = batch.sent, "outbox relay: events not acknowledged; they wait in the outbox");
+                        self.producer.renew_if_fatal();
+                    }
+                    if batch.sent > 0 {
+                        tracing::debug!(sent = batch.sent, "outbox batch published");
+                        backoff = Duration::from_millis(250);
+                        continue;
+                    }
+                    batch.failure
                 }
-                Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), retry_in_ms = backoff.as_millis() as u64, "outbox relay: publishing failed; events wait in the outbox");
+                Err(err) => Some(err),
+            };
+            let wait = match failure {
+                None => self.idle_poll,
+                Some(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), retry_in_ms = backoff.as_millis() as u64, "outbox relay: nothing published; trying again");
                     let wait = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     wait
@@ -147,7 +168,7 @@ impl Relay {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        let producer = self.producer.clone();
+        let producer = self.producer.current();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
             .await
             .context("producer flush panicked")?
@@ -156,9 +177,10 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes one batch; returns how many rows were marked sent.
+    /// Publishes one batch: how many rows were marked sent, and the first failure of those that
+    /// were not (an `Err` when the database failed: nothing was marked).
     #[tracing::instrument(skip_all, fields(rows))]
-    async fn publish_batch(&self) -> anyhow::Result<usize> {
+    async fn publish_batch(&self) -> anyhow::Result<Batch> {
         let mut tx = self.db.begin().await.context("failed to begin relay transaction")?;
         let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(self.outbox.lock_key)
@@ -166,16 +188,17 @@ impl Relay {
             .await
             .context("failed to take the relay lock")?;
         if !leader {
-            return Ok(0);
+            return Ok(Batch::default());
         }
         let rows = self.outbox.claim(&mut tx, self.batch_size).await.context("failed to claim outbox rows")?;
         tracing::Span::current().record("rows", rows.len());
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Batch::default());
         }
 
         // Enqueue the whole batch, then collect acknowledgements in order.
-        let deliveries: Vec<_> = rows.iter().map(|row| (row.id, self.send(row))).collect();
+        let producer = self.producer.current();
+        let deliveries: Vec<_> = rows.iter().map(|row| (row.id, self.send(&producer, row))).collect();
         let mut acked = Vec::with_capacity(rows.len());
         let mut failure = None;
         for (id, delivery) in deliveries {
@@ -204,13 +227,11 @@ impl Relay {
         tx.commit().await.context("failed to commit relay transaction")?;
         self.metrics.add("outbox_events_total{result=\"published\"}", acked.len() as u64);
         self.metrics.add("outbox_events_total{result=\"failed\"}", (rows.len() - acked.len()) as u64);
-        match failure {
-            Some(err) => Err(err.context(format!("{} of {} events published", acked.len(), rows.len()))),
-            None => Ok(acked.len()),
-        }
+        let failure = failure.map(|err| err.context(format!("{} of {} events published", acked.len(), rows.len())));
+        Ok(Batch { sent: acked.len(), failure })
     }
 
-    fn send(&self, row: &OutboxRow) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    fn send(&self, producer: &FutureProducer, row: &OutboxRow) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
         let key = row.key.to_string();
         let event_id = row.event_id.to_string();
         let mut headers = OwnedHeaders::new().insert(Header { key: "event-id", value: Some(event_id.as_str()) });
@@ -225,6 +246,6 @@ impl Relay {
             headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_str()) });
         }
         let record = FutureRecord::to(&self.topic).key(&key).payload(&row.payload).headers(headers);
-        self.producer.send_result(record).map_err(|(err, _)| anyhow::Error::new(err).context("producer queue refused the event"))
+        producer.send_result(record).map_err(|(err, _)| anyhow::Error::new(err).context("producer queue refused the event"))
     }
 }

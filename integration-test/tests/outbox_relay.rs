@@ -1,0 +1,143 @@
+//! The outbox relay and the dead-letter writer when the broker refuses: one event it keeps refusing
+//! does not hold up the others, and a producer that failed fatally is replaced instead of failing
+//! every send until a restart.
+
+// The one unsafe call is librdkafka's own fault injection (`rd_kafka_test_fatal_error`).
+#![allow(unsafe_code)]
+
+mod support;
+
+use std::time::Duration;
+
+use common::{
+    kafka::{dead_letter_topic_of, KafkaArgs},
+    metrics::Registry,
+    outbox::RelayArgs,
+};
+use dev_stack::kafka::Kafka;
+use rdkafka::{message::OwnedMessage, producer::Producer as _, Message, Timestamp};
+use support::*;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn broker() -> String {
+    Kafka::shared_for_tests().bootstrap_servers()
+}
+
+/// Makes librdkafka treat `producer` as failed for good, as after a broker lost acknowledged
+/// records: from here on its every send fails at once.
+fn fail_fatally(producer: &rdkafka::producer::FutureProducer) {
+    use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+    // SAFETY: the client pointer is valid while `producer` lives (borrowed for this call); the
+    // reason is a NUL-terminated static string; librdkafka copies what it keeps.
+    let err = unsafe {
+        rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            c"injected by the test".as_ptr(),
+        )
+    };
+    assert_eq!(err, rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert!(producer.client().fatal_error().is_some());
+}
+
+/// An unsent outbox row of `patient` with these payload bytes.
+async fn insert_event(db: impl sqlx::PgExecutor<'_>, patient: Uuid, payload: &[u8]) {
+    sqlx::query("INSERT INTO outbox (event_id, patient_id, event_type, payload) VALUES ($1, $2, 'PATIENT_CREATED', $3)")
+        .bind(Uuid::new_v4())
+        .bind(patient)
+        .bind(payload)
+        .execute(db)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_event_the_broker_keeps_refusing_does_not_hold_up_the_others() {
+    let topic = unique_topic();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    // Small batches, so the other events take many batches, each with the refused one in it.
+    let patients = spawn_patients_with(&grpc, kafka_args(&broker(), &topic), |s| {
+        s.relay = RelayArgs { outbox_batch_size: 10, outbox_poll_ms: 50 };
+    })
+    .await;
+
+    // Over the producer's 1 MB message limit: refused every time it is tried. It is the oldest
+    // row, so every batch claims it first.
+    let stuck = Uuid::new_v4();
+    let mut tx = patients.db.begin().await.unwrap();
+    insert_event(&mut *tx, stuck, &vec![7u8; 2_000_000]).await;
+    let others: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+    for id in &others {
+        insert_event(&mut *tx, *id, b"x").await;
+    }
+    tx.commit().await.unwrap();
+
+    // Ten batches of nine: at once when a batch that published something is followed at once;
+    // over a minute when every batch that also failed backs off (250 ms doubling to 10 s).
+    let records = read_records(&broker(), &topic, others.len(), Duration::from_secs(20)).await;
+    let mut keys: Vec<String> = records.iter().map(key).collect();
+    keys.sort();
+    let mut expected: Vec<String> = others.iter().map(Uuid::to_string).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "every other patient's event, once each");
+
+    let unsent: Vec<Uuid> =
+        sqlx::query_scalar("SELECT patient_id FROM outbox WHERE sent_at IS NULL").fetch_all(&patients.db).await.unwrap();
+    assert_eq!(unsent, [stuck], "only the refused event waits, never marked sent");
+}
+
+#[tokio::test]
+async fn the_relay_replaces_a_producer_that_failed_fatally() {
+    let topic = unique_topic();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    // The service's own relay is off; this test runs one on its database, holding its producer.
+    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
+    let relay = RelayArgs::eager()
+        .relay(patient_service::outbox::OUTBOX, &patients.db, &kafka_args(&broker(), &topic), &Registry::new())
+        .unwrap()
+        .expect("Kafka enabled");
+    let producer = relay.producer.clone();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    insert_event(&patients.db, first, b"first").await;
+    read_records(&broker(), &topic, 1, Duration::from_secs(30)).await;
+
+    fail_fatally(&producer.current());
+    insert_event(&patients.db, second, b"second").await;
+    let records = read_records(&broker(), &topic, 2, Duration::from_secs(30)).await;
+    assert_eq!(records.iter().map(key).collect::<Vec<_>>(), [first.to_string(), second.to_string()]);
+    assert!(producer.current().client().fatal_error().is_none(), "a new client took over");
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_dead_letter_writer_replaces_a_producer_that_failed_fatally() {
+    let topic = unique_topic();
+    let metrics = Registry::new();
+    let dead_letters = kafka_args(&broker(), &topic).dead_letters("relay-test", metrics.clone(), "dead_lettered_total").unwrap();
+    let record = OwnedMessage::new(
+        Some(b"undecodable".to_vec()),
+        Some(b"key-1".to_vec()),
+        topic.clone(),
+        Timestamp::NotAvailable,
+        0,
+        41,
+        None,
+    );
+
+    fail_fatally(&dead_letters.producer.current());
+    assert!(dead_letters.send(&record, "cannot be decoded").await.is_err(), "the failed client refuses");
+    // The consumer loop retries the record in place; the next try goes out on a new client.
+    dead_letters.send(&record, "cannot be decoded").await.expect("sent on a new client");
+
+    let dead = read_records(&broker(), &dead_letter_topic_of(&topic), 1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload(), Some(&b"undecodable"[..]));
+    assert_eq!(common::kafka::header(&dead[0], "dlt-original-offset"), Some("41"));
+    assert_eq!(metrics.get("dead_lettered_total"), 1);
+}
