@@ -24,6 +24,9 @@ pub struct Mailpit {
     dir: PathBuf,
     /// The process of an ephemeral instance, while it runs.
     pid: Mutex<Option<u32>>,
+    /// Whether its SMTP errors can be injected (`PUT /api/v1/chaos`): ephemeral instances, for
+    /// tests of a server refusing.
+    chaos: bool,
 }
 
 impl Mailpit {
@@ -34,6 +37,7 @@ impl Mailpit {
             http_port: net::free_port()?,
             dir: process::fresh_test_dir(TEST_DIR_PREFIX),
             pid: Mutex::new(None),
+            chaos: true,
         };
         mailpit.restart()?;
         Ok(mailpit)
@@ -57,7 +61,7 @@ impl Mailpit {
 
     /// The dev stack's Mailpit, detached, its files and pid in `dir`; reused when it runs.
     pub fn start_persistent(dir: &Path, smtp_port: u16, http_port: u16) -> anyhow::Result<Self> {
-        let mailpit = Self { smtp_port, http_port, dir: dir.to_path_buf(), pid: Mutex::new(None) };
+        let mailpit = Self { smtp_port, http_port, dir: dir.to_path_buf(), pid: Mutex::new(None), chaos: false };
         if read_pid(dir).is_some() {
             return Ok(mailpit);
         }
@@ -97,6 +101,7 @@ impl Mailpit {
             .arg(self.dir.join("mailpit.db"))
             // Keep every message a test or a developer may look for.
             .args(["--max", "100000"])
+            .args(self.chaos.then_some("--enable-chaos"))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

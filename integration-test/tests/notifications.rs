@@ -44,6 +44,16 @@ async fn publish(bootstrap: &str, topic: &str, events: &[PatientEvent]) {
     }
 }
 
+/// The same, each record stamped `written` (a producer's clock, as the broker keeps it).
+async fn publish_written(bootstrap: &str, topic: &str, events: &[PatientEvent], written: chrono::DateTime<chrono::Utc>) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    for e in events {
+        let payload = e.encode_to_vec();
+        let record = FutureRecord::to(topic).key(&e.patient_id).payload(&payload).timestamp(written.timestamp_millis());
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+}
+
 /// Mails per recipient among `events`' patients, once the server holds at least `at_least`.
 async fn delivered(mailpit: &Mailpit, events: &[PatientEvent], at_least: usize) -> HashMap<String, usize> {
     eventually(Duration::from_secs(60), "the mails arrive", || async {
@@ -381,5 +391,92 @@ async fn a_replay_of_history_from_before_the_first_start_greets_nobody_but_a_lat
     late[0].occurred_at = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
     publish(&bootstrap, &topic, &late).await;
     assert_eq!(delivered(&mailpit, &late, 1).await.len(), 1, "the late event is mailed");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_event_that_does_not_say_when_it_happened_is_dated_by_its_record() {
+    let mailpit = Mailpit::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    // A producer that sets fields 1-4 only (no occurredAt): one patient written to the topic two
+    // days before the service's first start, one written now.
+    let old = created(1);
+    let new = created(1);
+    publish_written(&bootstrap, &topic, &old, chrono::Utc::now() - chrono::Duration::days(2)).await;
+    let service = spawn_notifications(None, kafka_args(&bootstrap, &topic), &appointments, mailpit.smtp_port(), quick).await;
+    publish(&bootstrap, &topic, &new).await;
+
+    // Both consumed (and known, for their appointments' mails), then the mails settle.
+    eventually(Duration::from_secs(60), "both patients are known", || async {
+        let known: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts").fetch_one(&service.db).await.unwrap();
+        (known == 2).then_some(())
+    })
+    .await;
+    let all = [old.clone(), new.clone()].concat();
+    let per = delivered(&mailpit, &all, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(delivered(&mailpit, &all, 1).await, per);
+    assert_eq!(per.keys().collect::<Vec<_>>(), [&new[0].email], "only the patient written now is greeted");
+    service.stop().await;
+}
+
+/// Makes the mail server refuse: `sender` on MAIL FROM, `recipient` on RCPT TO (a reply code,
+/// every time), or neither.
+async fn refuse(mailpit: &Mailpit, sender: Option<u16>, recipient: Option<u16>) {
+    let trigger = |code: Option<u16>| serde_json::json!({ "ErrorCode": code.unwrap_or(451), "Probability": if code.is_some() { 100 } else { 0 } });
+    let resp = reqwest::Client::new()
+        .put(format!("{}/api/v1/chaos", mailpit.http_url()))
+        .json(&serde_json::json!({ "Sender": trigger(sender), "Recipient": trigger(recipient) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+}
+
+#[tokio::test]
+async fn a_server_refusing_this_service_keeps_the_mails_and_one_refusing_the_recipient_fails_its_mail() {
+    let mailpit = Mailpit::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let service = spawn_notifications(None, kafka_args(&bootstrap, &topic), &appointments, mailpit.smtp_port(), quick).await;
+
+    // "530 authentication required" (the credentials rotated, say): the operator's to fix.
+    refuse(&mailpit, Some(530), None).await;
+    let waiting = created(2);
+    publish(&bootstrap, &topic, &waiting).await;
+    eventually(Duration::from_secs(60), "both mails were refused twice and wait", || async {
+        let rows: Vec<(String, i32, Option<String>)> =
+            sqlx::query_as("SELECT status, attempts, last_error FROM mails").fetch_all(&service.db).await.unwrap();
+        let waiting = |(status, attempts, error): &(String, i32, Option<String>)| {
+            status != "FAILED" && *attempts >= 2 && error.as_deref() == Some("the mail server refuses this service")
+        };
+        (rows.len() == 2 && rows.iter().all(waiting)).then_some(())
+    })
+    .await;
+    assert!(mails(&mailpit, None).await.is_empty());
+
+    // Fixed: both go, once each.
+    refuse(&mailpit, None, None).await;
+    let per = delivered(&mailpit, &waiting, 2).await;
+    assert!(per.values().all(|n| *n == 1), "{per:?}");
+
+    // "550 mailbox unavailable": that mail is refused for good, and only that one.
+    refuse(&mailpit, None, Some(550)).await;
+    let refused = created(1);
+    publish(&bootstrap, &topic, &refused).await;
+    let status: String = eventually(Duration::from_secs(60), "the refused mail is settled", || async {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM mails WHERE patient_id = $1")
+            .bind(Uuid::parse_str(&refused[0].patient_id).unwrap())
+            .fetch_optional(&service.db)
+            .await
+            .unwrap();
+        status.filter(|s| s != "PENDING" && s != "SENDING")
+    })
+    .await;
+    assert_eq!(status, "FAILED");
+    assert!(mails(&mailpit, Some(&refused[0].email)).await.is_empty());
     service.stop().await;
 }

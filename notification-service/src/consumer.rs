@@ -11,7 +11,8 @@
 //!   minute, when the start leaves room, for a cancellation further on in the backlog.
 //!   A cancellation because the patient was deleted mails nobody.
 //! - Events from before the service's first start (less `MAIL_BACKFILL_SECS`: a new consumer
-//!   group replays history) keep contacts and reminders current but mail nothing else.
+//!   group replays history) keep contacts and reminders current but mail nothing else; a patient
+//!   event without `occurredAt` is dated by its record's timestamp.
 //! - Undecodable records go to their topic's dead-letter topic; a redelivered record records
 //!   nothing new.
 
@@ -37,7 +38,8 @@ pub struct Notifier {
 
 /// A patient event, as far as mails care (no `Debug`: it holds a name and an email).
 enum PatientChange {
-    /// `occurred_at`: None from producers that do not set it (taken as new).
+    /// `occurred_at`: from the event, else when its record was written (a producer that sets
+    /// fields 1–4 only); None only when neither says (taken as new).
     Known {
         patient_id: Uuid,
         name: String,
@@ -52,7 +54,12 @@ enum PatientChange {
     },
 }
 
-fn parse_patient(payload: &[u8]) -> Result<PatientChange, &'static str> {
+/// When a record was written (its Kafka timestamp), for events that do not say when they happened.
+fn written_at(record: &OwnedMessage) -> Option<DateTime<Utc>> {
+    record.timestamp().to_millis().and_then(DateTime::from_timestamp_millis)
+}
+
+fn parse_patient(payload: &[u8], written_at: Option<DateTime<Utc>>) -> Result<PatientChange, &'static str> {
     let e = PatientEvent::decode(payload).map_err(|_| "not a PatientEvent")?;
     let patient_id = common::extract::canonical_uuid(&e.patient_id).ok_or("patientId is not a UUID")?;
     let sequence = i64::try_from(e.sequence).map_err(|_| "sequence out of range")?;
@@ -63,7 +70,7 @@ fn parse_patient(payload: &[u8]) -> Result<PatientChange, &'static str> {
             email: e.email,
             sequence,
             created: e.event_type == event_type::PATIENT_CREATED,
-            occurred_at: DateTime::parse_from_rfc3339(&e.occurred_at).ok().map(|t| t.with_timezone(&Utc)),
+            occurred_at: DateTime::parse_from_rfc3339(&e.occurred_at).ok().map(|t| t.with_timezone(&Utc)).or(written_at),
         },
         event_type::PATIENT_DELETED => PatientChange::Deleted { patient_id, sequence },
         _ => return Err("unknown event_type"),
@@ -111,7 +118,7 @@ impl RecordHandler for Notifier {
                 Err(reason) => self.dead_letters.send(record, reason).await,
             }
         } else {
-            match parse_patient(payload) {
+            match parse_patient(payload, written_at(record)) {
                 Ok(change) => self.dead_letters.apply_or_dead_letter(record, || self.on_patient(&change)).await,
                 Err(reason) => self.dead_letters.send(record, reason).await,
             }

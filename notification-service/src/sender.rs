@@ -4,8 +4,9 @@
 //!   work), renders each with the patient's current contact, sends it, marks it SENT.
 //! - SMTP down or refusing for now: the mail goes back to PENDING, due again after a backoff that
 //!   doubles per attempt (capped); nothing is dropped but a reminder whose appointment has
-//!   started meanwhile (CANCELLED). A permanent refusal (5xx) or an address
-//!   that cannot be a mailbox is FAILED.
+//!   started meanwhile (CANCELLED). A permanent refusal of the mail itself (501, 550–555) or an
+//!   address that cannot be a mailbox is FAILED; a server refusing this service (authentication,
+//!   protocol: any other 5xx) is retried like an outage, so fixing the credentials loses nothing.
 //! - A claim is renewed right before its mail is sent and the outcome is recorded only for that
 //!   same claim (its attempt number): a mail cancelled meanwhile, or taken over by another sender
 //!   after a lease ran out, is not sent (or recorded) by this one.
@@ -193,9 +194,40 @@ impl Sender {
         let bound = self.smtp_timeout.min(Duration::from_millis(self.args.sender_lease_ms) / 2);
         Ok(match tokio::time::timeout(bound, self.smtp.send(message)).await {
             Ok(Ok(_)) => Outcome::Sent,
-            Ok(Err(err)) if err.is_permanent() => Outcome::Failed("the mail server refused the mail permanently"),
+            Ok(Err(err)) if err.status().map(u16::from).is_some_and(refuses_the_mail) => {
+                Outcome::Failed("the mail server refused the mail permanently")
+            }
+            Ok(Err(err)) if err.is_permanent() => {
+                let code = err.status().map(u16::from);
+                tracing::error!(mail_id = %mail.id, code, "the mail server refuses this service (authentication or protocol): mails wait until that is fixed");
+                self.retry(mail, "the mail server refuses this service")
+            }
             Ok(Err(_)) => self.retry(mail, "the mail server is unavailable"),
             Err(_) => self.retry(mail, "the mail server did not answer in time"),
         })
+    }
+}
+
+/// Whether a permanent (5xx) reply refuses the mail itself: its recipient, sender address or
+/// content (501 bad address syntax, 550–555 mailbox unavailable, not local, storage exceeded,
+/// name not allowed, transaction failed, parameters refused). Any other 5xx refuses this service's
+/// session (500/502–504 protocol, 530/534/535/538 authentication or encryption required): the
+/// operator's to fix, and the mail waits for it rather than being lost.
+fn refuses_the_mail(code: u16) -> bool {
+    matches!(code, 501 | 550..=555)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_the_mail;
+
+    #[test]
+    fn only_refusals_of_the_mail_itself_fail_it() {
+        for code in [501, 550, 551, 552, 553, 554, 555] {
+            assert!(refuses_the_mail(code), "{code} refuses the mail");
+        }
+        for code in [500, 502, 503, 504, 530, 534, 535, 538, 421, 450, 451, 452] {
+            assert!(!refuses_the_mail(code), "{code} leaves the mail to be retried");
+        }
     }
 }
