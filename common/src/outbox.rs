@@ -19,6 +19,7 @@ use crate::metrics::Registry;
 
 use anyhow::Context;
 use rdkafka::{
+    error::{KafkaError, KafkaResult},
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
 };
@@ -117,6 +118,23 @@ impl RelayArgs {
 struct Batch {
     sent: usize,
     failure: Option<anyhow::Error>,
+    /// Every failure was the broker (or the producer) refusing an event itself, not an outage.
+    refused_only: bool,
+}
+
+/// The wait after a batch whose only failures were refused events (see [`Relay::run`]).
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether the broker or the producer refuses this record itself (it would refuse it every time),
+/// as opposed to being unreachable.
+fn refuses_the_record(err: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{
+        InvalidMessage, InvalidMessageSize, InvalidRecord, MessageSizeTooLarge, PolicyViolation,
+    };
+    matches!(
+        err.rdkafka_error_code(),
+        Some(MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | PolicyViolation)
+    )
 }
 
 pub struct Relay {
@@ -134,12 +152,14 @@ impl Relay {
     /// Publishes until `stop`, then flushes the producer.
     ///
     /// A batch that published something is followed by the next at once, even when some of its
-    /// events failed (they are retried there): one event the broker keeps refusing does not slow
-    /// every other aggregate's. A batch that published nothing backs off (250 ms doubling to 10 s).
+    /// events failed (they are retried there). A batch that published nothing backs off: 250 ms
+    /// doubling to 10 s when the broker is away, but a steady 1 s when it only refused events
+    /// themselves (too large, say): an event the broker keeps refusing (it waits, with its
+    /// aggregate's later ones) delays every other aggregate's by at most that second.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(250);
         while !stop.is_cancelled() {
-            let failure = match self.publish_batch().await {
+            let (failure, refused_only) = match self.publish_batch().await {
                 Ok(batch) => {
                     if let Some(err) = &batch.failure {
                         tracing::warn!(error = %format!("{err:#}"), sent = batch.sent, "outbox relay: events not acknowledged; they wait in the outbox");
@@ -150,12 +170,13 @@ impl Relay {
                         backoff = Duration::from_millis(250);
                         continue;
                     }
-                    batch.failure
+                    (batch.failure, batch.refused_only)
                 }
-                Err(err) => Some(err),
+                Err(err) => (Some(err), false),
             };
             let wait = match failure {
                 None => self.idle_poll,
+                Some(_) if refused_only => REFUSED_RETRY,
                 Some(err) => {
                     tracing::warn!(error = %format!("{err:#}"), retry_in_ms = backoff.as_millis() as u64, "outbox relay: nothing published; trying again");
                     let wait = backoff;
@@ -200,20 +221,24 @@ impl Relay {
         let producer = self.producer.current();
         let deliveries: Vec<_> = rows.iter().map(|row| (row.id, self.send(&producer, row))).collect();
         let mut acked = Vec::with_capacity(rows.len());
-        let mut failure = None;
+        let (mut failure, mut refused_only) = (None, true);
+        let mut failed = |err: anyhow::Error, refused: bool| {
+            refused_only &= refused;
+            failure.get_or_insert(err);
+        };
         for (id, delivery) in deliveries {
             match delivery {
                 Ok(future) => match future.await {
                     Ok(Ok(_)) => acked.push(id),
                     Ok(Err((err, _))) => {
-                        failure.get_or_insert_with(|| anyhow::Error::new(err).context("broker did not acknowledge"));
+                        let refused = refuses_the_record(&err);
+                        failed(anyhow::Error::new(err).context("broker did not acknowledge"), refused);
                     }
-                    Err(_) => {
-                        failure.get_or_insert_with(|| anyhow::anyhow!("delivery report lost"));
-                    }
+                    Err(_) => failed(anyhow::anyhow!("delivery report lost"), false),
                 },
                 Err(err) => {
-                    failure.get_or_insert(err);
+                    let refused = refuses_the_record(&err);
+                    failed(anyhow::Error::new(err).context("producer queue refused the event"), refused);
                 }
             }
         }
@@ -228,10 +253,10 @@ impl Relay {
         self.metrics.add("outbox_events_total{result=\"published\"}", acked.len() as u64);
         self.metrics.add("outbox_events_total{result=\"failed\"}", (rows.len() - acked.len()) as u64);
         let failure = failure.map(|err| err.context(format!("{} of {} events published", acked.len(), rows.len())));
-        Ok(Batch { sent: acked.len(), failure })
+        Ok(Batch { sent: acked.len(), refused_only: failure.is_some() && refused_only, failure })
     }
 
-    fn send(&self, producer: &FutureProducer, row: &OutboxRow) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    fn send(&self, producer: &FutureProducer, row: &OutboxRow) -> KafkaResult<rdkafka::producer::DeliveryFuture> {
         let key = row.key.to_string();
         let event_id = row.event_id.to_string();
         let mut headers = OwnedHeaders::new().insert(Header { key: "event-id", value: Some(event_id.as_str()) });
@@ -246,6 +271,6 @@ impl Relay {
             headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_str()) });
         }
         let record = FutureRecord::to(&self.topic).key(&key).payload(&row.payload).headers(headers);
-        producer.send_result(record).map_err(|(err, _)| anyhow::Error::new(err).context("producer queue refused the event"))
+        producer.send_result(record).map_err(|(err, _)| err)
     }
 }

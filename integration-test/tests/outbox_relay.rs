@@ -82,9 +82,28 @@ async fn an_event_the_broker_keeps_refusing_does_not_hold_up_the_others() {
     expected.sort();
     assert_eq!(keys, expected, "every other patient's event, once each");
 
-    let unsent: Vec<Uuid> =
-        sqlx::query_scalar("SELECT patient_id FROM outbox WHERE sent_at IS NULL").fetch_all(&patients.db).await.unwrap();
-    assert_eq!(unsent, [stuck], "only the refused event waits, never marked sent");
+    // (A record can be read before the relay's commit marks it sent.)
+    eventually(Duration::from_secs(20), "only the refused event waits, never marked sent", || async {
+        let unsent: Vec<Uuid> =
+            sqlx::query_scalar("SELECT patient_id FROM outbox WHERE sent_at IS NULL").fetch_all(&patients.db).await.unwrap();
+        (unsent == [stuck]).then_some(())
+    })
+    .await;
+
+    // Alone, it is tried again every second (a refusal, not an outage): eight more tries take
+    // about 8 s, where a backoff doubling from 250 ms would take 25 s.
+    let before = failed_publishes(patients.port).await;
+    eventually(Duration::from_secs(20), "eight more tries of the refused event", || async {
+        (failed_publishes(patients.port).await >= before + 8).then_some(())
+    })
+    .await;
+}
+
+/// The relay's `outbox_events_total{result="failed"}`.
+async fn failed_publishes(port: u16) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("outbox_events_total{result=\"failed\"}")).expect("the series is exported");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test]
@@ -101,14 +120,17 @@ async fn the_relay_replaces_a_producer_that_failed_fatally() {
     let stop = CancellationToken::new();
     let running = tokio::spawn(relay.run(stop.clone()));
 
-    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-    insert_event(&patients.db, first, b"first").await;
+    // One patient's two events, on either side of the failure: in order on its partition.
+    let patient = Uuid::new_v4();
+    insert_event(&patients.db, patient, b"first").await;
     read_records(&broker(), &topic, 1, Duration::from_secs(30)).await;
 
     fail_fatally(&producer.current());
-    insert_event(&patients.db, second, b"second").await;
+    insert_event(&patients.db, patient, b"second").await;
     let records = read_records(&broker(), &topic, 2, Duration::from_secs(30)).await;
-    assert_eq!(records.iter().map(key).collect::<Vec<_>>(), [first.to_string(), second.to_string()]);
+    let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload().unwrap()).collect();
+    assert_eq!(payloads, [&b"first"[..], &b"second"[..]]);
+    assert!(records.iter().all(|r| key(r) == patient.to_string()));
     assert!(producer.current().client().fatal_error().is_none(), "a new client took over");
 
     stop.cancel();
@@ -119,7 +141,11 @@ async fn the_relay_replaces_a_producer_that_failed_fatally() {
 async fn the_dead_letter_writer_replaces_a_producer_that_failed_fatally() {
     let topic = unique_topic();
     let metrics = Registry::new();
-    let dead_letters = kafka_args(&broker(), &topic).dead_letters("relay-test", metrics.clone(), "dead_lettered_total").unwrap();
+    // The topics exist first and the new client has room to start on a loaded machine.
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_delivery_timeout_ms = 30_000;
+    args.ensure_topics(&[&topic, &dead_letter_topic_of(&topic)]).await;
+    let dead_letters = args.dead_letters("relay-test", metrics.clone(), "dead_lettered_total").unwrap();
     let record = OwnedMessage::new(
         Some(b"undecodable".to_vec()),
         Some(b"key-1".to_vec()),

@@ -4,9 +4,10 @@
 //!   work), renders each with the patient's current contact, sends it, marks it SENT.
 //! - SMTP down or refusing for now: the mail goes back to PENDING, due again after a backoff that
 //!   doubles per attempt (capped); nothing is dropped but a reminder whose appointment has
-//!   started meanwhile (CANCELLED). A permanent refusal of the mail itself (501, 550–555) or an
-//!   address that cannot be a mailbox is FAILED; a server refusing this service (authentication,
-//!   protocol: any other 5xx) is retried like an outage, so fixing the credentials loses nothing.
+//!   started meanwhile (CANCELLED). A permanent refusal of the mail itself (its recipient, mailbox,
+//!   size or content: see `refuses_the_mail`) or an address that cannot be a mailbox is FAILED; a
+//!   server refusing this service (authentication, relaying, protocol) is retried like an outage
+//!   and logged as an error, so fixing the credentials loses nothing.
 //! - A claim is renewed right before its mail is sent and the outcome is recorded only for that
 //!   same claim (its attempt number): a mail cancelled meanwhile, or taken over by another sender
 //!   after a lease ran out, is not sent (or recorded) by this one.
@@ -194,7 +195,7 @@ impl Sender {
         let bound = self.smtp_timeout.min(Duration::from_millis(self.args.sender_lease_ms) / 2);
         Ok(match tokio::time::timeout(bound, self.smtp.send(message)).await {
             Ok(Ok(_)) => Outcome::Sent,
-            Ok(Err(err)) if err.status().map(u16::from).is_some_and(refuses_the_mail) => {
+            Ok(Err(err)) if err.status().is_some_and(|code| refuses_the_mail(code.into(), &reply_text(&err))) => {
                 Outcome::Failed("the mail server refused the mail permanently")
             }
             Ok(Err(err)) if err.is_permanent() => {
@@ -208,13 +209,41 @@ impl Sender {
     }
 }
 
-/// Whether a permanent (5xx) reply refuses the mail itself: its recipient, sender address or
-/// content (501 bad address syntax, 550–555 mailbox unavailable, not local, storage exceeded,
-/// name not allowed, transaction failed, parameters refused). Any other 5xx refuses this service's
-/// session (500/502–504 protocol, 530/534/535/538 authentication or encryption required): the
-/// operator's to fix, and the mail waits for it rather than being lost.
-fn refuses_the_mail(code: u16) -> bool {
-    matches!(code, 501 | 550..=555)
+/// The server's reply text of an SMTP error (never logged: it may echo an address).
+fn reply_text(err: &lettre::transport::smtp::Error) -> String {
+    std::error::Error::source(err).map(ToString::to_string).unwrap_or_default()
+}
+
+/// Whether a permanent (5xx) reply refuses the mail itself rather than this service's session.
+///
+/// The enhanced status code (RFC 3463) at the start of the reply decides when the server sends
+/// one: the recipient's address (5.1.x, but 5.1.7/5.1.8 name our sender), their mailbox (5.2.x),
+/// the message's size (5.3.4) or content (5.6.x) fail the mail; anything else (5.5.x protocol,
+/// 5.7.x authentication, relaying, policy, 5.0/5.3/5.4 the server or routing) is the operator's
+/// to fix, and the mail waits for it rather than being lost. Without one, the reply code alone:
+/// 550–553, 555, 556 refuse a mailbox or address; 500–504, 530–538 and 554 (also said at the
+/// greeting: no service for us) do not.
+fn refuses_the_mail(code: u16, reply: &str) -> bool {
+    match enhanced_status(reply) {
+        Some((class, subject, detail)) => {
+            class == 5
+                && match subject {
+                    1 => !matches!(detail, 7 | 8),
+                    2 | 6 => true,
+                    3 => detail == 4,
+                    _ => false,
+                }
+        }
+        None => matches!(code, 550..=553 | 555 | 556),
+    }
+}
+
+/// `class.subject.detail` at the start of a reply (e.g. `5.1.1 User unknown`).
+fn enhanced_status(reply: &str) -> Option<(u16, u16, u16)> {
+    let mut parts = reply.split_whitespace().next()?.split('.');
+    let mut next = || parts.next()?.parse::<u16>().ok();
+    let status = (next()?, next()?, next()?);
+    (parts.next().is_none() && matches!(status.0, 2 | 4 | 5)).then_some(status)
 }
 
 #[cfg(test)]
@@ -223,11 +252,32 @@ mod tests {
 
     #[test]
     fn only_refusals_of_the_mail_itself_fail_it() {
-        for code in [501, 550, 551, 552, 553, 554, 555] {
-            assert!(refuses_the_mail(code), "{code} refuses the mail");
+        // Without an enhanced status: the reply code.
+        for code in [550, 551, 552, 553, 555, 556] {
+            assert!(refuses_the_mail(code, "Chaos recipient error"), "{code} refuses the mail");
         }
-        for code in [500, 502, 503, 504, 530, 534, 535, 538, 421, 450, 451, 452] {
-            assert!(!refuses_the_mail(code), "{code} leaves the mail to be retried");
+        for code in [500, 501, 502, 503, 504, 530, 534, 535, 538, 554] {
+            assert!(!refuses_the_mail(code, "Authentication required"), "{code} leaves the mail to be retried");
         }
+        // With one: it decides, whatever the code.
+        for reply in ["5.1.1 User unknown", "5.1.10 Null MX", "5.2.2 Mailbox full", "5.3.4 Message too big", "5.6.0 Bad content"]
+        {
+            assert!(refuses_the_mail(550, reply), "{reply}");
+        }
+        for reply in [
+            "5.7.1 Relay access denied",
+            "5.7.8 Authentication credentials invalid",
+            "5.1.7 Bad sender address",
+            "5.5.2 Syntax error",
+            "5.0.0 Service unavailable",
+            "5.4.4 Unable to route",
+        ] {
+            assert!(!refuses_the_mail(550, reply), "{reply}");
+        }
+        assert!(!refuses_the_mail(554, "5.7.1 Client host rejected"));
+        assert!(refuses_the_mail(554, "5.1.1 Recipient rejected"));
+        // Not a status: the code decides.
+        assert!(refuses_the_mail(550, "5.1 is not a status"));
+        assert!(!refuses_the_mail(554, "mail.example.org no SMTP service here"));
     }
 }
