@@ -299,10 +299,6 @@ async fn a_patients_events_out_of_order_on_the_topic_still_end_in_the_right_stat
     assert_eq!(s["registrationsPerMonth"], json!({"2025-02": 2}));
 }
 
-async fn metrics_text(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
-}
-
 #[tokio::test]
 async fn deleting_a_patient_closes_its_billing_account() {
     let topic = unique_topic();

@@ -37,11 +37,7 @@ fn created(n: usize) -> Vec<PatientEvent> {
 }
 
 async fn publish(bootstrap: &str, topic: &str, events: &[PatientEvent]) {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    for e in events {
-        let payload = e.encode_to_vec();
-        producer.send(FutureRecord::to(topic).key(&e.patient_id).payload(&payload), Duration::from_secs(10)).await.unwrap();
-    }
+    publish_written(bootstrap, topic, events, chrono::Utc::now()).await;
 }
 
 /// The same, each record stamped `written` (a producer's clock, as the broker keeps it).
@@ -68,6 +64,14 @@ async fn delivered(mailpit: &Mailpit, events: &[PatientEvent], at_least: usize) 
         })
     })
     .await
+}
+
+/// `patient` got exactly `n` mails (`which`), none of them a reminder.
+async fn mailed_without_a_reminder(mailpit: &Mailpit, patient: &PatientEvent, n: usize, which: &str) {
+    let got = delivered(mailpit, std::slice::from_ref(patient), n).await;
+    assert_eq!(got[&patient.email], n, "{which}");
+    let subjects: Vec<String> = mails(mailpit, Some(&patient.email)).await.into_iter().map(|m| m.subject).collect();
+    assert!(!subjects.iter().any(|s| s.contains("Reminder")), "{subjects:?}");
 }
 
 /// Short leases, so a mail claimed by a killed instance is soon due again.
@@ -276,10 +280,7 @@ async fn a_reminder_found_due_while_catching_up_waits_for_the_rest_of_the_backlo
         (status == "CANCELLED").then_some(())
     })
     .await;
-    let got = delivered(&mailpit, std::slice::from_ref(&patient), 3).await;
-    assert_eq!(got[&patient.email], 3, "welcome, booked, cancelled");
-    let subjects: Vec<String> = mails(&mailpit, Some(&patient.email)).await.into_iter().map(|m| m.subject).collect();
-    assert!(!subjects.iter().any(|s| s.contains("Reminder")), "{subjects:?}");
+    mailed_without_a_reminder(&mailpit, &patient, 3, "welcome, booked, cancelled").await;
     service.stop().await;
 }
 
@@ -320,10 +321,7 @@ async fn a_reminder_held_up_past_the_start_of_its_appointment_is_dropped() {
     })
     .await;
     assert_eq!(status, "CANCELLED");
-    let got = delivered(&mailpit, std::slice::from_ref(&patient), 2).await;
-    assert_eq!(got[&patient.email], 2, "welcome and booked");
-    let subjects: Vec<String> = mails(&mailpit, Some(&patient.email)).await.into_iter().map(|m| m.subject).collect();
-    assert!(!subjects.iter().any(|s| s.contains("Reminder")), "{subjects:?}");
+    mailed_without_a_reminder(&mailpit, &patient, 2, "welcome and booked").await;
     service.stop().await;
 }
 

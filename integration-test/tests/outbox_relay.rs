@@ -101,7 +101,7 @@ async fn an_event_the_broker_keeps_refusing_does_not_hold_up_the_others() {
 
 /// The relay's `outbox_events_total{result="failed"}`.
 async fn failed_publishes(port: u16) -> u64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let text = metrics_text(port).await;
     let line = text.lines().find(|l| l.starts_with("outbox_events_total{result=\"failed\"}")).expect("the series is exported");
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }

@@ -307,6 +307,11 @@ fn topic_not_there_yet(err: &rdkafka::error::KafkaError) -> bool {
     matches!(err.rdkafka_error_code(), Some(UnknownTopicOrPartition | UnknownTopic))
 }
 
+/// A service's `/metrics` text.
+pub async fn metrics_text(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
+}
+
 /// Produces one raw record and waits for the broker's acknowledgement.
 pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
