@@ -6,22 +6,31 @@
 ARG BUILDER_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${BUILDER_IMAGE} AS build
-ARG SERVICE
 WORKDIR /src
 COPY . .
-# The caches are shared by the six builds compose runs at once: one at a time (cargo's own
-# lock lives outside them), each reusing what the others compiled.
+# All six services in one build, whichever one this image is for: the stage is the same for the
+# six, so `docker compose build` compiles the workspace once and each image takes its binary
+# from it (no per-service build re-resolving features and re-linking the shared crates).
+# The caches are shared with any other build of this recipe: one at a time (cargo's own lock
+# lives outside them), each reusing what the others compiled.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p "${SERVICE}" --bin "${SERVICE}" \
-    && cp "target/release/${SERVICE}" /service
+    cargo build --release --locked --bins \
+        -p billing-service -p patient-service -p analytics-service \
+        -p appointment-service -p notification-service -p gateway \
+    && mkdir /services \
+    && for service in billing-service patient-service analytics-service \
+        appointment-service notification-service gateway; do \
+        cp "target/release/${service}" /services/; \
+    done
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home app
-COPY --from=build /service /usr/local/bin/service
+ARG SERVICE
+COPY --from=build /services/${SERVICE} /usr/local/bin/service
 USER 10001
 ENV LOG_JSON=true
 ENTRYPOINT ["/usr/local/bin/service"]
