@@ -221,7 +221,13 @@ impl Keycloak {
 
     /// A token of a dev user of the platform realm through the public client (direct grant is
     /// on in the dev realm only).
+    ///
+    /// One login at a time from this process: with brute-force detection on (as in the realm),
+    /// Keycloak refuses a login of a user while another of the same user is under way
+    /// (`user_temporarily_disabled`), and tests running side by side log in the same dev users.
     pub async fn user_token(&self, (user, password): (&str, &str)) -> anyhow::Result<String> {
+        static ONE_LOGIN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = ONE_LOGIN_AT_A_TIME.lock().await;
         let form = [("grant_type", "password"), ("client_id", "patient-web"), ("username", user), ("password", password)];
         self.token(REALM, &form).await
     }

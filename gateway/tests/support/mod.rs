@@ -38,8 +38,7 @@ pub async fn service_token(kc: &Keycloak) -> String {
 
 /// Access token of a dev user through the public client (direct grant, dev realm only).
 pub async fn user_token(kc: &Keycloak, user: &str, password: &str) -> String {
-    let form = [("grant_type", "password"), ("client_id", "patient-web"), ("username", user), ("password", password)];
-    kc.token(REALM, &form).await.unwrap()
+    kc.user_token((user, password)).await.unwrap()
 }
 
 /// A token of the master realm's admin, for the Admin REST API.
