@@ -1,10 +1,18 @@
 //! CORS for the browser clients (SPEC §13): origins from configuration, written as Keycloak
 //! writes a client's web origins (`http://localhost:*` allows any port). Preflight requests are
-//! answered here, without a token, and never reach a backend.
+//! answered here, without a token, and never reach a backend. An `OPTIONS` that is no preflight
+//! meets the routes like any other method (405 with `Allow`, or 404).
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    str::FromStr,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response};
+use futures::future::Either;
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::limit::{RATELIMIT, RATELIMIT_POLICY};
@@ -48,32 +56,88 @@ impl Origins {
     }
 
     /// The layer answering preflights and adding `Access-Control-*` to responses.
-    pub fn layer(&self) -> CorsLayer {
+    pub fn layer(&self) -> Cors {
         let origins = self.clone();
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| origins.allows(origin.as_bytes())))
-            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::IF_MATCH,
-                HeaderName::from_static("idempotency-key"),
-                HeaderName::from_static("x-request-id"),
-                HeaderName::from_static("traceparent"),
-            ])
-            .expose_headers([
-                header::LOCATION,
-                header::LINK,
-                header::ETAG,
-                header::RETRY_AFTER,
-                header::WWW_AUTHENTICATE,
-                HeaderName::from_static("x-total-count"),
-                HeaderName::from_static("x-request-id"),
-                HeaderName::from_static("idempotent-replayed"),
-                RATELIMIT.clone(),
-                RATELIMIT_POLICY.clone(),
-            ])
-            .max_age(Duration::from_secs(600))
+        Cors(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| origins.allows(origin.as_bytes())))
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::IF_MATCH,
+                    HeaderName::from_static("idempotency-key"),
+                    HeaderName::from_static("x-request-id"),
+                    HeaderName::from_static("traceparent"),
+                ])
+                .expose_headers([
+                    header::LOCATION,
+                    header::LINK,
+                    header::ETAG,
+                    header::RETRY_AFTER,
+                    header::WWW_AUTHENTICATE,
+                    HeaderName::from_static("x-total-count"),
+                    HeaderName::from_static("x-request-id"),
+                    HeaderName::from_static("idempotent-replayed"),
+                    RATELIMIT.clone(),
+                    RATELIMIT_POLICY.clone(),
+                ])
+                .max_age(Duration::from_secs(600)),
+        )
+    }
+}
+
+/// tower-http's CORS layer, given preflights only: it answers every `OPTIONS` as a preflight
+/// (200 on any path, even one that does not exist), so an `OPTIONS` without `Origin` and
+/// `Access-Control-Request-Method` goes past it to the routes.
+#[derive(Debug, Clone)]
+pub struct Cors(CorsLayer);
+
+/// A CORS preflight (Fetch standard): `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+impl<S: Clone> Layer<S> for Cors {
+    type Service = CorsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CorsService { cors: self.0.layer(inner.clone()), plain: inner }
+    }
+}
+
+/// See [`Cors`].
+#[derive(Debug, Clone)]
+pub struct CorsService<S> {
+    cors: tower_http::cors::Cors<S>,
+    plain: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CorsService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Either<<tower_http::cors::Cors<S> as Service<Request<ReqBody>>>::Future, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Either may take the next request: both must be ready.
+        match self.plain.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.cors.poll_ready(cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if req.method() == Method::OPTIONS && !is_preflight(&req) {
+            Either::Right(self.plain.call(req))
+        } else {
+            Either::Left(self.cors.call(req))
+        }
     }
 }
 

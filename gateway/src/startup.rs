@@ -7,7 +7,6 @@ use axum::{http::Uri, Router};
 use common::{health::Readiness, shutdown::Drain, tasks::Task};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::CorsLayer;
 use verifier::settings::Auth;
 
 use crate::{
@@ -31,7 +30,7 @@ pub struct Application {
     auth: Auth,
     /// `/api/openapi.json` and `/api/docs`.
     docs: Docs,
-    cors: CorsLayer,
+    cors: crate::cors::Cors,
     /// How the server stops: its keep-alive clients asked to leave first.
     drain: Drain,
     /// Server threads.

@@ -72,6 +72,19 @@ async fn preflights_are_answered_without_a_token_for_allowed_origins_only_and_ne
     assert!(!foreign.headers().contains_key("access-control-allow-origin"), "an unknown origin gets no grant");
     assert_eq!(backend.count(), 0, "preflights never reach a backend");
 
+    // An OPTIONS that is no preflight meets the routes: 405 naming the methods, or 404.
+    let bare = client.request(reqwest::Method::OPTIONS, format!("{gw}/api/patients")).send().await.unwrap();
+    assert_eq!(bare.status(), 405);
+    assert_eq!(bare.headers()["allow"], "GET, HEAD, POST");
+    let with_origin_only =
+        client.request(reqwest::Method::OPTIONS, format!("{gw}/api/patients/1")).header("origin", "http://localhost:5173");
+    let with_origin_only = with_origin_only.send().await.unwrap();
+    assert_eq!(with_origin_only.status(), 405);
+    assert_eq!(with_origin_only.headers()["allow"], "GET, HEAD, PUT, DELETE");
+    let nowhere = client.request(reqwest::Method::OPTIONS, format!("{gw}/api/nowhere")).send().await.unwrap();
+    assert_eq!(nowhere.status(), 404);
+    assert_eq!(backend.count(), 0, "nor does any other OPTIONS");
+
     // The real request from the browser: its answer is readable by that origin, headers included.
     let token = service_token(kc).await;
     let resp = client
