@@ -97,7 +97,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_without_reaching_the_backe
     }
     let patch = reqwest::Client::new().patch(format!("{gw}/api/patients/1")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(patch.status(), 405);
-    assert_eq!(patch.headers()["allow"], "GET, PUT, DELETE", "RFC 9110: a 405 names the methods the path takes");
+    assert_eq!(patch.headers()["allow"], "GET, HEAD, PUT, DELETE", "RFC 9110: a 405 names the methods the path takes");
     assert_eq!(backend.count(), 0);
 }
 

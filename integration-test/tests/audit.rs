@@ -170,6 +170,116 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
     assert_eq!(tampered.first_broken, Some(refused_seq), "the altered row is named");
 }
 
+/// `HEAD` is `GET` without the body (RFC 9110 §9.3.2): through the gateway and at the service it
+/// needs the same roles, answers with the same status and headers and no body, and is audited as
+/// the read it is (it tells whether a patient exists). A route without `GET` refuses it with 405.
+#[tokio::test]
+async fn a_head_request_is_the_read_its_get_is() {
+    let kc = Keycloak::shared_for_tests();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
+    let settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
+    let app = gateway::startup::Application::build(settings).await.unwrap();
+    let gw = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (clinician, analyst) = (kc.user_token(CLINICIAN).await.unwrap(), kc.user_token(ANALYST).await.unwrap());
+    let http = reqwest::Client::new();
+    use reqwest::Method;
+
+    let body = json!({"name": "Hedda Headley", "email": "hedda.headley@example.org", "address": "1 Header Row",
+                      "dateOfBirth": "1980-03-04", "registeredDate": "2025-06-07"});
+    let created = http.post(format!("{gw}/api/patients")).bearer_auth(&clinician).json(&body).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let one = format!("{gw}/api/patients/{id}");
+
+    let get = http.get(&one).bearer_auth(&clinician).send().await.unwrap();
+    let get_length = get.bytes().await.unwrap().len();
+    let head = http.head(&one).bearer_auth(&clinician).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-type"], "application/json");
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), get_length.to_string(), "the GET's length");
+    assert!(head.bytes().await.unwrap().is_empty(), "no body");
+    let list = http.head(format!("{gw}/api/patients?page=0&size=10")).bearer_auth(&clinician).send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    assert!(list.headers().contains_key("x-total-count"));
+    let unknown = http.head(format!("{gw}/api/patients/{}", uuid::Uuid::new_v4())).bearer_auth(&clinician).send().await;
+    assert_eq!(unknown.unwrap().status(), 404);
+
+    // The roles of the GET: refused by the gateway, and by the service itself when called directly.
+    assert_eq!(http.head(&one).bearer_auth(&analyst).send().await.unwrap().status(), 403);
+    let direct = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
+    assert_eq!(http.head(&direct).bearer_auth(&analyst).send().await.unwrap().status(), 403);
+    assert_eq!(http.head(&direct).send().await.unwrap().status(), 401);
+    // Only where GET is taken.
+    let post_only = http.request(Method::HEAD, format!("{gw}/api/appointments/{id}/cancel")).bearer_auth(&clinician);
+    let refused = post_only.send().await.unwrap();
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "POST");
+    let allow = http.request(Method::PATCH, &one).bearer_auth(&clinician).send().await.unwrap();
+    assert_eq!(allow.headers()["allow"], "GET, HEAD, PUT, DELETE");
+
+    // Audited as the reads they are.
+    let trail: Vec<(String, String, i16)> =
+        sqlx::query_as("SELECT action, subject, outcome FROM audit_log WHERE action <> 'patient.create' ORDER BY seq")
+            .fetch_all(&patients.db)
+            .await
+            .unwrap();
+    let (c, n) = (subject(&clinician), subject(&analyst));
+    let expected = [
+        ("patient.read", &c, 200),
+        ("patient.read", &c, 200),
+        ("patient.search", &c, 200),
+        ("patient.read", &c, 404),
+        ("patient.read", &n, 403),
+    ];
+    let expected: Vec<(String, String, i16)> = expected.iter().map(|(a, s, o)| (a.to_string(), s.to_string(), *o)).collect();
+    assert_eq!(trail, expected);
+}
+
+/// A patient id spelled with percent-encoding (`%36` for `6`) is no route, through the gateway
+/// or at the service: the handler would decode it to the patient while the audit, reading the
+/// path as sent, could not name whose record was read.
+#[tokio::test]
+async fn a_percent_encoded_patient_id_reaches_no_handler() {
+    let kc = Keycloak::shared_for_tests();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
+    let settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
+    let app = gateway::startup::Application::build(settings).await.unwrap();
+    let gw = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let clinician = kc.user_token(CLINICIAN).await.unwrap();
+    let http = reqwest::Client::new();
+    let body = json!({"name": "Perry Centon", "email": "perry.centon@example.org", "address": "5 Escape Road",
+                      "dateOfBirth": "1975-08-09", "registeredDate": "2025-07-08"});
+    let created = http.post(format!("{gw}/api/patients")).bearer_auth(&clinician).json(&body).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (first, rest) = id.split_at(1);
+    let encoded_first = format!("%{:02X}{rest}", first.as_bytes()[0]);
+    let encoded_dash = id.replacen('-', "%2D", 1);
+    let direct = format!("http://127.0.0.1:{}", patients.port);
+    for url in [
+        format!("{gw}/api/patients/{encoded_first}"),
+        format!("{gw}/api/patients/{encoded_dash}/bill"),
+        format!("{direct}/patients/{encoded_first}"),
+        format!("{direct}/patients/{encoded_dash}"),
+    ] {
+        let resp = http.get(&url).bearer_auth(&clinician).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{url}");
+        assert!(!resp.text().await.unwrap().contains("Perry"), "{url}");
+    }
+    // The one read that happened is the plain one, and it names the patient.
+    assert_eq!(http.get(format!("{gw}/api/patients/{id}")).bearer_auth(&clinician).send().await.unwrap().status(), 200);
+    let reads: Vec<(String, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT action, patient_id FROM audit_log WHERE action <> 'patient.create' ORDER BY seq")
+            .fetch_all(&patients.db)
+            .await
+            .unwrap();
+    assert_eq!(reads, vec![("patient.read".to_owned(), Some(uuid::Uuid::parse_str(&id).unwrap()))]);
+}
+
 /// Appends from more writers than the pool has connections, each in its own transaction and
 /// every fifth rolled back, make one unbroken chain: each committed append is one link after the
 /// one committed before it, and a rolled-back append leaves no gap.

@@ -56,7 +56,7 @@ impl Action {
     fn of<'p>(method: &axum::http::Method, path: &'p str) -> Option<(Action, Option<&'p str>)> {
         use axum::http::Method;
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match (segments.as_slice(), method) {
+        match (segments.as_slice(), verifier::access::as_routed(method)) {
             (["patients"], &Method::GET) => Some((Action::Search, None)),
             (["patients"], &Method::POST) => Some((Action::Create, None)),
             (["patients", id], &Method::GET) => Some((Action::Read, Some(id))),
@@ -125,7 +125,8 @@ impl AuditContext {
             subject: principal.subject.clone(),
             client_id: principal.client.clone(),
             action,
-            patient_id: id.and_then(|id| Uuid::parse_str(id).ok()),
+            // The handler's own reading of the id (a spelling it refuses names no patient).
+            patient_id: id.and_then(crate::domain::parse_uuid),
             query: (action == Action::Search).then(|| filter_shape(head.uri.query().unwrap_or(""))),
             request_id: header("x-request-id"),
             trace_id,
@@ -293,6 +294,8 @@ mod tests {
         assert_eq!(Action::of(&Method::DELETE, "/patients/x"), Some((Action::Delete, Some("x"))));
         assert_eq!(Action::of(&Method::GET, "/patients/x/bill"), Some((Action::BillRead, Some("x"))));
         assert_eq!(Action::of(&Method::GET, "/audit"), None);
+        assert_eq!(Action::of(&Method::HEAD, "/patients/x"), Some((Action::Read, Some("x"))));
+        assert_eq!(Action::of(&Method::HEAD, "/patients"), Some((Action::Search, None)));
     }
 
     #[test]

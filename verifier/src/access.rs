@@ -51,22 +51,29 @@ pub fn billing_rpc_roles(path: &str) -> Option<&'static [&'static str]> {
 /// Longest route, in path segments.
 const MAX_SEGMENTS: usize = 4;
 
-/// Empty, `.`/`..` or encoded separators: never part of a route.
+/// Empty, `.`/`..`, a backslash or any percent-encoding: never part of a route. Every route's
+/// segments are literal words or UUIDs, which no client needs to encode; a segment spelled with
+/// `%` would be one thing to this table (raw) and another to a handler (decoded), e.g. a patient
+/// id `%36f9…` that the handler reads as `6f9…` while the audit could not name it.
 fn suspicious(segment: &str) -> bool {
-    let encoded = |needle: &[u8]| segment.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
-    segment.is_empty()
-        || segment == "."
-        || segment == ".."
-        || segment.contains('\\')
-        || encoded(b"%2f")
-        || encoded(b"%5c")
-        || encoded(b"%2e")
+    segment.is_empty() || segment == "." || segment == ".." || segment.contains(['\\', '%'])
+}
+
+/// The method whose rule a request follows: `HEAD` is `GET` without the body (RFC 9110 §9.3.2),
+/// so it needs what `GET` needs and is the same read (audited as one).
+pub fn as_routed(method: &Method) -> &Method {
+    if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    }
 }
 
 /// The rule for a service path such as `/patients/42` (the gateway's `/api` already stripped).
 /// Paths with empty, `.` or `..` segments or encoded separators never match, so no spelling of a
 /// path can reach a route it does not name. No allocation.
 pub fn rule_for(method: &Method, path: &str) -> Access {
+    let method = as_routed(method);
     let Some(rest) = path.strip_prefix('/') else { return Access::NotFound };
     // Every route has at most MAX_SEGMENTS segments (analytics takes any depth: the rest are
     // only checked, not matched).
@@ -117,9 +124,9 @@ pub fn rule_for(method: &Method, path: &str) -> Access {
     }
 }
 
-/// The methods `path` takes, for an `Allow` header (RFC 9110 §15.5.6), e.g. `GET, POST`.
+/// The methods `path` takes, for an `Allow` header (RFC 9110 §15.5.6), e.g. `GET, HEAD, POST`.
 pub fn allowed_methods(path: &str) -> String {
-    let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
+    let methods = [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE];
     let allowed: Vec<&str> =
         methods.iter().filter(|m| matches!(rule_for(m, path), Access::Rule(_))).map(Method::as_str).collect();
     allowed.join(", ")
@@ -158,8 +165,20 @@ mod tests {
             assert_eq!(allowed_methods(&format!("/appointments/1/{command}")), "POST");
         }
         assert_eq!(allowed_methods("/appointments"), "POST");
-        assert_eq!(allowed_methods("/appointments/schedule"), "GET");
+        assert_eq!(allowed_methods("/appointments/schedule"), "GET, HEAD");
         assert_eq!(rule_for(&Method::GET, "/appointments/1/other"), Access::NotFound);
+    }
+
+    #[test]
+    fn head_is_the_read_its_get_is() {
+        for p in ["/patients", "/patients/42", "/patients/42/bill", "/audit", "/appointments/1", "/analytics/a/b/c/d/e"] {
+            assert_eq!(rule_for(&Method::HEAD, p), rule_for(&Method::GET, p), "{p}");
+        }
+        for p in ["/appointments", "/appointments/1/cancel"] {
+            assert_eq!(rule_for(&Method::HEAD, p), Access::MethodNotAllowed, "{p}");
+        }
+        assert_eq!(rule_for(&Method::HEAD, "/patients/..%2Faudit"), Access::NotFound);
+        assert_eq!(as_routed(&Method::PUT), &Method::PUT);
     }
 
     #[test]
@@ -168,14 +187,14 @@ mod tests {
             assert_eq!(rule_for(&Method::GET, p), Access::NotFound, "{p}");
         }
         assert_eq!(rule_for(&Method::DELETE, "/patients"), Access::MethodNotAllowed);
-        assert_eq!(allowed_methods("/patients"), "GET, POST");
-        assert_eq!(allowed_methods("/patients/1"), "GET, PUT, DELETE");
-        assert_eq!(allowed_methods("/analytics/summary"), "GET");
+        assert_eq!(allowed_methods("/patients"), "GET, HEAD, POST");
+        assert_eq!(allowed_methods("/patients/1"), "GET, HEAD, PUT, DELETE");
+        assert_eq!(allowed_methods("/analytics/summary"), "GET, HEAD");
         assert_eq!(rule_for(&Method::POST, "/analytics/summary"), Access::MethodNotAllowed);
     }
 
     #[test]
-    fn traversal_and_encoded_separators_never_match() {
+    fn traversal_and_encoded_characters_never_match() {
         for p in [
             "/patients/../analytics/summary",
             "/analytics/../patients",
@@ -185,6 +204,10 @@ mod tests {
             "/./patients",
             "/analytics/a/b/c/%2E%2E",
             "/patients/1/bill/x/y",
+            "/patients/%36f9619ff-8b86-d011-b42d-00c04fc964ff",
+            "/patients/6f9619ff%2D8b86-d011-b42d-00c04fc964ff/bill",
+            "/appointments/%73chedule",
+            "/analytics/a/b/c/d/%41",
         ] {
             assert_eq!(rule_for(&Method::GET, p), Access::NotFound, "{p}");
         }
