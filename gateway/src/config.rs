@@ -32,8 +32,11 @@ pub struct Settings {
     /// TCP connect timeout towards a backend.
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
     pub upstream_connect_timeout_ms: u64,
-    /// Time a backend has to answer with response headers.
-    #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 15_000)]
+    /// Time a backend has to answer with response headers (then 504). Above the services' own
+    /// limit (`REQUEST_TIMEOUT_MS`, 30 000), so a slow service's own answer reaches the client:
+    /// its 503 "nothing saved" with `Retry-After`, or the result, rather than a 504 after which
+    /// nobody knows whether a create happened.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 35_000)]
     pub upstream_timeout_ms: u64,
     /// Rate limits per client (`azp`, else `sub`): `name=rate:burst` per policy, rate per
     /// second, where a name is a role (the most generous policy among the caller's roles
@@ -98,6 +101,12 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_outwaits_the_services_own_limit() {
+        let gateway = Settings::try_parse_from(["gateway"]).unwrap().upstream_timeout_ms;
+        assert!(gateway > common::edge::EdgeArgs::default().request_timeout_ms, "{gateway}");
+    }
 
     #[test]
     fn server_threads_are_bounded() {
