@@ -87,11 +87,16 @@ impl Proxy {
         let uri = upstream_uri(base, req.uri()).map_err(Error::UpstreamFailed)?;
         let original_host = req.headers().get(header::HOST).cloned();
         let headers = req.headers_mut();
-        // The pipeline's trace context goes on even if the caller named `traceparent` hop-by-hop.
+        // What the gateway forwards on purpose goes on even if the caller named it hop-by-hop: the
+        // pipeline's trace context, and the token it verified (which the service checks again).
         let traceparent = headers.remove(&TRACEPARENT);
+        let authorization = headers.remove(header::AUTHORIZATION);
         strip_hop_by_hop(headers);
         if let Some(traceparent) = traceparent {
             headers.insert(TRACEPARENT.clone(), traceparent);
+        }
+        if let Some(authorization) = authorization {
+            headers.insert(header::AUTHORIZATION, authorization);
         }
         headers.remove(header::HOST);
         forwarded::set(headers, client, original_host);

@@ -141,17 +141,20 @@ async fn a_valid_traceparent_is_continued_and_an_invalid_one_restarts_the_trace(
     let restarted = backend.last().headers.clone();
     assert!(common::telemetry::trace_id(&restarted).is_some(), "a new, valid trace: {:?}", restarted.get("traceparent"));
 
-    // The context the gateway forwards is its own: a caller naming it hop-by-hop does not drop it.
+    // The context the gateway forwards is its own, and the token it verified goes on for the
+    // service to check again: a caller naming them hop-by-hop drops neither.
     let hop = reqwest::Client::new()
         .get(format!("{gw}/api/patients"))
         .bearer_auth(&token)
         .header("traceparent", valid)
-        .header("connection", "traceparent")
+        .header("connection", "traceparent, authorization")
         .send()
         .await
         .unwrap();
     assert_eq!(hop.status(), 200);
-    assert_eq!(backend.last().headers["traceparent"], valid, "the trace is carried past the hop-by-hop strip");
+    let seen = backend.last().headers.clone();
+    assert_eq!(seen["traceparent"], valid, "the trace is carried past the hop-by-hop strip");
+    assert_eq!(seen["authorization"], format!("Bearer {token}").as_str(), "so is the token");
 }
 
 /// The gateway's server threads (named `http-<port>-<n>`) alive in this process, each with
