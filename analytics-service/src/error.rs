@@ -23,7 +23,11 @@ impl From<sqlx::Error> for Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let Error::Internal(cause) = self;
-        tracing::error!(error = ?cause, "request failed");
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        common::db::unreachable_problem(&cause)
+            .unwrap_or_else(|| {
+                tracing::error!(error = ?cause, "request failed");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            })
+            .into_response()
     }
 }

@@ -87,10 +87,10 @@ impl IntoResponse for Error {
             }
             Error::UnknownPatient(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             Error::NotCaughtUp => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after(1),
-            Error::Internal(cause) => {
+            Error::Internal(cause) => common::db::unreachable_problem(cause).unwrap_or_else(|| {
                 tracing::error!(error = ?cause, "request failed");
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }
+            }),
         };
         problem.into_response()
     }

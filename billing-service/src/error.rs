@@ -19,6 +19,13 @@ impl From<Error> for tonic::Status {
         match err {
             Error::InvalidArgument(msg) => tonic::Status::invalid_argument(msg),
             Error::NotFound => tonic::Status::not_found(err.to_string()),
+            // Every billing call may be repeated (an account is created once per patient), so a
+            // database that cannot be reached or went away mid-call is UNAVAILABLE: the caller
+            // retries it, counts it against billing, and answers its own client 503.
+            Error::Internal(cause) if common::db::database_error(&cause).is_some_and(common::db::unavailable) => {
+                tracing::warn!(error = %format!("{cause:#}"), "billing's database is unavailable");
+                tonic::Status::unavailable("billing's database is unavailable")
+            }
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "billing request failed");
                 tonic::Status::internal("internal error")

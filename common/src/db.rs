@@ -98,11 +98,77 @@ async fn ensure_role(conn: &mut PgConnection, role: &'static str) -> anyhow::Res
     }
 }
 
+/// `Retry-After` of a request refused because no database connection could be had.
+pub const RETRY_UNREACHABLE_AFTER_SECS: u64 = 2;
+
+/// Whether no connection could be had at all: none came free in time (the pool is saturated, or
+/// the server is down and every connect failed until the acquire timeout) or the pool is closed.
+/// The step that failed did nothing.
+pub fn no_connection(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+}
+
+/// Whether `err` says the database is unreachable or going away rather than anything about the
+/// statement: [`no_connection`], or the connection broke (I/O, TLS, a connection exception
+/// (SQLSTATE class 08), the server shutting down (57P01–57P03) or full (53300)). For a broken
+/// connection, whether the statement took effect is unknown.
+pub fn unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300"))
+        }
+        _ => false,
+    }
+}
+
+/// The first database error in an error's chain.
+pub fn database_error(err: &anyhow::Error) -> Option<&sqlx::Error> {
+    err.chain().find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+}
+
+/// The answer to a request that failed because no database connection could be had
+/// ([`no_connection`]): 503 with `Retry-After`, nothing was done. `None` for any other failure
+/// (a connection that broke mid-request may have committed: that stays a 500).
+pub fn unreachable_problem(err: &anyhow::Error) -> Option<crate::problem::Problem> {
+    database_error(err).filter(|e| no_connection(e)).map(|_| {
+        tracing::warn!("no database connection could be had; request refused");
+        crate::problem::Problem::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the service cannot reach its database at the moment; nothing was done, retry later",
+        )
+        .with_retry_after(RETRY_UNREACHABLE_AFTER_SECS)
+    })
+}
+
 /// The constraint (or unique index) a PostgreSQL unique violation (SQLSTATE 23505) hit, so a
 /// service can tell which uniqueness rule a write broke; `None` for any other error.
 pub fn unique_violation_on(err: &sqlx::Error) -> Option<&str> {
     match err {
         sqlx::Error::Database(db) if db.is_unique_violation() => db.constraint(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    #[test]
+    fn a_missing_connection_is_503_and_a_broken_one_stays_a_500() {
+        let broken = || sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(no_connection(&sqlx::Error::PoolTimedOut) && no_connection(&sqlx::Error::PoolClosed));
+        assert!(!no_connection(&broken()) && unavailable(&broken()));
+        assert!(unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(!unavailable(&sqlx::Error::RowNotFound));
+
+        let timed_out = anyhow::Error::new(sqlx::Error::PoolTimedOut).context("database operation failed").context("create");
+        let response = unreachable_problem(&timed_out).expect("a 503").into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], RETRY_UNREACHABLE_AFTER_SECS.to_string().as_str());
+        assert!(unreachable_problem(&anyhow::Error::new(broken()).context("update")).is_none(), "it may have committed");
+        assert!(unreachable_problem(&anyhow::anyhow!("something else")).is_none());
     }
 }

@@ -1,5 +1,5 @@
 //! What every service's OpenAPI document shares: the bearer-token security scheme, the problem
-//! body, the responses any operation can give (401, 403 from the service's own check, 500; 413
+//! body, the responses any operation can give (401, 403 from the service's own check, 500, 503; 413
 //! and 415 where it takes a JSON body) and the `/openapi.json` route, rendered once.
 
 use std::sync::Arc;
@@ -60,6 +60,10 @@ fn add_common_responses(op: &mut Operation) {
         ("401", "No valid access token (RFC 6750 challenge in WWW-Authenticate)"),
         ("403", "The token lacks a role this operation needs"),
         ("500", "An internal error; nothing is revealed"),
+        (
+            "503",
+            "Temporarily unavailable: no database connection in time, or past the service's time limit; retry after Retry-After",
+        ),
     ] {
         op.responses.responses.entry(status.into()).or_insert_with(|| problem_response(description).into());
     }

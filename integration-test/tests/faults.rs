@@ -77,7 +77,7 @@ enum Outcome {
     Accepted,
     /// 503: the platform says nothing was done.
     Refused,
-    /// Any other answer (a 500 while PostgreSQL is down, a 502 from a dying upstream).
+    /// Any other answer (a 500 when a connection broke under a request, a 502 from a dying upstream).
     Failed(u16),
     /// No answer at all (the connection broke).
     NoAnswer,

@@ -50,7 +50,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The one place where database errors become API errors: the email index's unique violation is
-/// a 409, everything else a 500.
+/// a 409, no connection at all a 503 (see the response mapping), everything else a 500.
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         if common::db::unique_violation_on(&err) == Some(EMAIL_UNIQUE_INDEX) {
@@ -80,10 +80,10 @@ impl IntoResponse for Error {
                 tracing::error!(code = ?status.code(), "billing call failed");
                 Problem::new(StatusCode::BAD_GATEWAY, self.to_string())
             }
-            Error::Internal(cause) => {
+            Error::Internal(cause) => common::db::unreachable_problem(cause).unwrap_or_else(|| {
                 tracing::error!(error = ?cause, "request failed");
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }
+            }),
         };
         problem.into_response()
     }

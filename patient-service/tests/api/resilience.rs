@@ -114,3 +114,57 @@ async fn billing_closing_its_connections_all_the_time_costs_no_create() {
     assert_eq!((app.patient_rows().await, app.billing_rows().await), (240, 240));
     assert_eq!(app.metric(REJECTED).await, 0, "the circuit never opened");
 }
+
+#[tokio::test]
+async fn billing_losing_its_connection_under_a_call_is_retried_not_a_502() {
+    // Billing with one pooled connection, used moments ago (so not pinged before its next use).
+    let app = TestApp::spawn_with_billing(|b| b.db.database_max_connections = 1, |_| {}).await;
+    app.create_patient(&patient_body(1)).await;
+    // Billing's database server drops it (a restart, a failover): the next call meets it broken.
+    let dropped: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    .fetch_all(&app.billing_db)
+    .await
+    .unwrap();
+    assert!(!dropped.is_empty(), "billing held a connection");
+
+    // UNAVAILABLE from billing, not INTERNAL: retried on a new connection, and the create goes through.
+    let retries = app.metric("billing_retries_total").await;
+    let resp = app.post_patient(&patient_body(2)).await;
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    assert!(app.metric("billing_retries_total").await > retries, "the broken call was retried");
+    assert_eq!((app.patient_rows().await, app.billing_rows().await), (2, 2));
+}
+
+#[tokio::test]
+async fn no_free_database_connection_is_a_503_that_did_nothing() {
+    // One connection, and a short wait for it.
+    let app = TestApp::spawn_with(|s| {
+        s.db.database_max_connections = 1;
+        s.db.database_acquire_timeout_ms = 300;
+    })
+    .await;
+    let id = app.create_patient(&patient_body(1)).await;
+    // A change that holds the service's only connection: it waits for a row lock this test holds.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM patients WHERE id = $1::uuid FOR UPDATE").bind(&id).execute(&mut *lock).await.unwrap();
+    let mut changed = patient_body(1);
+    changed["address"] = serde_json::json!("9 Waiting Lane");
+    let update = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url(&format!("/patients/{id}")));
+        async move { client.put(url).json(&changed).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Every other request finds no connection in time: 503 with Retry-After, nothing done.
+    for resp in [app.client.get(app.url("/patients")).send().await.unwrap(), app.post_patient(&patient_body(2)).await] {
+        assert_eq!(resp.headers()["retry-after"], common::db::RETRY_UNREACHABLE_AFTER_SECS.to_string().as_str());
+        assert_problem(resp, 503).await;
+    }
+    lock.rollback().await.unwrap();
+    assert_eq!(update.await.unwrap(), 200, "the waiting change completes");
+    assert_eq!(app.patient_rows().await, 1, "the refused create left no patient");
+    assert_eq!(app.client.get(app.url("/patients")).send().await.unwrap().status(), 200);
+}
