@@ -3,6 +3,7 @@
 //! the HTTP server with its time limits, RFC 9457 problem bodies and the validated [`email::Email`] type.
 
 pub mod breaker;
+pub mod conditional;
 pub mod db;
 pub mod edge;
 pub mod email;

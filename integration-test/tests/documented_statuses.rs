@@ -210,6 +210,7 @@ async fn every_documented_status_is_one_the_platform_gives() {
     send("PUT", format!("/patients/{a_id}"), malformed(), vec![]).await;
     send("PUT", format!("/patients/{a_id}"), big(), vec![]).await;
     send("PUT", format!("/patients/{a_id}"), text(), vec![]).await;
+    send("PUT", format!("/patients/{a_id}"), Body::Json(patient(8)), vec![("if-match", "\"0\"".to_owned())]).await;
     eventually(Duration::from_secs(30), "the account ACTIVE", || async {
         let (status, bill, _) = send("GET", format!("/patients/{a_id}/bill"), Body::None, vec![]).await;
         (status == 200 && bill["status"] == "ACTIVE").then_some(())
@@ -327,6 +328,7 @@ async fn every_documented_status_is_one_the_platform_gives() {
     let never = ("x-wait-for", format!("{}:1", uuid()));
     send("GET", format!("/appointments/schedule?clinicianId={me}&date={day}"), Body::None, vec![never.clone()]).await;
     send("GET", format!("/appointments/upcoming?patientId={a_id}"), Body::None, vec![never]).await;
+    send("DELETE", format!("/patients/{b_id}"), Body::None, vec![("if-match", "\"0\"".to_owned())]).await;
     send("DELETE", format!("/patients/{b_id}"), Body::None, vec![]).await;
     send("DELETE", format!("/patients/{b_id}"), Body::None, vec![]).await;
     send("DELETE", "/patients/not-a-uuid".into(), Body::None, vec![]).await;

@@ -11,7 +11,7 @@ use crate::{
     outbox::NewEvent,
 };
 
-type Tx<'a> = Transaction<'a, Postgres>;
+pub type Tx<'a> = Transaction<'a, Postgres>;
 
 const COLUMNS: &str = "id, name, email, address, date_of_birth, registered_date, updated_at, version";
 
@@ -100,6 +100,12 @@ pub async fn update(tx: &mut Tx<'_>, id: Uuid, p: &ValidPatient) -> sqlx::Result
     .bind(p.registered_date)
     .fetch_optional(&mut **tx)
     .await
+}
+
+/// The patient's version, its row locked until the transaction ends; `None` when no such patient.
+#[tracing::instrument(skip_all, fields(patient_id = %id))]
+pub async fn lock_version(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT version FROM patients WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut **tx).await
 }
 
 /// Deletes and returns the patient, `None` when there was none.

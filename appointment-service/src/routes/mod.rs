@@ -55,34 +55,14 @@ fn appointment_id(raw: &str) -> Result<uuid::Uuid, Error> {
         .ok_or_else(|| Error::BadRequest("appointment id must be a UUID like 123e4567-e89b-12d3-a456-426614174000".into()))
 }
 
-/// `ETag` of a version: a strong validator, `"<version>"`.
+/// `ETag` of a version (see [`common::conditional`]).
 fn etag(version: i64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).expect("a number is a header value")
+    common::conditional::etag(version)
 }
 
-/// The versions `If-Match` accepts: None when absent or `*` (any version).
+/// The versions `If-Match` accepts (see [`common::conditional`]); malformed is a 400.
 fn if_match(headers: &HeaderMap) -> Result<Option<Vec<i64>>, Error> {
-    let mut versions = Vec::new();
-    for value in headers.get_all(axum::http::header::IF_MATCH) {
-        let value = value.to_str().map_err(|_| Error::BadRequest("If-Match is not valid ASCII".into()))?;
-        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if tag == "*" {
-                return Ok(None);
-            }
-            // A weak validator never matches under If-Match's strong comparison (RFC 9110 §13.1.1).
-            if tag.starts_with("W/") {
-                versions.push(-1);
-                continue;
-            }
-            let version = tag
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse::<i64>().ok())
-                .ok_or_else(|| Error::BadRequest("If-Match must hold entity tags like \"3\" (from ETag)".into()))?;
-            versions.push(version);
-        }
-    }
-    Ok((!versions.is_empty()).then_some(versions))
+    common::conditional::if_match(headers).map_err(|message| Error::BadRequest(message.into()))
 }
 
 /// The consistency token of `X-Wait-For`, if the client sent one.
@@ -93,28 +73,4 @@ fn wait_for(headers: &HeaderMap) -> Result<Option<Token>, Error> {
         .and_then(Token::parse)
         .map(Some)
         .ok_or_else(|| Error::BadRequest("X-Wait-For must be a consistency token like <appointment id>:<version>".into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(axum::http::header::IF_MATCH, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn if_match_takes_strong_tags_star_and_lists() {
-        assert_eq!(if_match(&headers(&[])).unwrap(), None);
-        assert_eq!(if_match(&headers(&["*"])).unwrap(), None);
-        assert_eq!(if_match(&headers(&["\"3\""])).unwrap(), Some(vec![3]));
-        assert_eq!(if_match(&headers(&["\"3\", \"4\"", "\"5\""])).unwrap(), Some(vec![3, 4, 5]));
-        assert_eq!(if_match(&headers(&["W/\"3\""])).unwrap(), Some(vec![-1]));
-        assert!(if_match(&headers(&["3"])).is_err());
-        assert!(if_match(&headers(&["\"x\""])).is_err());
-    }
 }

@@ -64,13 +64,30 @@ async fn list(
     ))
 }
 
-/// One patient.
+/// One patient; its `ETag` is the version a change may name in `If-Match`.
 #[utoipa::path(get, path = "/patients/{id}", tag = "patients", params(("id" = Uuid, Path, description = "The patient's id")),
-    responses((status = 200, description = "The patient", body = PatientResponse), (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The patient", body = PatientResponse, headers(("ETag" = String, description = "The record's version, e.g. \"3\", for If-Match"))), (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
-async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result<Json<PatientResponse>> {
+async fn read(State(state): State<AppState>, PatientId(id): PatientId) -> Result<impl IntoResponse> {
     let patient = repo::find(&state.db, id).await?.ok_or(Error::NotFound)?;
-    Ok(Json(patient.into()))
+    Ok(([(header::ETAG, common::conditional::etag(patient.version))], Json(PatientResponse::from(patient))))
+}
+
+/// The versions a change's `If-Match` accepts (none: any).
+fn if_match(headers: &HeaderMap) -> Result<Option<Vec<i64>>> {
+    common::conditional::if_match(headers).map_err(|message| Error::BadRequest(message.into()))
+}
+
+/// With `If-Match`, the patient locked and its version checked (412 when stale); without, nothing.
+async fn check_version(tx: &mut repo::Tx<'_>, id: Uuid, expected: Option<&[i64]>) -> Result<()> {
+    if expected.is_none() {
+        return Ok(());
+    }
+    let current = repo::lock_version(tx, id).await?.ok_or(Error::NotFound)?;
+    match common::conditional::stale(expected, current) {
+        Some(expected) => Err(Error::StaleVersion { expected, current }),
+        None => Ok(()),
+    }
 }
 
 /// Creates a patient and opens its billing account; nothing is saved when billing is unavailable.
@@ -184,13 +201,16 @@ async fn create_patient(
         .into_response())
 }
 
-/// Replaces a patient's fields (`registeredDate` may be left out to keep it).
+/// Replaces a patient's fields (`registeredDate` may be left out to keep it); with `If-Match`,
+/// only if the patient is still at that version.
 #[utoipa::path(put, path = "/patients/{id}", tag = "patients", request_body = PatientRequest,
-    params(("id" = Uuid, Path, description = "The patient's id")),
+    params(("id" = Uuid, Path, description = "The patient's id"),
+        ("If-Match" = Option<String>, Header, description = "Change only this version (its ETag, e.g. \"3\"), else 412")),
     responses(
-        (status = 200, description = "The updated patient", body = PatientResponse),
+        (status = 200, description = "The updated patient", body = PatientResponse, headers(("ETag" = String, description = "The new version"))),
         (status = 400, description = "Validation failed, malformed JSON or id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The email is used by another patient", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names a version that is no longer current (`currentVersion` in the body)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"), (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
@@ -202,18 +222,24 @@ async fn update(
     AppJson(body): AppJson<PatientRequest>,
 ) -> Result<impl IntoResponse> {
     let valid = body.validate(PatientInput::Update, today()).map_err(Error::Validation)?;
+    let expected = if_match(&headers)?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+    check_version(&mut tx, id, expected.as_deref()).await?;
     let patient = repo::update(&mut tx, id, &valid).await?.ok_or(Error::NotFound)?;
     outbox::record(&mut tx, EventType::Updated, &patient, traceparent(&headers).as_deref()).await?;
     audit.record(&mut *tx, StatusCode::OK, Some(id)).await?;
     tx.commit().await.context("failed to commit patient update")?;
     tracing::info!("patient updated");
-    Ok((Extension(AuditedInTransaction), Json(PatientResponse::from(patient))))
+    let etag = common::conditional::etag(patient.version);
+    Ok((Extension(AuditedInTransaction), [(header::ETAG, etag)], Json(PatientResponse::from(patient))))
 }
 
-/// Deletes a patient (its billing account is closed from the PATIENT_DELETED event).
-#[utoipa::path(delete, path = "/patients/{id}", tag = "patients", params(("id" = Uuid, Path, description = "The patient's id")),
-    responses((status = 204, description = "Deleted"), (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json")))]
+/// Deletes a patient (its billing account is closed from the PATIENT_DELETED event); with
+/// `If-Match`, only if the patient is still at that version.
+#[utoipa::path(delete, path = "/patients/{id}", tag = "patients", params(("id" = Uuid, Path, description = "The patient's id"),
+        ("If-Match" = Option<String>, Header, description = "Delete only this version (its ETag, e.g. \"3\"), else 412")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "The id is not a UUID, or If-Match is malformed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names a version that is no longer current (`currentVersion` in the body)", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(patient_id = %id))]
 async fn remove(
     State(state): State<AppState>,
@@ -221,7 +247,9 @@ async fn remove(
     headers: HeaderMap,
     PatientId(id): PatientId,
 ) -> Result<impl IntoResponse> {
+    let expected = if_match(&headers)?;
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
+    check_version(&mut tx, id, expected.as_deref()).await?;
     let patient = repo::delete(&mut tx, id).await?.ok_or(Error::NotFound)?;
     outbox::record(&mut tx, EventType::Deleted, &patient, traceparent(&headers).as_deref()).await?;
     idempotency::forget_patient(&mut *tx, id).await?;

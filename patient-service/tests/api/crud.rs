@@ -81,6 +81,46 @@ async fn delete_returns_204_removes_the_row_and_records_an_event() {
 }
 
 #[tokio::test]
+async fn if_match_makes_a_stale_change_a_412_that_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+    let url = app.url(&format!("/patients/{id}"));
+    let etag = |resp: &reqwest::Response| resp.headers()["etag"].to_str().unwrap().to_owned();
+    let read = app.client.get(&url).send().await.unwrap();
+    assert_eq!(etag(&read), "\"1\"");
+
+    // Two clients read version 1; the first change wins and moves the version on.
+    let mut first = patient_body(1);
+    first["address"] = json!("2 First Road");
+    let changed = app.client.put(&url).header("if-match", "\"1\"").json(&first).send().await.unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_eq!(etag(&changed), "\"2\"");
+    let mut second = patient_body(1);
+    second["address"] = json!("3 Second Road");
+    let stale = app.client.put(&url).header("if-match", "\"1\"").json(&second).send().await.unwrap();
+    let problem = assert_problem(stale, 412).await;
+    assert_eq!(problem["currentVersion"], 2);
+    assert_problem(app.client.delete(&url).header("if-match", "\"1\"").send().await.unwrap(), 412).await;
+    assert_problem(app.client.put(&url).header("if-match", "W/\"2\"").json(&second).send().await.unwrap(), 412).await;
+    assert_problem(app.client.put(&url).header("if-match", "2").json(&second).send().await.unwrap(), 400).await;
+    let unknown = app.url(&format!("/patients/{}", uuid::Uuid::new_v4()));
+    assert_problem(app.client.delete(&unknown).header("if-match", "\"1\"").send().await.unwrap(), 404).await;
+
+    let stored: String = sqlx::query_scalar("SELECT address FROM patients").fetch_one(&app.db).await.unwrap();
+    assert_eq!(stored, "2 First Road", "the stale change was not applied");
+    let kinds: Vec<String> = app.outbox_events().await.into_iter().map(|e| e.event_type).collect();
+    assert_eq!(kinds, ["PATIENT_CREATED", "PATIENT_UPDATED"]);
+    let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE outcome = 412").fetch_one(&app.db).await.unwrap();
+    assert_eq!(refused, 3, "each refused change is in the audit trail");
+
+    // The current version, or any (`*`), goes through.
+    let current = app.client.put(&url).header("if-match", "\"5\", \"2\"").json(&second).send().await.unwrap();
+    assert_eq!(current.status(), 200);
+    assert_eq!(app.client.delete(&url).header("if-match", "*").send().await.unwrap().status(), 204);
+    assert_eq!(app.patient_rows().await, 0);
+}
+
+#[tokio::test]
 async fn bill_returns_the_billing_account_from_billing_service() {
     let app = TestApp::spawn().await;
     let id = app.create_patient(&patient_body(1)).await;
