@@ -39,7 +39,13 @@ fn concerns_billing(event: &PatientEvent) -> bool {
 }
 
 fn change(event: &PatientEvent, patient_id: Uuid) -> PatientChange<'_> {
-    PatientChange { patient_id, event_type: &event.event_type, name: &event.name, email: &event.email }
+    PatientChange {
+        patient_id,
+        event_type: &event.event_type,
+        name: &event.name,
+        email: &event.email,
+        sequence: i64::try_from(event.sequence).unwrap_or(i64::MAX),
+    }
 }
 
 impl RecordHandler for BillingEventHandler {

@@ -96,20 +96,25 @@ pub struct PatientChange<'a> {
     pub event_type: &'a str,
     pub name: &'a str,
     pub email: &'a str,
+    /// The patient's change number (`sequence`; 0 when the producer did not set it): a contact
+    /// replaces the account's only when it comes from a later change.
+    pub sequence: i64,
 }
 
 /// Applies patient events in order, in ONE statement (the migrations' `apply_patient_events`):
 /// all of them or none. A created or updated patient's account becomes ACTIVE (`activate_account`:
-/// one statement per event, so it never races the sweeper into a wrong state; CLOSED is final);
+/// one statement per event, so it never races the sweeper into a wrong state; CLOSED is final)
+/// and takes the event's name and email when the event is a later change than its contact's;
 /// a deleted patient's account is closed and scrubbed (`close_account`). Each event's effect, in
 /// the same order.
 #[tracing::instrument(skip_all, fields(events = changes.len()))]
 pub async fn apply_events(pool: &PgPool, changes: &[PatientChange<'_>]) -> anyhow::Result<Vec<Effect>> {
-    let outcomes: Vec<String> = sqlx::query_scalar("SELECT apply_patient_events($1, $2, $3, $4)")
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT apply_patient_events($1, $2, $3, $4, $5)")
         .bind(changes.iter().map(|c| c.patient_id).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.event_type).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.name).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.email).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.sequence).collect::<Vec<_>>())
         .fetch_one(pool)
         .await
         .context("failed to apply patient events to billing accounts")?;

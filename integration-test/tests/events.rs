@@ -337,6 +337,70 @@ async fn deleting_a_patient_closes_its_billing_account() {
     assert_eq!(contact(other).await.1, "journey8@example.org", "an active account keeps its contact");
 }
 
+/// A patient's new name and email reach their billing account (it no longer keeps the
+/// registration's for ever), and a patient's events out of order on the topic leave the account
+/// with the contact of the latest change, whatever order they came in.
+#[tokio::test]
+async fn a_patients_changed_contact_reaches_its_billing_account_in_change_order() {
+    let topic = unique_topic();
+    let mut args = kafka_args(&broker(), &topic);
+    args.kafka_topic_partitions = 1;
+    let (billing, grpc) = spawn_billing(args.clone()).await;
+    let patients = spawn_patients(&grpc, args).await;
+    let contact = |patient: String| {
+        let db = billing.db.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, String)>(
+                "SELECT status, name, email FROM billing_accounts WHERE patient_id = $1::uuid",
+            )
+            .bind(patient)
+            .fetch_optional(&db)
+            .await
+            .unwrap()
+        }
+    };
+
+    let id = create_patient(patients.port, &patient_body(11)).await;
+    let mut changed = patient_body(11);
+    changed["name"] = json!("Journey Renamed");
+    changed["email"] = json!("journey11.moved@example.org");
+    let url = format!("http://127.0.0.1:{}/patients/{id}", patients.port);
+    assert_eq!(client().await.put(url).json(&changed).send().await.unwrap().status(), 200);
+    let expected = ("ACTIVE".to_owned(), "Journey Renamed".to_owned(), "journey11.moved@example.org".to_owned());
+    eventually(WAIT, "the account has the new contact", || async {
+        (contact(id.clone()).await.as_ref() == Some(&expected)).then_some(())
+    })
+    .await;
+
+    // Another patient's changes 3 and 2 overtook each other, and its creation came again last.
+    let other = uuid::Uuid::new_v4().to_string();
+    let event = |patient: &str, kind: &str, sequence: u64, email: &str| proto::events::PatientEvent {
+        patient_id: patient.into(),
+        event_type: kind.into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        name: format!("Order {sequence}"),
+        email: email.into(),
+        date_of_birth: "1980-01-01".into(),
+        registered_date: "2025-02-03".into(),
+        sequence,
+        ..Default::default()
+    };
+    let marker = uuid::Uuid::new_v4().to_string();
+    for e in [
+        event(&other, "PATIENT_CREATED", 1, "first@example.org"),
+        event(&other, "PATIENT_UPDATED", 3, "third@example.org"),
+        event(&other, "PATIENT_UPDATED", 2, "second@example.org"),
+        event(&other, "PATIENT_CREATED", 1, "first@example.org"),
+        event(&marker, "PATIENT_CREATED", 1, "marker@example.org"),
+    ] {
+        produce_raw(&broker(), &topic, &e.patient_id, &e.encode_to_vec()).await;
+    }
+    // One partition: once the last event is applied, every one before it is.
+    eventually(WAIT, "the events applied", || async { contact(marker.clone()).await }).await;
+    let latest = ("ACTIVE".to_owned(), "Order 3".to_owned(), "third@example.org".to_owned());
+    assert_eq!(contact(other).await, Some(latest), "the latest change's contact, not the last one to arrive");
+}
+
 /// Billing slow, not down: it commits an account after patient-service gave up on the call (503,
 /// no patient). That account's patient never appears on the topic, so after the window it is
 /// voided and keeps no name or email; a patient that was created gets its account activated and
@@ -525,7 +589,11 @@ async fn billing_applies_records_fetched_together_in_order_all_or_none() {
                 .unwrap()
         }
     };
-    assert_eq!(account(pending).await, Some(("ACTIVE".into(), "P".into())));
+    assert_eq!(
+        account(pending).await,
+        Some(("ACTIVE".into(), "Batch Patient".into())),
+        "the patient's own contact, from its event"
+    );
     assert_eq!(account(gone).await, Some(("CLOSED".into(), String::new())), "activated, then closed: in order");
     assert_eq!(account(unknown).await, Some(("ACTIVE".into(), "Batch Patient".into())), "opened from the event");
     assert_eq!(metrics.get("billing_accounts_activated_total{how=\"pending\"}"), 2);

@@ -122,7 +122,7 @@ const FILTER: &str = "($1::uuid IS NULL OR patient_id = $1) AND ($2::text IS NUL
                       AND ($3::timestamptz IS NULL OR recorded_at >= $3) AND ($4::timestamptz IS NULL OR recorded_at < $4)";
 
 #[tracing::instrument(skip_all)]
-/// Who touched patient data: a FHIR R4 `Bundle` of `AuditEvent`s, newest first.
+/// Who touched patient data: a FHIR R4 `Bundle` of `AuditEvent`s, in the order they were recorded.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
     responses(
         (status = 200, description = "A FHIR R4 searchset Bundle of AuditEvent resources", body = serde_json::Value),
