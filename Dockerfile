@@ -30,6 +30,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home app
 ARG SERVICE
+RUN test -n "${SERVICE}" || { echo "--build-arg SERVICE=<one of the six services> is required" >&2; exit 1; }
 COPY --from=build /services/${SERVICE} /usr/local/bin/service
 USER 10001
 ENV LOG_JSON=true

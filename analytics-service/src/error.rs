@@ -1,10 +1,6 @@
 //! The one error type of analytics-service's HTTP API.
 
-use axum::{
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
-use common::problem::Problem;
+use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,11 +19,6 @@ impl From<sqlx::Error> for Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let Error::Internal(cause) = self;
-        common::db::unreachable_problem(&cause)
-            .unwrap_or_else(|| {
-                tracing::error!(error = ?cause, "request failed");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            })
-            .into_response()
+        common::problem::internal(&cause).into_response()
     }
 }

@@ -35,8 +35,8 @@ pub enum Error {
     #[error("cannot {verb} an appointment that is {status}")]
     InvalidTransition { verb: &'static str, status: String },
     /// `If-Match` names a version that is no longer current.
-    #[error("the appointment has changed since version {expected}; fetch it again")]
-    StaleVersion { expected: i64, current: i64 },
+    #[error("the appointment has changed since the version If-Match names")]
+    StaleVersion { current: i64 },
     /// The patient is unknown to the replica, or deleted.
     #[error("{0}")]
     UnknownPatient(&'static str),
@@ -82,15 +82,10 @@ impl IntoResponse for Error {
                 }
             }
             Error::InvalidTransition { .. } | Error::NotStarted => Problem::new(StatusCode::CONFLICT, self.to_string()),
-            Error::StaleVersion { current, .. } => {
-                Problem::new(StatusCode::PRECONDITION_FAILED, self.to_string()).with_extension("currentVersion", *current)
-            }
+            Error::StaleVersion { current } => common::conditional::stale_problem("appointment", *current),
             Error::UnknownPatient(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             Error::NotCaughtUp => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after(1),
-            Error::Internal(cause) => common::db::unreachable_problem(cause).unwrap_or_else(|| {
-                tracing::error!(error = ?cause, "request failed");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }),
+            Error::Internal(cause) => common::problem::internal(cause),
         };
         problem.into_response()
     }

@@ -2,19 +2,20 @@
 -- ACTIVE (or PENDING) account too, not only on a VOIDED one, so billing no longer keeps the
 -- address a patient had at registration for as long as the patient exists. Events of one patient
 -- may come out of order (SPEC: consumers order them by `sequence`), so the account remembers the
--- sequence of the event its contact came from and only a later one replaces it; an event without
--- a sequence (0) never overrides a contact taken from a sequenced one.
+-- sequence of the change its contact came from (0: the create call, or an event without one) and
+-- only a later change replaces it on an ACTIVE account; an event without a sequence replaces none.
 ALTER TABLE billing_accounts ADD COLUMN contact_sequence bigint NOT NULL DEFAULT 0;
 
-DROP FUNCTION apply_patient_events(uuid[], text[], text[], text[]);
+-- The three-argument form goes; calls with three arguments reach the new one (its sequence
+-- defaults to 0, as theirs carry none).
 DROP FUNCTION activate_account(uuid, text, text);
 
 -- The patient exists (its event was committed by patient-service): its account becomes ACTIVE,
 -- its contact the event's when the event is newer than the contact. One statement for the
 -- status, so it never races the sweeper into a wrong state; CLOSED is final. Returns 'activated'
--- (it was PENDING), 'revived' (it was VOIDED), 'opened' (there was none: opened from the event)
--- or 'unchanged' (its status was ACTIVE or CLOSED already; an ACTIVE one's contact may have been
--- refreshed).
+-- (it was PENDING), 'revived' (it was VOIDED), 'opened' (there was none: opened from the event),
+-- 'refreshed' (ACTIVE already: the contact replaced by a later change's) or 'unchanged' (ACTIVE
+-- and no later change, or CLOSED).
 CREATE FUNCTION activate_account(p_patient_id uuid, p_name text, p_email text, p_sequence bigint DEFAULT 0)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -39,7 +40,7 @@ BEGIN
     IF NOT FOUND THEN
         UPDATE billing_accounts SET name = p_name, email = p_email, contact_sequence = p_sequence
         WHERE patient_id = p_patient_id AND status = 'ACTIVE' AND p_sequence > contact_sequence;
-        RETURN 'unchanged';
+        RETURN CASE WHEN FOUND THEN 'refreshed' ELSE 'unchanged' END;
     ELSIF account_id = candidate THEN
         RETURN 'opened';
     ELSIF was_voided THEN
@@ -73,4 +74,14 @@ BEGIN
     END LOOP;
     RETURN outcomes;
 END
+$$;
+
+-- The four-argument form, for a replica still running the previous release during a rolling
+-- upgrade: its events carry no sequence, so they activate as before and replace no contact of an
+-- ACTIVE account. (No default on the five-argument form's sequences: a four-argument call must
+-- resolve to this one only.)
+CREATE OR REPLACE FUNCTION apply_patient_events(p_patient_ids uuid[], p_event_types text[], p_names text[], p_emails text[])
+RETURNS text[] LANGUAGE sql AS $$
+    SELECT apply_patient_events(p_patient_ids, p_event_types, p_names, p_emails,
+                                array_fill(0::bigint, ARRAY[cardinality(p_patient_ids)]))
 $$;

@@ -21,7 +21,8 @@ use crate::repo::{self, Activation, Effect, PatientChange};
 pub struct BillingEventHandler {
     pub db: PgPool,
     pub dead_letters: DeadLetters,
-    /// `billing_accounts_closed_total`, `billing_accounts_activated_total{how}`.
+    /// `billing_accounts_closed_total`, `billing_accounts_activated_total{how}`,
+    /// `billing_accounts_refreshed_total`.
     pub metrics: Arc<Registry>,
 }
 
@@ -44,7 +45,8 @@ fn change(event: &PatientEvent, patient_id: Uuid) -> PatientChange<'_> {
         event_type: &event.event_type,
         name: &event.name,
         email: &event.email,
-        sequence: i64::try_from(event.sequence).unwrap_or(i64::MAX),
+        // Past i64 no producer counts: taken as unknown, so it cannot pin the contact for ever.
+        sequence: i64::try_from(event.sequence).unwrap_or(0),
     }
 }
 
@@ -98,6 +100,10 @@ impl BillingEventHandler {
             Effect::Activation(how) => {
                 let series = match how {
                     Activation::Unchanged => return,
+                    Activation::Refreshed => {
+                        self.metrics.inc("billing_accounts_refreshed_total");
+                        return;
+                    }
                     Activation::Activated => "billing_accounts_activated_total{how=\"pending\"}",
                     Activation::Revived => "billing_accounts_activated_total{how=\"voided\"}",
                     Activation::Opened => "billing_accounts_activated_total{how=\"missing\"}",

@@ -58,7 +58,10 @@ pub enum Activation {
     /// No account existed (e.g. billing's data was restored from an older backup): opened ACTIVE
     /// from the event.
     Opened,
-    /// Already ACTIVE or CLOSED: nothing changed.
+    /// Already ACTIVE: its name and email replaced by those of a later change of the patient.
+    Refreshed,
+    /// Already ACTIVE (and the event no later change than its contact's) or CLOSED: nothing
+    /// changed.
     Unchanged,
 }
 
@@ -80,6 +83,7 @@ impl Effect {
             "activated" => Effect::Activation(Activation::Activated),
             "revived" => Effect::Activation(Activation::Revived),
             "opened" => Effect::Activation(Activation::Opened),
+            "refreshed" => Effect::Activation(Activation::Refreshed),
             "unchanged" => Effect::Activation(Activation::Unchanged),
             "closed" => Effect::Closed(true),
             "not_closed" => Effect::Closed(false),

@@ -59,6 +59,7 @@ impl Application {
             "billing_accounts_activated_total{how=\"voided\"}",
             "billing_accounts_activated_total{how=\"missing\"}",
             "billing_accounts_closed_total",
+            "billing_accounts_refreshed_total",
             "billing_accounts_voided_total",
         ] {
             metrics.add(series, 0);

@@ -1,7 +1,9 @@
 //! Optimistic concurrency over HTTP (RFC 9110 §8.8.3, §13.1.1): a record's version as a strong
 //! `ETag`, `"<version>"`, and the versions a client's `If-Match` accepts.
 
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+
+use crate::problem::Problem;
 
 /// `ETag` of a version: a strong validator, `"<version>"`.
 pub fn etag(version: i64) -> HeaderValue {
@@ -34,10 +36,18 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<Vec<i64>>, &'static str> {
     Ok((!versions.is_empty()).then_some(versions))
 }
 
-/// The version `If-Match` named that `current` is not (the highest, for the problem body), or
-/// `None` when the precondition holds.
-pub fn stale(expected: Option<&[i64]>, current: i64) -> Option<i64> {
-    expected.filter(|versions| !versions.contains(&current)).map(|versions| versions.iter().copied().max().unwrap_or_default())
+/// Whether `If-Match` named versions (see [`if_match`]) and `current` is none of them.
+pub fn is_stale(expected: Option<&[i64]>, current: i64) -> bool {
+    expected.is_some_and(|versions| !versions.contains(&current))
+}
+
+/// The 412 of a stale `If-Match` on `what` (e.g. "patient"), naming the current version.
+pub fn stale_problem(what: &str, current: i64) -> Problem {
+    Problem::new(
+        StatusCode::PRECONDITION_FAILED,
+        format!("the {what} has changed since the version If-Match names; fetch it again"),
+    )
+    .with_extension("currentVersion", current)
 }
 
 #[cfg(test)]
@@ -66,9 +76,9 @@ mod tests {
 
     #[test]
     fn only_a_named_current_version_passes() {
-        assert_eq!(stale(None, 4), None);
-        assert_eq!(stale(Some(&[3, 4]), 4), None);
-        assert_eq!(stale(Some(&[2, 3]), 4), Some(3));
-        assert_eq!(stale(Some(&[-1]), 4), Some(-1));
+        assert!(!is_stale(None, 4));
+        assert!(!is_stale(Some(&[3, 4]), 4));
+        assert!(is_stale(Some(&[2, 3]), 4));
+        assert!(is_stale(Some(&[-1]), 4), "a weak tag matches nothing");
     }
 }

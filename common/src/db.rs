@@ -132,7 +132,7 @@ pub fn database_error(err: &anyhow::Error) -> Option<&sqlx::Error> {
 /// (a connection that broke mid-request may have committed: that stays a 500).
 pub fn unreachable_problem(err: &anyhow::Error) -> Option<crate::problem::Problem> {
     database_error(err).filter(|e| no_connection(e)).map(|_| {
-        tracing::warn!("no database connection could be had; request refused");
+        tracing::warn!(error = %format!("{err:#}"), "no database connection could be had; request refused");
         crate::problem::Problem::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "the service cannot reach its database at the moment; nothing was done, retry later",

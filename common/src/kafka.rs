@@ -556,7 +556,7 @@ impl DeadLetters {
 /// The SQLSTATE of an error the database will raise again for the same record: a data exception
 /// (class 22, e.g. a date out of range, a NUL in text) or an integrity constraint violation (23).
 fn rejected(err: &anyhow::Error) -> Option<String> {
-    let code = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>())?.as_database_error()?.code()?.into_owned();
+    let code = crate::db::database_error(err)?.as_database_error()?.code()?.into_owned();
     (code.starts_with("22") || code.starts_with("23")).then_some(code)
 }
 

@@ -94,3 +94,13 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// The answer to a failure inside a service: 503 with `Retry-After` when no database connection
+/// could be had (nothing was done; [`crate::db::unreachable_problem`]), else 500 revealing nothing.
+/// Logged either way, with the cause's chain.
+pub fn internal(cause: &anyhow::Error) -> Problem {
+    crate::db::unreachable_problem(cause).unwrap_or_else(|| {
+        tracing::error!(error = ?cause, "request failed");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })
+}

@@ -33,9 +33,9 @@ pub struct Settings {
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
     pub upstream_connect_timeout_ms: u64,
     /// Time a backend has to answer with response headers (then 504). Above the services' own
-    /// limit (`REQUEST_TIMEOUT_MS`, 30 000), so a slow service's own answer reaches the client:
-    /// its 503 "nothing saved" with `Retry-After`, or the result, rather than a 504 after which
-    /// nobody knows whether a create happened.
+    /// limit (`REQUEST_TIMEOUT_MS`, 30 000), so a slow service's own answer reaches the client
+    /// (its result, or its 503 with `Retry-After`) rather than the gateway giving up first with a
+    /// 504 while the service goes on.
     #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 35_000)]
     pub upstream_timeout_ms: u64,
     /// Rate limits per client (`azp`, else `sub`): `name=rate:burst` per policy, rate per

@@ -399,6 +399,8 @@ async fn a_patients_changed_contact_reaches_its_billing_account_in_change_order(
     eventually(WAIT, "the events applied", || async { contact(marker.clone()).await }).await;
     let latest = ("ACTIVE".to_owned(), "Order 3".to_owned(), "third@example.org".to_owned());
     assert_eq!(contact(other).await, Some(latest), "the latest change's contact, not the last one to arrive");
+    let metrics = metrics_text(billing.port).await;
+    assert!(metrics.contains("billing_accounts_refreshed_total 2"), "the two later changes: {metrics}");
 }
 
 /// Billing slow, not down: it commits an account after patient-service gave up on the call (503,

@@ -34,9 +34,9 @@ pub enum Error {
     /// The first request with this `Idempotency-Key` is still being processed.
     #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
     IdempotencyKeyInUse,
-    /// `If-Match` names a version that is no longer current.
-    #[error("the patient has changed since version {expected}; fetch it again")]
-    StaleVersion { expected: i64, current: i64 },
+    /// `If-Match` names only versions that are no longer current.
+    #[error("the patient has changed since the version If-Match names")]
+    StaleVersion { current: i64 },
     /// Billing did not answer in time or at all: nothing was persisted, retrying is safe.
     #[error("billing service is unavailable; nothing was saved, retry later")]
     BillingUnavailable,
@@ -71,9 +71,7 @@ impl IntoResponse for Error {
             Error::NotFound | Error::NotFoundDetail(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
             Error::EmailTaken | Error::IdempotencyKeyInUse => Problem::new(StatusCode::CONFLICT, self.to_string()),
             Error::IdempotencyKeyReused => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
-            Error::StaleVersion { current, .. } => {
-                Problem::new(StatusCode::PRECONDITION_FAILED, self.to_string()).with_extension("currentVersion", *current)
-            }
+            Error::StaleVersion { current } => common::conditional::stale_problem("patient", *current),
             Error::BillingUnavailable => {
                 tracing::warn!("billing unavailable; request rolled back");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after(RETRY_AFTER_SECS)
@@ -86,10 +84,7 @@ impl IntoResponse for Error {
                 tracing::error!(code = ?status.code(), "billing call failed");
                 Problem::new(StatusCode::BAD_GATEWAY, self.to_string())
             }
-            Error::Internal(cause) => common::db::unreachable_problem(cause).unwrap_or_else(|| {
-                tracing::error!(error = ?cause, "request failed");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }),
+            Error::Internal(cause) => common::problem::internal(cause),
         };
         problem.into_response()
     }

@@ -70,8 +70,8 @@ pub fn as_routed(method: &Method) -> &Method {
 }
 
 /// The rule for a service path such as `/patients/42` (the gateway's `/api` already stripped).
-/// Paths with empty, `.` or `..` segments or encoded separators never match, so no spelling of a
-/// path can reach a route it does not name. No allocation.
+/// Paths with empty, `.` or `..` segments, a backslash or any percent-encoding never match, so no
+/// spelling of a path can reach a route it does not name. No allocation.
 pub fn rule_for(method: &Method, path: &str) -> Access {
     let method = as_routed(method);
     let Some(rest) = path.strip_prefix('/') else { return Access::NotFound };

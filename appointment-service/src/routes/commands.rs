@@ -109,8 +109,8 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
     };
     repo::lock_schedule(&mut tx, known.clinician_id).await?;
     let current = repo::lock(&mut tx, id).await?.ok_or(Error::NotFound)?;
-    if let Some(expected) = common::conditional::stale(expected.as_deref(), current.version) {
-        return Err(Error::StaleVersion { expected, current: current.version });
+    if common::conditional::is_stale(expected.as_deref(), current.version) {
+        return Err(Error::StaleVersion { current: current.version });
     }
     let status = Status::parse(&current.status).context("unknown status in the database")?;
     if !status.can_become(command.target()) {

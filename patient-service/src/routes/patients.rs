@@ -84,9 +84,9 @@ async fn check_version(tx: &mut repo::Tx<'_>, id: Uuid, expected: Option<&[i64]>
         return Ok(());
     }
     let current = repo::lock_version(tx, id).await?.ok_or(Error::NotFound)?;
-    match common::conditional::stale(expected, current) {
-        Some(expected) => Err(Error::StaleVersion { expected, current }),
-        None => Ok(()),
+    match common::conditional::is_stale(expected, current) {
+        true => Err(Error::StaleVersion { current }),
+        false => Ok(()),
     }
 }
 

@@ -121,6 +121,32 @@ async fn if_match_makes_a_stale_change_a_412_that_changes_nothing() {
 }
 
 #[tokio::test]
+async fn two_changes_of_one_version_at_once_one_wins_and_the_other_is_412() {
+    let app = TestApp::spawn().await;
+    let id = app.create_patient(&patient_body(1)).await;
+    let url = app.url(&format!("/patients/{id}"));
+    // The row held by this test, so both changes are under way before either can take it.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM patients WHERE id = $1::uuid FOR UPDATE").bind(&id).execute(&mut *lock).await.unwrap();
+    let change = |address: &'static str| {
+        let (client, url) = (app.client.clone(), url.clone());
+        let mut body = patient_body(1);
+        body["address"] = json!(address);
+        tokio::spawn(async move { client.put(url).header("if-match", "\"1\"").json(&body).send().await.unwrap().status() })
+    };
+    let (a, b) = (change("4 One Road"), change("5 Other Road"));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    lock.rollback().await.unwrap();
+    let mut statuses = [a.await.unwrap().as_u16(), b.await.unwrap().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 412], "one change of version 1 wins, the other finds version 2");
+    let version: i64 =
+        sqlx::query_scalar("SELECT version FROM patients WHERE id = $1::uuid").bind(&id).fetch_one(&app.db).await.unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(app.outbox_events().await.len(), 2, "the creation and one update");
+}
+
+#[tokio::test]
 async fn bill_returns_the_billing_account_from_billing_service() {
     let app = TestApp::spawn().await;
     let id = app.create_patient(&patient_body(1)).await;
