@@ -10,15 +10,21 @@ use dev_stack::keycloak::{Keycloak, ADMIN_USER, ANALYST, CLINICIAN, REALM};
 use serde_json::{json, Value};
 use support::*;
 
-#[tokio::test]
-async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() {
-    let kc = Keycloak::shared_for_tests();
-    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+/// billing-service, patient-service on it, and a gateway in front (its base URL), without Kafka.
+async fn patients_behind_a_gateway(kc: &Keycloak) -> (Running, Running, String) {
+    let (billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
     let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
     let settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
     let app = gateway::startup::Application::build(settings).await.unwrap();
     let gw = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
+    (billing, patients, gw)
+}
+
+#[tokio::test]
+async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() {
+    let kc = Keycloak::shared_for_tests();
+    let (_billing, patients, gw) = patients_behind_a_gateway(kc).await;
 
     let (clinician, admin, analyst) = (
         kc.user_token(CLINICIAN).await.unwrap(),
@@ -176,12 +182,7 @@ async fn the_trail_records_who_did_what_refuses_changes_and_detects_tampering() 
 #[tokio::test]
 async fn a_head_request_is_the_read_its_get_is() {
     let kc = Keycloak::shared_for_tests();
-    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
-    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
-    let settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
-    let app = gateway::startup::Application::build(settings).await.unwrap();
-    let gw = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (_billing, patients, gw) = patients_behind_a_gateway(kc).await;
     let (clinician, analyst) = (kc.user_token(CLINICIAN).await.unwrap(), kc.user_token(ANALYST).await.unwrap());
     let http = reqwest::Client::new();
     use reqwest::Method;
@@ -243,12 +244,7 @@ async fn a_head_request_is_the_read_its_get_is() {
 #[tokio::test]
 async fn a_percent_encoded_patient_id_reaches_no_handler() {
     let kc = Keycloak::shared_for_tests();
-    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
-    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
-    let settings = gateway::config::Settings::for_issuer(kc.issuer(REALM), format!("http://127.0.0.1:{}", patients.port));
-    let app = gateway::startup::Application::build(settings).await.unwrap();
-    let gw = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (_billing, patients, gw) = patients_behind_a_gateway(kc).await;
     let clinician = kc.user_token(CLINICIAN).await.unwrap();
     let http = reqwest::Client::new();
     let body = json!({"name": "Perry Centon", "email": "perry.centon@example.org", "address": "5 Escape Road",
