@@ -48,17 +48,35 @@ impl Kafka {
             let container = Some(crate::containers::kafka(port)?);
             return Ok(Self { dir: PathBuf::new(), port, controller_port: 0, pid: None, tied_to_process: true, container });
         }
-        let mut kafka = Self {
-            dir: process::fresh_test_dir(TEST_DIR_PREFIX),
-            port: net::free_port()?,
-            controller_port: net::free_port()?,
-            pid: None,
-            tied_to_process: true,
-            container: None,
-        };
-        kafka.format()?;
-        kafka.start()?;
-        Ok(kafka)
+        // A port free a moment ago can be taken before the broker binds it; then the broker
+        // exits at once, and another pair of ports is tried.
+        let mut attempt = 1;
+        loop {
+            let mut kafka = Self {
+                dir: process::fresh_test_dir(TEST_DIR_PREFIX),
+                port: net::free_port()?,
+                controller_port: net::free_port()?,
+                pid: None,
+                tied_to_process: true,
+                container: None,
+            };
+            kafka.format()?;
+            match kafka.start() {
+                Ok(()) => return Ok(kafka),
+                Err(_) if attempt < 3 && kafka.lost_a_port() => {
+                    eprintln!("Kafka could not bind its ports (attempt {attempt}); trying other ports");
+                    kafka.kill();
+                    let _ = fs::remove_dir_all(&kafka.dir);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// True when the broker's log says a port was taken when it tried to listen.
+    fn lost_a_port(&self) -> bool {
+        fs::read_to_string(self.dir.join("kafka.log")).is_ok_and(|log| log.contains("Address already in use"))
     }
 
     /// The dev stack's broker in `dir` (formatted on first use); a no-op when it already runs.
