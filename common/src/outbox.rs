@@ -80,12 +80,19 @@ pub struct RelayArgs {
     /// How often the relay looks for new outbox rows when idle.
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 200)]
     pub outbox_poll_ms: u64,
+    /// How long a published row (event id, aggregate id, type, times; no payload) is kept as the
+    /// record of its publication before it is deleted; 0 keeps them for good.
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 720)]
+    pub outbox_retention_hours: u64,
+    /// How often the relay deletes published rows older than the retention.
+    #[arg(long, env = "OUTBOX_PURGE_EVERY_SECS", default_value_t = 3_600)]
+    pub outbox_purge_every_secs: u64,
 }
 
 impl RelayArgs {
     /// For tests: a short idle poll, so events leave at once.
     pub fn eager() -> Self {
-        Self { outbox_batch_size: 100, outbox_poll_ms: 50 }
+        Self { outbox_batch_size: 100, outbox_poll_ms: 50, ..Self::default() }
     }
 
     /// The relay of `outbox` in `db`, publishing to `kafka`'s topic; None when Kafka is disabled
@@ -108,10 +115,33 @@ impl RelayArgs {
             topic: kafka.kafka_topic.clone(),
             batch_size: self.outbox_batch_size,
             idle_poll: Duration::from_millis(self.outbox_poll_ms),
+            retention: (self.outbox_retention_hours > 0).then(|| Retention {
+                hours: i32::try_from(self.outbox_retention_hours).unwrap_or(i32::MAX),
+                every: Duration::from_secs(self.outbox_purge_every_secs.max(1)),
+            }),
             metrics: metrics.clone(),
         }))
     }
 }
+
+impl Default for RelayArgs {
+    /// The defaults of the command line.
+    fn default() -> Self {
+        Self { outbox_batch_size: 100, outbox_poll_ms: 200, outbox_retention_hours: 720, outbox_purge_every_secs: 3_600 }
+    }
+}
+
+/// How long published rows are kept, and how often older ones are deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub hours: i32,
+    pub every: Duration,
+}
+
+/// Published rows deleted per statement of a purge, and the most statements one purge makes (the
+/// rest waits for the next purge, so a first purge of a large backlog does not hold up the relay).
+const PURGE_CHUNK: i64 = 5_000;
+const PURGE_STATEMENTS: usize = 100;
 
 /// One relay transaction's outcome.
 #[derive(Default)]
@@ -144,7 +174,9 @@ pub struct Relay {
     pub topic: String,
     pub batch_size: i64,
     pub idle_poll: Duration,
-    /// `outbox_events_total{result="published|failed"}`.
+    /// None: published rows are kept for good.
+    pub retention: Option<Retention>,
+    /// `outbox_events_total{result="published|failed"}`, `outbox_rows_purged_total`.
     pub metrics: Arc<Registry>,
 }
 
@@ -158,7 +190,20 @@ impl Relay {
     /// aggregate's later ones) delays every other aggregate's by at most that second.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(250);
+        let mut next_purge = tokio::time::Instant::now();
         while !stop.is_cancelled() {
+            if let Some(retention) = self.retention.filter(|_| tokio::time::Instant::now() >= next_purge) {
+                next_purge = tokio::time::Instant::now() + retention.every;
+                match self.purge(retention).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(
+                        purged,
+                        retention_hours = retention.hours,
+                        "outbox: published rows past their retention deleted"
+                    ),
+                    Err(err) => tracing::warn!(error = %format!("{err:#}"), "outbox purge failed; tried again at the next one"),
+                }
+            }
             let (failure, refused_only) = match self.publish_batch().await {
                 Ok(batch) => {
                     if let Some(err) = &batch.failure {
@@ -196,6 +241,32 @@ impl Relay {
             .context("producer flush failed")?;
         tracing::info!("outbox relay stopped");
         Ok(())
+    }
+
+    /// Deletes published rows sent longer than the retention ago, oldest first, in chunks; how
+    /// many. Unsent rows are never deleted, however old. The chunk is taken from the oldest ids
+    /// (the primary key), so no index on `sent_at` is needed: rows are published in id order, and
+    /// a purge stops at the first chunk with nothing to delete.
+    async fn purge(&self, retention: Retention) -> anyhow::Result<u64> {
+        let mut purged = 0;
+        for _ in 0..PURGE_STATEMENTS {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox o USING (SELECT id FROM outbox ORDER BY id LIMIT $2) oldest \
+                 WHERE o.id = oldest.id AND o.sent_at < now() - make_interval(hours => $1)",
+            )
+            .bind(retention.hours)
+            .bind(PURGE_CHUNK)
+            .execute(&self.db)
+            .await
+            .context("failed to delete published outbox rows")?
+            .rows_affected();
+            purged += deleted;
+            self.metrics.add("outbox_rows_purged_total", deleted);
+            if deleted == 0 {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     /// Publishes one batch: how many rows were marked sent, and the first failure of those that

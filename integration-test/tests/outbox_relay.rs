@@ -58,7 +58,7 @@ async fn an_event_the_broker_keeps_refusing_does_not_hold_up_the_others() {
     let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
     // Small batches, so the other events take many batches, each with the refused one in it.
     let patients = spawn_patients_with(&grpc, kafka_args(&broker(), &topic), |s| {
-        s.relay = RelayArgs { outbox_batch_size: 10, outbox_poll_ms: 50 };
+        s.relay = RelayArgs { outbox_batch_size: 10, ..RelayArgs::eager() };
     })
     .await;
 
@@ -97,6 +97,57 @@ async fn an_event_the_broker_keeps_refusing_does_not_hold_up_the_others() {
         (failed_publishes(patients.port).await >= before + 8).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn published_rows_past_their_retention_are_deleted_and_nothing_else() {
+    let topic = unique_topic();
+    let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
+    // The service's own relay is off; this test runs one on its database.
+    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
+
+    // The oldest row: an event the broker refuses every time, unsent for three hours.
+    let stuck = Uuid::new_v4();
+    insert_event(&patients.db, stuck, &vec![7u8; 2_000_000]).await;
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '3 hours'").execute(&patients.db).await.unwrap();
+    // More rows past the retention than one purge statement deletes, then rows within it.
+    let published = |count: i32, ago: &'static str| {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, patient_id, event_type, payload, created_at, sent_at)
+             SELECT gen_random_uuid(), gen_random_uuid(), 'PATIENT_UPDATED', NULL, now() - $2::interval, now() - $2::interval
+             FROM generate_series(1, $1)",
+        )
+        .bind(count)
+        .bind(ago)
+        .execute(&patients.db)
+    };
+    published(12_000, "2 hours").await.unwrap();
+    published(10, "50 minutes").await.unwrap();
+
+    let metrics = Registry::new();
+    let args = RelayArgs { outbox_retention_hours: 1, outbox_purge_every_secs: 1, ..RelayArgs::eager() };
+    let relay =
+        args.relay(patient_service::outbox::OUTBOX, &patients.db, &kafka_args(&broker(), &topic), &metrics).unwrap().unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+
+    eventually(Duration::from_secs(30), "published rows older than an hour deleted", || async {
+        let old: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at < now() - interval '1 hour'")
+            .fetch_one(&patients.db)
+            .await
+            .unwrap();
+        (old == 0).then_some(())
+    })
+    .await;
+    let left: Vec<(Uuid, bool)> =
+        sqlx::query_as("SELECT patient_id, sent_at IS NULL FROM outbox ORDER BY id").fetch_all(&patients.db).await.unwrap();
+    assert_eq!(left.len(), 11, "the unsent row and the ten within the retention stay");
+    assert_eq!(left[0], (stuck, true), "an unsent row is never deleted, however old");
+    assert!(left[1..].iter().all(|(_, unsent)| !unsent));
+    assert_eq!(metrics.get("outbox_rows_purged_total"), 12_000);
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
 }
 
 /// The relay's `outbox_events_total{result="failed"}`.
