@@ -1,6 +1,6 @@
 //! Builds billing-service from its settings; `main` and the tests share this path.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use common::{
@@ -16,6 +16,8 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::{server::HealthReporter, ServingStatus};
 
 use tower::Layer;
 use verifier::{access, grpc::RequireCallerLayer, settings::Auth};
@@ -94,6 +96,7 @@ impl Application {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<BillingServiceServer<BillingGrpc>>().await;
+        let readiness = Readiness::database(self.pool.clone());
         let reflection_v1 = reflection().build_v1().context("failed to build reflection v1")?;
         let reflection_v1alpha = reflection().build_v1alpha().context("failed to build reflection v1alpha")?;
         let grpc = self
@@ -116,7 +119,7 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop.clone().cancelled_owned());
         let metrics = self.metrics.clone();
         // The HTTP port carries only the operational routes.
-        let edge = Edge { args: self.edge, metrics: metrics.clone(), readiness: Readiness::database(self.pool.clone()) };
+        let edge = Edge { args: self.edge, metrics: metrics.clone(), readiness: readiness.clone() };
         let drain = Drain::new(&edge.args.drain);
         let http_routes = drain.layer(edge.wrap(axum::Router::new()));
         let http = drain.serve(self.http, http_routes, stop.clone());
@@ -125,6 +128,7 @@ impl Application {
             ("grpc-server", Box::pin(async move { grpc.await.context("gRPC server failed") })),
             ("http-server", Box::pin(http)),
             ("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))),
+            ("grpc-health", Box::pin(health_follows(readiness, health, stop.clone()))),
         ];
         match self.consumer {
             Some((consumer, dead_letters)) => {
@@ -141,6 +145,31 @@ impl Application {
         self.pool.close().await;
         result
     }
+}
+
+/// How often gRPC health looks at the database.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps gRPC health in step with readiness: the server and `BillingService` are NOT_SERVING
+/// while the database does not answer (a gRPC-aware balancer or probe then sends calls to
+/// another replica), SERVING again once it does. The same check as `/health/ready`.
+async fn health_follows(readiness: Readiness, health: HealthReporter, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut serving = true;
+    while !stop.is_cancelled() {
+        let up = readiness.all_up().await;
+        if up != serving {
+            serving = up;
+            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+            tracing::warn!(serving, "gRPC health follows the database");
+            health.set_service_status("", status).await;
+            health.set_service_status(BillingServiceServer::<BillingGrpc>::NAME, status).await;
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Server reflection over every contract we serve, so grpcurl needs no .proto file.

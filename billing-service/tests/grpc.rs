@@ -232,6 +232,49 @@ async fn grpc_health_reports_serving_and_http_ready_checks_the_database() {
     assert_eq!(live.status(), 200);
 }
 
+#[tokio::test]
+async fn grpc_health_is_not_serving_while_the_database_refuses_connections_and_serving_again_after() {
+    use std::time::{Duration, Instant};
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+
+    let app = TestApp::spawn_with(|s| s.db.database_acquire_timeout_ms = 500).await;
+    let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&app.db).await.unwrap();
+    let admin = PgPool::connect(&PgCluster::shared_for_tests().url("postgres")).await.unwrap();
+    let mut health = HealthClient::new(app.channel().await);
+    // Waits until the server's and BillingService's status both are `want`.
+    async fn statuses(health: &mut HealthClient<Channel>, want: ServingStatus) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut now = vec![];
+            for service in ["", "BillingService"] {
+                now.push(health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status());
+            }
+            if now.iter().all(|s| *s == want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "health still {now:?}, waiting for {want:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    statuses(&mut health, ServingStatus::Serving).await;
+
+    // The database refuses new connections and drops the ones it has.
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false")).execute(&admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    statuses(&mut health, ServingStatus::NotServing).await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/health/ready", app.http_port)).await.unwrap();
+    assert_eq!(ready.status(), 503, "the same check as readiness");
+
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true")).execute(&admin).await.unwrap();
+    statuses(&mut health, ServingStatus::Serving).await;
+    let mut client = app.client().await;
+    client.create_billing_account(request(&Uuid::new_v4().to_string())).await.expect("billing answers again");
+}
+
 /// The account states one patient can go through: PENDING from the RPC, VOIDED by the sweeper
 /// (contact scrubbed), PENDING again from a retried create, revived to ACTIVE by the patient's
 /// event, CLOSED by its deletion, and CLOSED stays final against a redelivered event.

@@ -39,6 +39,18 @@ impl Readiness {
     }
 }
 
+impl Readiness {
+    /// True when every check passes (for health reported elsewhere than `/health/ready`).
+    pub async fn all_up(&self) -> bool {
+        for (_, probe) in &self.0 {
+            if !probe().await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// Liveness (the process answers) and readiness (every check passes).
 pub fn routes(readiness: Readiness) -> Router {
     Router::new()
