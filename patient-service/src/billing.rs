@@ -17,7 +17,8 @@ use crate::{config::Resilience, domain::ValidPatient, Error};
 
 const RETRIES: &str = "billing_retries_total";
 
-/// The least time a retry must have before the deadline.
+/// The least time an attempt (a retry, or a first try after a slow token fetch) must have before
+/// the deadline.
 const MIN_ATTEMPT_BUDGET: Duration = Duration::from_millis(100);
 
 /// A cheap-to-clone client over one lazily (re)connecting channel.
@@ -105,11 +106,17 @@ impl BillingClient {
         let (mut attempt, mut token_renewed) = (0, false);
         loop {
             attempt += 1;
+            // The token first (held, or fetched from Keycloak within the deadline): a slow realm
+            // must not use up the attempt's time and have billing blamed for the timeout.
+            let (request, token) = self.request(message.clone(), deadline).await?;
+            if Instant::now() + MIN_ATTEMPT_BUDGET >= deadline {
+                tracing::warn!("getting the service token took the billing call's deadline");
+                return Err(Error::BillingUnavailable);
+            }
             let permit = self.breaker.attempt().map_err(|open| {
                 tracing::warn!(retry_after_ms = open.retry_after.as_millis() as u64, "billing circuit open; call refused");
                 Error::BillingCircuitOpen(open.retry_after)
             })?;
-            let (request, token) = self.request(message.clone(), deadline).await?;
             let outcome = match tokio::time::timeout_at(deadline, rpc(self.inner.clone(), request)).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
