@@ -6,7 +6,8 @@
 //! - [`kafka`]: a single-node KRaft Apache Kafka from Maven Central jars.
 //! - [`grpcurl`]: the grpcurl CLI from its Go module.
 //! - [`jaeger`], [`mailpit`], [`helm`]: the trace backend, the mail server and Helm, built from
-//!   their Go modules; [`python`]: schemathesis and kubernetes-validate from PyPI.
+//!   their Go modules; [`python`]: schemathesis, kubernetes-validate and aiosmtpd from PyPI;
+//!   [`plain_smtp`]: a mail server without SMTPUTF8 (aiosmtpd).
 //! - [`browser`]: headless Chromium + playwright-core for UI journeys.
 //! - [`kube`]: Kubernetes' API server (from its Go modules) and etcd, for server-side dry runs.
 //! - [`cluster`]: a single-node Kubernetes (containerd, kubelet, kube-proxy, CoreDNS) for the chart.
@@ -33,6 +34,7 @@ pub mod kube;
 pub mod mailpit;
 pub mod net;
 pub mod paths;
+pub mod plain_smtp;
 pub mod postgres;
 mod process;
 pub mod python;

@@ -1,6 +1,7 @@
 //! Python tools from PyPI, each pinned and installed once into a virtualenv of its own in the
-//! cache: schemathesis (the contract fuzzer run against the API's OpenAPI document) and
-//! kubernetes-validate (offline schema validation of the Helm chart's manifests).
+//! cache: schemathesis (the contract fuzzer run against the API's OpenAPI document),
+//! kubernetes-validate (offline schema validation of the Helm chart's manifests) and aiosmtpd (a
+//! mail server without SMTPUTF8, for tests).
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -10,12 +11,19 @@ use crate::process::{self, run_checked};
 
 /// The pinned schemathesis version.
 pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// The pinned aiosmtpd version (the mail server without SMTPUTF8 of [`crate::plain_smtp`]).
+pub const AIOSMTPD_VERSION: &str = "1.4.6";
 /// The pinned kubernetes-validate version.
 pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// schemathesis' `st` command.
 pub fn schemathesis() -> anyhow::Result<PathBuf> {
     tool("schemathesis", SCHEMATHESIS_VERSION, "st")
+}
+
+/// The `aiosmtpd` command.
+pub fn aiosmtpd() -> anyhow::Result<PathBuf> {
+    tool("aiosmtpd", AIOSMTPD_VERSION, "aiosmtpd")
 }
 
 /// The `kubernetes-validate` command.

@@ -8,7 +8,7 @@ mod support;
 
 use std::{collections::HashMap, time::Duration};
 
-use dev_stack::{kafka::Kafka, mailpit::Mailpit};
+use dev_stack::{kafka::Kafka, mailpit::Mailpit, plain_smtp::PlainSmtp};
 use prost::Message as _;
 use proto::{appointments::AppointmentEvent, events::PatientEvent};
 use rdkafka::{
@@ -476,5 +476,48 @@ async fn a_server_refusing_this_service_keeps_the_mails_and_one_refusing_the_rec
     .await;
     assert_eq!(status, "FAILED");
     assert!(mails(&mailpit, Some(&refused[0].email)).await.is_empty());
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_without_smtputf8_gets_an_internationalised_domain_as_its_a_label_and_a_non_ascii_mailbox_fails() {
+    let server = PlainSmtp::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let service = spawn_notifications(None, kafka_args(&bootstrap, &topic), &appointments, server.smtp_port(), quick).await;
+
+    let mut patients = created(2);
+    let (idn, local) = (Uuid::new_v4().simple().to_string(), Uuid::new_v4().simple().to_string());
+    patients[0].email = format!("ann-{idn}@bücher.example");
+    patients[1].email = format!("jösé-{local}@example.org");
+    publish(&bootstrap, &topic, &patients).await;
+
+    let status_of = |patient: &PatientEvent| {
+        let (db, id) = (service.db.clone(), Uuid::parse_str(&patient.patient_id).unwrap());
+        async move {
+            let row: Option<(String, Option<String>)> =
+                sqlx::query_as("SELECT status, last_error FROM mails WHERE patient_id = $1")
+                    .bind(id)
+                    .fetch_optional(&db)
+                    .await
+                    .unwrap();
+            row.filter(|(status, _)| status != "PENDING" && status != "SENDING")
+        }
+    };
+    let (status, _) =
+        eventually(Duration::from_secs(60), "the mail to the internationalised domain is settled", || status_of(&patients[0]))
+            .await;
+    assert_eq!(status, "SENT");
+    let arrived: Vec<String> = server.mails().into_iter().filter(|m| m.contains(&idn)).collect();
+    assert_eq!(arrived.len(), 1, "one mail for the patient");
+    assert!(arrived[0].contains(&format!("ann-{idn}@xn--bcher-kva.example")), "{}", arrived[0]);
+
+    // Before: lettre refused to send it, and it was retried as if the server were down, forever.
+    let (status, error) =
+        eventually(Duration::from_secs(60), "the mail to the non-ASCII mailbox is settled", || status_of(&patients[1])).await;
+    assert_eq!(status, "FAILED");
+    assert_eq!(error.as_deref(), Some("the mail server cannot take a non-ASCII address (it lacks SMTPUTF8)"));
+    assert!(!server.mails().iter().any(|m| m.contains(&local)), "nothing reached the server");
     service.stop().await;
 }

@@ -5,9 +5,11 @@
 //! - SMTP down or refusing for now: the mail goes back to PENDING, due again after a backoff that
 //!   doubles per attempt (capped); nothing is dropped but a reminder whose appointment has
 //!   started meanwhile (CANCELLED). A permanent refusal of the mail itself (its recipient, mailbox,
-//!   size or content: see `refuses_the_mail`) or an address that cannot be a mailbox is FAILED; a
-//!   server refusing this service (authentication, relaying, protocol) is retried like an outage
-//!   and logged as an error, so fixing the credentials loses nothing.
+//!   size or content: see `refuses_the_mail`), an address that cannot be a mailbox, or one with a
+//!   non-ASCII local part for a server without SMTPUTF8 is FAILED (a non-ASCII domain is sent as
+//!   its `xn--` A-label, which every server takes); a server refusing this service
+//!   (authentication, relaying, protocol) is retried like an outage and logged as an error, so
+//!   fixing the credentials loses nothing.
 //! - A claim is renewed right before its mail is sent and the outcome is recorded only for that
 //!   same claim (its attempt number): a mail cancelled meanwhile, or taken over by another sender
 //!   after a lease ran out, is not sent (or recorded) by this one.
@@ -170,9 +172,11 @@ impl Sender {
             }
             None => return Ok(self.retry(mail, "the patient is not known yet")),
         };
-        let Ok(to) = email.parse().map(|address| Mailbox::new(Some(name.clone()), address)) else {
+        let Some(address) = deliverable(&email) else {
             return Ok(Outcome::Failed("the patient's email address is not a mailbox"));
         };
+        let needs_smtputf8 = !AsRef::<str>::as_ref(&address).is_ascii();
+        let to = Mailbox::new(Some(name.clone()), address);
         let when = |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
         let (starts_at, ends_at) = (when(mail.starts_at), when(mail.ends_at));
         let appointment_id = mail.appointment_id.map(|id| id.to_string()).unwrap_or_default();
@@ -195,6 +199,15 @@ impl Sender {
         let bound = self.smtp_timeout.min(Duration::from_millis(self.args.sender_lease_ms) / 2);
         Ok(match tokio::time::timeout(bound, self.smtp.send(message)).await {
             Ok(Ok(_)) => Outcome::Sent,
+            // lettre refuses to send a non-ASCII address to a server without SMTPUTF8: this
+            // server can never take the mail.
+            Ok(Err(err)) if err.is_client() && needs_smtputf8 => {
+                Outcome::Failed("the mail server cannot take a non-ASCII address (it lacks SMTPUTF8)")
+            }
+            Ok(Err(err)) if err.is_client() => {
+                tracing::error!(mail_id = %mail.id, "this service cannot talk to the mail server (TLS or authentication setup): mails wait until that is fixed");
+                self.retry(mail, "the mail server and this service do not agree (TLS or authentication)")
+            }
             Ok(Err(err)) if err.status().is_some_and(|code| refuses_the_mail(code.into(), &reply_text(&err))) => {
                 Outcome::Failed("the mail server refused the mail permanently")
             }
@@ -207,6 +220,15 @@ impl Sender {
             Err(_) => self.retry(mail, "the mail server did not answer in time"),
         })
     }
+}
+
+/// The address to mail `email` at, its domain in ASCII (an internationalised domain as its
+/// `xn--` A-label): such an address needs no SMTPUTF8, which many servers lack; only a non-ASCII
+/// local part does. None when it cannot be a mailbox.
+fn deliverable(email: &str) -> Option<lettre::Address> {
+    let (local, domain) = email.rsplit_once('@')?;
+    let domain = idna::domain_to_ascii(domain).ok()?;
+    lettre::Address::new(local, domain).ok()
 }
 
 /// The server's reply text of an SMTP error (never logged: it may echo an address).
@@ -248,7 +270,17 @@ fn enhanced_status(reply: &str) -> Option<(u16, u16, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::refuses_the_mail;
+    use super::{deliverable, refuses_the_mail};
+
+    #[test]
+    fn an_internationalised_domain_is_mailed_as_its_a_label() {
+        let address = |email: &str| deliverable(email).map(|a| a.to_string());
+        assert_eq!(address("ann@bücher.example").as_deref(), Some("ann@xn--bcher-kva.example"));
+        assert_eq!(address("ann@example.org").as_deref(), Some("ann@example.org"));
+        assert_eq!(address("jösé@example.org").as_deref(), Some("jösé@example.org"), "a local part stays as it is");
+        assert_eq!(address("ann@"), None);
+        assert_eq!(address("no-at-sign"), None);
+    }
 
     #[test]
     fn only_refusals_of_the_mail_itself_fail_it() {
