@@ -9,6 +9,8 @@
 //!   `patient_id`, `appointment_id`): an aggregate's events share a partition and arrive in order.
 //! - The table: `id bigserial`, `event_id uuid`, the key column (uuid), `payload bytea` (NULL once
 //!   sent), `traceparent text`, `sent_at timestamptz`, with an index on (key, id) of unsent rows.
+//!   A published row stays as the record of its publication for `OUTBOX_RETENTION_HOURS`, then
+//!   the relay deletes it.
 //! - Kafka down: the batch fails after the delivery timeout, nothing is marked, the relay backs
 //!   off and tries again; the API is unaffected. Delivery is at-least-once (a crash between the
 //!   broker's ack and our commit re-sends); consumers de-duplicate on the event id.
@@ -82,7 +84,8 @@ pub struct RelayArgs {
     pub outbox_poll_ms: u64,
     /// How long a published row (event id, aggregate id, type, times; no payload) is kept as the
     /// record of its publication before it is deleted; 0 keeps them for good.
-    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 720)]
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 720,
+          value_parser = clap::value_parser!(u64).range(0..=876_000))]
     pub outbox_retention_hours: u64,
     /// How often the relay deletes published rows older than the retention.
     #[arg(long, env = "OUTBOX_PURGE_EVERY_SECS", default_value_t = 3_600)]
@@ -116,7 +119,7 @@ impl RelayArgs {
             batch_size: self.outbox_batch_size,
             idle_poll: Duration::from_millis(self.outbox_poll_ms),
             retention: (self.outbox_retention_hours > 0).then(|| Retention {
-                hours: i32::try_from(self.outbox_retention_hours).unwrap_or(i32::MAX),
+                hours: i32::try_from(self.outbox_retention_hours.min(876_000)).unwrap_or(876_000),
                 every: Duration::from_secs(self.outbox_purge_every_secs.max(1)),
             }),
             metrics: metrics.clone(),
@@ -134,12 +137,14 @@ impl Default for RelayArgs {
 /// How long published rows are kept, and how often older ones are deleted.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
+    /// A published row is deleted this many hours after it was sent.
     pub hours: i32,
+    /// The time between two purges.
     pub every: Duration,
 }
 
 /// Published rows deleted per statement of a purge, and the most statements one purge makes (the
-/// rest waits for the next purge, so a first purge of a large backlog does not hold up the relay).
+/// rest waits for the next purge: a first purge of a large backlog is spread out).
 const PURGE_CHUNK: i64 = 5_000;
 const PURGE_STATEMENTS: usize = 100;
 
@@ -188,22 +193,39 @@ impl Relay {
     /// doubling to 10 s when the broker is away, but a steady 1 s when it only refused events
     /// themselves (too large, say): an event the broker keeps refusing (it waits, with its
     /// aggregate's later ones) delays every other aggregate's by at most that second.
+    ///
+    /// Beside it, published rows past the retention are deleted (`purge`), so the
+    /// purge never holds up publishing.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(250);
-        let mut next_purge = tokio::time::Instant::now();
+        let (published, ()) = tokio::join!(self.publish_until(stop.clone()), self.purge_until(stop));
+        published
+    }
+
+    /// Every `retention.every`, from the start, until `stop`.
+    async fn purge_until(&self, stop: CancellationToken) {
+        let Some(retention) = self.retention else { return };
         while !stop.is_cancelled() {
-            if let Some(retention) = self.retention.filter(|_| tokio::time::Instant::now() >= next_purge) {
-                next_purge = tokio::time::Instant::now() + retention.every;
-                match self.purge(retention).await {
-                    Ok(0) => {}
-                    Ok(purged) => tracing::info!(
+            match self.purge(retention).await {
+                Ok(0) => {}
+                Ok(purged) => {
+                    tracing::info!(
                         purged,
                         retention_hours = retention.hours,
                         "outbox: published rows past their retention deleted"
-                    ),
-                    Err(err) => tracing::warn!(error = %format!("{err:#}"), "outbox purge failed; tried again at the next one"),
+                    )
                 }
+                Err(err) => tracing::warn!(error = %format!("{err:#}"), "outbox purge failed; tried again at the next one"),
             }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(retention.every) => {}
+            }
+        }
+    }
+
+    async fn publish_until(&self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(250);
+        while !stop.is_cancelled() {
             let (failure, refused_only) = match self.publish_batch().await {
                 Ok(batch) => {
                     if let Some(err) = &batch.failure {
@@ -244,15 +266,14 @@ impl Relay {
     }
 
     /// Deletes published rows sent longer than the retention ago, oldest first, in chunks; how
-    /// many. Unsent rows are never deleted, however old. The chunk is taken from the oldest ids
-    /// (the primary key), so no index on `sent_at` is needed: rows are published in id order, and
-    /// a purge stops at the first chunk with nothing to delete.
+    /// many. Unsent rows are never deleted, however old (nor do they stop the purge of later
+    /// published ones). Rows another replica's purge holds are skipped.
     async fn purge(&self, retention: Retention) -> anyhow::Result<u64> {
         let mut purged = 0;
         for _ in 0..PURGE_STATEMENTS {
             let deleted = sqlx::query(
-                "DELETE FROM outbox o USING (SELECT id FROM outbox ORDER BY id LIMIT $2) oldest \
-                 WHERE o.id = oldest.id AND o.sent_at < now() - make_interval(hours => $1)",
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+                 WHERE sent_at < now() - make_interval(hours => $1) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
             )
             .bind(retention.hours)
             .bind(PURGE_CHUNK)

@@ -103,8 +103,11 @@ async fn an_event_the_broker_keeps_refusing_does_not_hold_up_the_others() {
 async fn published_rows_past_their_retention_are_deleted_and_nothing_else() {
     let topic = unique_topic();
     let (_billing, grpc) = spawn_billing(KafkaArgs::disabled()).await;
-    // The service's own relay is off; this test runs one on its database.
-    let patients = spawn_patients(&grpc, KafkaArgs::disabled()).await;
+    // The service's own relay (as the service's database role), purging every second.
+    let patients = spawn_patients_with(&grpc, kafka_args(&broker(), &topic), |s| {
+        s.relay = RelayArgs { outbox_retention_hours: 1, outbox_purge_every_secs: 1, ..RelayArgs::eager() };
+    })
+    .await;
 
     // The oldest row: an event the broker refuses every time, unsent for three hours.
     let stuck = Uuid::new_v4();
@@ -124,13 +127,6 @@ async fn published_rows_past_their_retention_are_deleted_and_nothing_else() {
     published(12_000, "2 hours").await.unwrap();
     published(10, "50 minutes").await.unwrap();
 
-    let metrics = Registry::new();
-    let args = RelayArgs { outbox_retention_hours: 1, outbox_purge_every_secs: 1, ..RelayArgs::eager() };
-    let relay =
-        args.relay(patient_service::outbox::OUTBOX, &patients.db, &kafka_args(&broker(), &topic), &metrics).unwrap().unwrap();
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(relay.run(stop.clone()));
-
     eventually(Duration::from_secs(30), "published rows older than an hour deleted", || async {
         let old: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at < now() - interval '1 hour'")
             .fetch_one(&patients.db)
@@ -144,10 +140,8 @@ async fn published_rows_past_their_retention_are_deleted_and_nothing_else() {
     assert_eq!(left.len(), 11, "the unsent row and the ten within the retention stay");
     assert_eq!(left[0], (stuck, true), "an unsent row is never deleted, however old");
     assert!(left[1..].iter().all(|(_, unsent)| !unsent));
-    assert_eq!(metrics.get("outbox_rows_purged_total"), 12_000);
-
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    let text = metrics_text(patients.port).await;
+    assert!(text.lines().any(|l| l == "outbox_rows_purged_total 12000"), "{text}");
 }
 
 /// The relay's `outbox_events_total{result="failed"}`.

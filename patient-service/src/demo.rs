@@ -29,14 +29,23 @@ struct DemoPatient {
 pub async fn seed(pool: &PgPool) -> anyhow::Result<usize> {
     let demo: Vec<DemoPatient> = serde_json::from_str(DEMO_PATIENTS).context("embedded demo data is invalid")?;
     let mut tx = pool.begin().await.context("failed to begin demo seed")?;
-    // A demo patient with any event in the outbox (its rows are kept, without their payload once
-    // published) has been here: one that was deleted stays deleted, at every restart.
+    // A demo patient recorded as seeded has been here: one that was deleted stays deleted, at
+    // every restart. (One seeded before that record existed has an event in the outbox, unless
+    // the outbox retention deleted it since: both are read, and the record is written for all.)
     let ids: Vec<Uuid> = demo.iter().map(|p| p.id).collect();
-    let known: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT patient_id FROM outbox WHERE patient_id = ANY($1)")
+    let known: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT patient_id FROM demo_seeded WHERE patient_id = ANY($1)
+         UNION SELECT patient_id FROM outbox WHERE patient_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .context("failed to read which demo patients were seeded before")?;
+    sqlx::query("INSERT INTO demo_seeded (patient_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING")
         .bind(&ids)
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await
-        .context("failed to read which demo patients were seeded before")?;
+        .context("failed to record the demo patients as seeded")?;
     let mut inserted = 0;
     for p in demo.into_iter().filter(|p| !known.contains(&p.id)) {
         let row = sqlx::query_as::<_, Patient>(

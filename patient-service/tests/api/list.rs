@@ -94,4 +94,8 @@ async fn demo_data_seeds_the_fifteen_known_patients_once() {
     assert_eq!(patient_service::demo::seed(&app.db).await.unwrap(), 0);
     assert_eq!(app.client.get(&john).send().await.unwrap().status(), 404);
     assert_eq!((app.patient_rows().await, app.outbox_events().await.len()), (14, 16), "no new PATIENT_CREATED");
+    // Also once the outbox retention deleted every published event.
+    sqlx::query("DELETE FROM outbox").execute(&app.db).await.unwrap();
+    assert_eq!(patient_service::demo::seed(&app.db).await.unwrap(), 0);
+    assert_eq!(app.client.get(&john).send().await.unwrap().status(), 404);
 }
