@@ -92,6 +92,19 @@ impl Breaker {
         Ok(Attempt { breaker: self, probe, reported: false })
     }
 
+    /// [`Open`] (counted as a refusal) when an [`Breaker::attempt`] now would be refused, without
+    /// taking the probe slot: for a caller with work to do before its call (fetching a token),
+    /// which should not do it while the dependency is known to be down.
+    pub fn refuses(&self) -> Option<Open> {
+        let now = Instant::now();
+        match *self.lock() {
+            State::Closed { .. } => None,
+            State::Open { until } if now >= until => None,
+            State::Open { until } => Some(self.refuse(until - now)),
+            State::HalfOpen => Some(self.refuse(self.open_for)),
+        }
+    }
+
     fn refuse(&self, retry_after: Duration) -> Open {
         self.metrics.inc(&self.rejected_series);
         Open { retry_after }
@@ -209,6 +222,24 @@ mod tests {
         assert_eq!(b.attempt().unwrap_err(), Open { retry_after: Duration::from_secs(3) });
         assert_eq!(metrics.get("circuit_breaker_rejected_total{dependency=\"billing\"}"), 1);
         assert_eq!(metrics.get("circuit_breaker_opened_total{dependency=\"billing\"}"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refuses_tells_what_an_attempt_would_meet_without_taking_the_probe() {
+        let (b, metrics) = breaker();
+        assert!(b.refuses().is_none(), "closed");
+        for _ in 0..3 {
+            b.attempt().unwrap().failed();
+        }
+        assert_eq!(b.refuses(), Some(Open { retry_after: OPEN_FOR }));
+        assert_eq!(metrics.get("circuit_breaker_rejected_total{dependency=\"billing\"}"), 1);
+        tokio::time::advance(OPEN_FOR).await;
+        assert!(b.refuses().is_none(), "the probe may go");
+        assert_eq!(state(&metrics), 1, "still open: asking took no probe");
+        let probe = b.attempt().expect("the probe");
+        assert!(b.refuses().is_some(), "one probe at a time");
+        probe.succeeded();
+        assert!(b.refuses().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -106,17 +106,22 @@ impl BillingClient {
         let (mut attempt, mut token_renewed) = (0, false);
         loop {
             attempt += 1;
-            // The token first (held, or fetched from Keycloak within the deadline): a slow realm
-            // must not use up the attempt's time and have billing blamed for the timeout.
+            let circuit_open = |open: common::breaker::Open| {
+                tracing::warn!(retry_after_ms = open.retry_after.as_millis() as u64, "billing circuit open; call refused");
+                Error::BillingCircuitOpen(open.retry_after)
+            };
+            // An open circuit answers at once; else the token (held, or fetched from Keycloak
+            // within the deadline) before the attempt is counted: a slow realm must not use up
+            // the attempt's time and have billing blamed for the timeout.
+            if let Some(open) = self.breaker.refuses() {
+                return Err(circuit_open(open));
+            }
             let (request, token) = self.request(message.clone(), deadline).await?;
             if Instant::now() + MIN_ATTEMPT_BUDGET >= deadline {
                 tracing::warn!("getting the service token took the billing call's deadline");
                 return Err(Error::BillingUnavailable);
             }
-            let permit = self.breaker.attempt().map_err(|open| {
-                tracing::warn!(retry_after_ms = open.retry_after.as_millis() as u64, "billing circuit open; call refused");
-                Error::BillingCircuitOpen(open.retry_after)
-            })?;
+            let permit = self.breaker.attempt().map_err(circuit_open)?;
             let outcome = match tokio::time::timeout_at(deadline, rpc(self.inner.clone(), request)).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
