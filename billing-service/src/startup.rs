@@ -150,17 +150,27 @@ impl Application {
 /// How often gRPC health looks at the database.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
+/// Checks in a row that must fail before gRPC health says NOT_SERVING (one slow check under load
+/// must not take every replica out at once).
+const HEALTH_FAILURES: u32 = 2;
+
 /// Keeps gRPC health in step with readiness: the server and `BillingService` are NOT_SERVING
 /// while the database does not answer (a gRPC-aware balancer or probe then sends calls to
-/// another replica), SERVING again once it does. The same check as `/health/ready`.
+/// another replica), SERVING again at the first check it answers. The same check as
+/// `/health/ready`.
 async fn health_follows(readiness: Readiness, health: HealthReporter, stop: CancellationToken) -> anyhow::Result<()> {
-    let mut serving = true;
+    let (mut serving, mut failures) = (true, 0);
     while !stop.is_cancelled() {
-        let up = readiness.all_up().await;
+        failures = if readiness.all_up().await { 0 } else { failures + 1 };
+        let up = failures < HEALTH_FAILURES;
         if up != serving {
             serving = up;
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
-            tracing::warn!(serving, "gRPC health follows the database");
+            if up {
+                tracing::info!("gRPC health: SERVING again, the database answers");
+            } else {
+                tracing::warn!("gRPC health: NOT_SERVING, the database does not answer");
+            }
             health.set_service_status("", status).await;
             health.set_service_status(BillingServiceServer::<BillingGrpc>::NAME, status).await;
         }
