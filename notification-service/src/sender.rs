@@ -201,12 +201,12 @@ impl Sender {
             Ok(Ok(_)) => Outcome::Sent,
             // lettre refuses to send a non-ASCII address to a server without SMTPUTF8: this
             // server can never take the mail.
-            Ok(Err(err)) if err.is_client() && needs_smtputf8 => {
+            Ok(Err(err)) if err.is_client() && needs_smtputf8 && reply_text(&err).contains("SMTPUTF8") => {
                 Outcome::Failed("the mail server cannot take a non-ASCII address (it lacks SMTPUTF8)")
             }
             Ok(Err(err)) if err.is_client() => {
-                tracing::error!(mail_id = %mail.id, "this service cannot talk to the mail server (TLS or authentication setup): mails wait until that is fixed");
-                self.retry(mail, "the mail server and this service do not agree (TLS or authentication)")
+                tracing::error!(mail_id = %mail.id, "this service and the mail server do not agree (STARTTLS or authentication mechanism): mails wait until that is fixed");
+                self.retry(mail, "the mail server and this service do not agree (STARTTLS or authentication mechanism)")
             }
             Ok(Err(err)) if err.status().is_some_and(|code| refuses_the_mail(code.into(), &reply_text(&err))) => {
                 Outcome::Failed("the mail server refused the mail permanently")
@@ -227,7 +227,8 @@ impl Sender {
 /// local part does. None when it cannot be a mailbox.
 fn deliverable(email: &str) -> Option<lettre::Address> {
     let (local, domain) = email.rsplit_once('@')?;
-    let domain = idna::domain_to_ascii(domain).ok()?;
+    // An address literal (`[192.0.2.1]`) is ASCII already.
+    let domain = if domain.starts_with('[') { domain.to_owned() } else { idna::domain_to_ascii(domain).ok()? };
     lettre::Address::new(local, domain).ok()
 }
 
@@ -278,6 +279,7 @@ mod tests {
         assert_eq!(address("ann@bücher.example").as_deref(), Some("ann@xn--bcher-kva.example"));
         assert_eq!(address("ann@example.org").as_deref(), Some("ann@example.org"));
         assert_eq!(address("jösé@example.org").as_deref(), Some("jösé@example.org"), "a local part stays as it is");
+        assert_eq!(address("ann@[192.0.2.1]").as_deref(), Some("ann@[192.0.2.1]"));
         assert_eq!(address("ann@"), None);
         assert_eq!(address("no-at-sign"), None);
     }
