@@ -69,7 +69,10 @@ impl Kafka {
                     let _ = fs::remove_dir_all(&kafka.dir);
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    kafka.kill();
+                    return Err(e);
+                }
             }
         }
     }

@@ -19,13 +19,13 @@ const TEST_PORTS: std::ops::Range<u16> = 20_000..30_000;
 /// bind, which made a broker fail to start beside a busy test run.
 pub fn free_port() -> std::io::Result<u16> {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let ephemeral = ephemeral_range();
+    let ephemeral = avoided_range();
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let span = u64::from(TEST_PORTS.end - TEST_PORTS.start);
     for _ in 0..500 {
         let offset = RandomState::new().hash_one(std::time::Instant::now()) % span;
         let port = TEST_PORTS.start + u16::try_from(offset).unwrap_or(0);
-        if ephemeral.contains(&port) || handed_out.contains(&port) {
+        if ephemeral.as_ref().is_some_and(|e| e.contains(&port)) || handed_out.contains(&port) {
             continue;
         }
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
@@ -40,6 +40,14 @@ pub fn free_port() -> std::io::Result<u16> {
             return Ok(port);
         }
     }
+}
+
+/// The ephemeral range, unless it covers every candidate (a host whose range is `1024 65535`):
+/// then nothing is avoided, and a random candidate is no worse than the OS's pick.
+fn avoided_range() -> Option<std::ops::RangeInclusive<u16>> {
+    let ephemeral = ephemeral_range();
+    let covers_all = ephemeral.contains(&TEST_PORTS.start) && ephemeral.contains(&(TEST_PORTS.end - 1));
+    (!covers_all).then_some(ephemeral)
 }
 
 /// The kernel's ephemeral port range (Linux default when it cannot be read).
@@ -77,10 +85,10 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
-        let ephemeral = ephemeral_range();
+        let ephemeral = avoided_range();
         let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
         let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
-        assert!(ports.iter().all(|p| !ephemeral.contains(p)), "{ports:?} meets {ephemeral:?}");
+        assert!(ports.iter().all(|p| !ephemeral.as_ref().is_some_and(|e| e.contains(p))), "{ports:?} meets {ephemeral:?}");
     }
 }
