@@ -24,6 +24,10 @@ pub struct Settings {
     /// Longest appointment, in minutes.
     #[arg(long, env = "MAX_APPOINTMENT_MINUTES", default_value_t = 480)]
     pub max_appointment_minutes: i64,
+    /// How long before its start a patient can be checked in for an appointment, in minutes
+    /// (a check-in is the patient at the desk: not for an appointment days ahead).
+    #[arg(long, env = "CHECK_IN_OPENS_MINUTES", default_value_t = 60)]
+    pub check_in_opens_minutes: i64,
     /// Longest a query waits for the projection to reach a client's `X-Wait-For` token.
     #[arg(long, env = "PROJECTION_WAIT_MAX_MS", default_value_t = 5_000)]
     pub projection_wait_max_ms: u64,
@@ -57,6 +61,7 @@ impl Settings {
             group_id: "appointment-service".into(),
             projection_group_id: "appointment-projection".into(),
             max_appointment_minutes: 480,
+            check_in_opens_minutes: 60,
             projection_wait_max_ms: 5_000,
             relay: RelayArgs::eager(),
             oidc,

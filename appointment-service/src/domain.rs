@@ -111,10 +111,10 @@ const MAX_AHEAD_DAYS: i64 = 2 * 366;
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SlotRequest {
-    /// Start, RFC 3339 with an offset, e.g. `2027-03-01T09:00:00Z`; in the future.
+    /// Start, RFC 3339 with an offset, e.g. `2027-03-01T09:00:00Z`, whole seconds; in the future.
     #[schema(example = "2027-03-01T09:00:00Z")]
     pub starts_at: Option<String>,
-    /// End, RFC 3339 with an offset; after the start.
+    /// End, RFC 3339 with an offset, whole seconds; after the start.
     #[schema(example = "2027-03-01T09:30:00Z")]
     pub ends_at: Option<String>,
 }
@@ -139,6 +139,12 @@ fn parse_slot(
             None
         }
         Some(raw) => match DateTime::parse_from_rfc3339(raw) {
+            // Whole seconds, as events and schedules carry them (and as the database keeps
+            // them: it drops what is finer than a microsecond, which could make a slot empty).
+            Ok(t) if t.timestamp_subsec_nanos() != 0 => {
+                errors.insert(field.to_owned(), "must be a whole second (no fraction of a second)".to_owned());
+                None
+            }
             Ok(t) => Some(t.with_timezone(&Utc)),
             Err(_) => {
                 errors.insert(field.to_owned(), "must be an RFC 3339 date-time with an offset".to_owned());
@@ -172,10 +178,10 @@ pub struct BookRequest {
     /// The clinician: their Keycloak user id.
     #[schema(example = "0b5a4e9c-3f0e-4a8e-9d7b-2f1c6a5e8d21")]
     pub clinician_id: Option<String>,
-    /// Start, RFC 3339 with an offset; in the future.
+    /// Start, RFC 3339 with an offset, whole seconds; in the future.
     #[schema(example = "2027-03-01T09:00:00Z")]
     pub starts_at: Option<String>,
-    /// End, RFC 3339 with an offset; after the start.
+    /// End, RFC 3339 with an offset, whole seconds; after the start.
     #[schema(example = "2027-03-01T09:30:00Z")]
     pub ends_at: Option<String>,
 }
@@ -246,6 +252,10 @@ mod tests {
     fn a_slot_must_be_ordered_future_and_bounded() {
         let mut e = BTreeMap::new();
         assert!(slot("2027-01-02T09:00:00+01:00", "2027-01-02T09:30:00+01:00").parse(now(), 480, &mut e).is_some());
+        assert!(
+            slot("2027-01-02T09:00:00.000Z", "2027-01-02T09:30:00.000Z").parse(now(), 480, &mut e).is_some(),
+            "a zero fraction"
+        );
         for (starts, ends, field) in [
             ("2026-12-31T23:00:00Z", "2026-12-31T23:30:00Z", "startsAt"),
             ("2027-01-02T09:00:00Z", "2027-01-02T09:00:00Z", "endsAt"),
@@ -253,6 +263,9 @@ mod tests {
             ("2027-01-02 09:00", "2027-01-02T09:30:00Z", "startsAt"),
             ("2027-01-02T09:00:00", "2027-01-02T09:30:00Z", "startsAt"),
             ("2030-01-02T09:00:00Z", "2030-01-02T09:30:00Z", "startsAt"),
+            // Below a microsecond the database would make these one instant (a 500 before).
+            ("2027-01-02T09:00:00.0000001Z", "2027-01-02T09:00:00.0000009Z", "startsAt"),
+            ("2027-01-02T09:00:00Z", "2027-01-02T09:30:00.5Z", "endsAt"),
         ] {
             let mut errors = BTreeMap::new();
             assert!(slot(starts, ends).parse(now(), 480, &mut errors).is_none(), "{starts} {ends}");

@@ -28,6 +28,9 @@ pub enum Error {
     /// there to be named).
     #[error("the clinician already has an appointment in this slot")]
     SlotTaken(Option<Uuid>),
+    /// A check-in before the appointment's check-in opens (minutes before its start).
+    #[error("a patient can be checked in from {0} minutes before the appointment starts")]
+    CheckInNotOpen(i64),
     /// A no-show can only be recorded once the appointment has started.
     #[error("an appointment can be marked as no-show only once it has started")]
     NotStarted,
@@ -81,7 +84,9 @@ impl IntoResponse for Error {
                     None => problem,
                 }
             }
-            Error::InvalidTransition { .. } | Error::NotStarted => Problem::new(StatusCode::CONFLICT, self.to_string()),
+            Error::InvalidTransition { .. } | Error::NotStarted | Error::CheckInNotOpen(_) => {
+                Problem::new(StatusCode::CONFLICT, self.to_string())
+            }
             Error::StaleVersion { current } => common::conditional::stale_problem("appointment", *current),
             Error::UnknownPatient(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             Error::NotCaughtUp => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).with_retry_after(1),

@@ -53,14 +53,14 @@ pub async fn insert(tx: &mut Tx<'_>, id: Uuid, booking: &Booking) -> sqlx::Resul
     .await
 }
 
-/// The clinician's appointment (not cancelled) overlapping `slot`, other than `except`: the one a
-/// refused booking or reschedule conflicts with.
+/// The clinician's appointment (neither cancelled nor a no-show) overlapping `slot`, other than
+/// `except`: the one a refused booking or reschedule conflicts with.
 #[tracing::instrument(skip(db, slot))]
 pub async fn conflicting(db: &PgPool, clinician_id: Uuid, slot: &Slot, except: Option<Uuid>) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
         r#"
         SELECT id FROM appointments
-        WHERE clinician_id = $1 AND status <> 'CANCELLED'
+        WHERE clinician_id = $1 AND status NOT IN ('CANCELLED', 'NO_SHOW')
           AND tstzrange(starts_at, ends_at) && tstzrange($2, $3)
           AND id IS DISTINCT FROM $4
         ORDER BY starts_at LIMIT 1

@@ -70,6 +70,7 @@ impl Application {
             db: pool,
             verifier: auth.verifier.clone(),
             max_minutes: settings.max_appointment_minutes,
+            check_in_opens: chrono::Duration::minutes(settings.check_in_opens_minutes.max(0)),
             wait_max: settings.projection_wait_max(),
         };
         let listener = TcpListener::bind(settings.http_addr)

@@ -310,6 +310,12 @@ async fn every_documented_status_is_one_the_platform_gives() {
     .execute(&mut *tx)
     .await
     .unwrap();
+    // And one within the hour before its start, when a check-in opens.
+    sqlx::query("UPDATE appointments SET starts_at = now() + interval '10 minutes', ends_at = now() + interval '40 minutes' WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&booked[1].0).unwrap())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let plan = [(&booked[1].0, "check-in"), (&booked[1].0, "complete"), (&booked[2].0, "cancel"), (&booked[3].0, "no-show")];
     for (id, command) in plan {

@@ -119,6 +119,9 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
     if command == Command::NoShow && current.starts_at > Utc::now() {
         return Err(Error::NotStarted);
     }
+    if command == Command::CheckIn && current.starts_at - state.check_in_opens > Utc::now() {
+        return Err(Error::CheckInNotOpen(state.check_in_opens.num_minutes()));
+    }
     // A new slot is a booking: not for a deleted patient (whose appointment was under way when
     // the deletion came, so it was not cancelled). After the version and status checks, so a
     // stale `If-Match` is a 412 and an appointment the deletion cancelled a 409, as ever.
@@ -180,7 +183,7 @@ macro_rules! status_command {
                 (status = 200, description = "Changed (`ETag`, `X-Consistency-Token`)", body = Appointment),
                 (status = 400, description = "Malformed id or If-Match", body = Problem, content_type = "application/problem+json"),
                 (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
-                (status = 409, description = "The appointment's status does not allow this", body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "The appointment's status does not allow this (or its time does not yet: a check-in before `CHECK_IN_OPENS_MINUTES` ahead of the start, a no-show before the start)", body = Problem, content_type = "application/problem+json"),
                 (status = 412, description = "`If-Match` names an older version", body = Problem, content_type = "application/problem+json"),
             ))]
         #[tracing::instrument(skip_all)]
@@ -191,7 +194,12 @@ macro_rules! status_command {
 }
 
 status_command!(cancel, "/appointments/{id}/cancel", Command::Cancel, "Cancel a BOOKED appointment.");
-status_command!(check_in, "/appointments/{id}/check-in", Command::CheckIn, "Check the patient in.");
+status_command!(
+    check_in,
+    "/appointments/{id}/check-in",
+    Command::CheckIn,
+    "Check the patient in: from `CHECK_IN_OPENS_MINUTES` (60) before the start."
+);
 status_command!(complete, "/appointments/{id}/complete", Command::Complete, "Complete a checked-in appointment.");
 status_command!(
     no_show,

@@ -24,6 +24,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     /// Longest appointment, in minutes.
     pub max_minutes: i64,
+    /// How long before its start an appointment takes a check-in.
+    pub check_in_opens: chrono::Duration,
     /// Longest a query waits for the projection to reach a client's consistency token.
     pub wait_max: Duration,
 }

@@ -104,6 +104,12 @@ fn required_id(field: &str, value: Option<&str>, errors: &mut BTreeMap<String, S
 /// Waits for the client's token (if any), then answers `page` with the projection's freshness.
 async fn answer(state: &AppState, headers: &HeaderMap, load: impl AsyncFnOnce() -> sqlx::Result<Page>) -> Result<Response> {
     if let Some(token) = wait_for(headers)? {
+        // A change that was never made is never projected: said at once, not after the wait
+        // (which would let made-up tokens keep the database busy for nothing).
+        let made = repo::get(&state.db, token.appointment_id).await?.is_some_and(|a| a.version >= token.version);
+        if !made {
+            return Err(Error::BadRequest(format!("X-Wait-For names a change that was not made: {token}")));
+        }
         if !projection::wait_for(&state.db, token, state.wait_max).await? {
             return Err(Error::NotCaughtUp);
         }
@@ -126,7 +132,7 @@ async fn answer(state: &AppState, headers: &HeaderMap, load: impl AsyncFnOnce() 
         ("X-Wait-For" = Option<String>, Header, description = "A command's `X-Consistency-Token`: answer once the schedule shows that change")),
     responses(
         (status = 200, description = "The page (`X-Total-Count`, `X-Projection-Position`, `X-Projection-Last-Event-At`)", body = [Appointment]),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid query, or `X-Wait-For` malformed or naming a change that was not made", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The schedule did not reach `X-Wait-For` in time", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
@@ -165,7 +171,7 @@ async fn schedule(State(state): State<AppState>, headers: HeaderMap, AppQuery(q)
         ("X-Wait-For" = Option<String>, Header, description = "A command's `X-Consistency-Token`: answer once the view shows that change")),
     responses(
         (status = 200, description = "The page (`X-Total-Count`, `X-Projection-Position`, `X-Projection-Last-Event-At`)", body = [Appointment]),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid query, or `X-Wait-For` malformed or naming a change that was not made", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view did not reach `X-Wait-For` in time", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use appointment_service::domain::{Status, TRANSITIONS};
 use dev_stack::keycloak::{Keycloak, ANALYST, CLINICIAN};
 
-use crate::helpers::{booking, client_with, problem, rfc3339, tomorrow_at, TestApp};
+use crate::helpers::{booking, client_with, problem, rfc3339, soon, tomorrow_at, TestApp};
 
 #[tokio::test]
 async fn a_booking_needs_a_known_patient_a_future_slot_and_a_free_clinician() {
@@ -87,9 +87,14 @@ async fn status_changes_follow_the_table_and_if_match_refuses_stale_versions() {
     let patient = app.known_patient().await;
     let booked = app.book(patient, Uuid::new_v4(), tomorrow_at(11), 30).await;
     let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // A check-in a day ahead is refused (it opens an hour before the start) and changes nothing.
+    let early = problem(app.command(&id, "check-in", None, None).await, 409).await;
+    assert!(early["detail"].as_str().unwrap().contains("60 minutes before"), "{early}");
 
-    // Reschedule based on version 1: fine, now version 2; again based on 1: 412, nothing changes.
-    let later = json!({"startsAt": rfc3339(tomorrow_at(14)), "endsAt": rfc3339(tomorrow_at(14) + Duration::minutes(45))});
+    // Reschedule based on version 1 (to ten minutes from now): fine, now version 2; again based
+    // on 1: 412, nothing changes.
+    let soon = soon();
+    let later = json!({"startsAt": rfc3339(soon), "endsAt": rfc3339(soon + Duration::minutes(45))});
     let moved = app.command(&id, "reschedule", Some("\"1\""), Some(later.clone())).await;
     assert_eq!(moved.status(), 200);
     assert_eq!(moved.headers()["etag"], "\"2\"");
@@ -118,6 +123,33 @@ async fn status_changes_follow_the_table_and_if_match_refuses_stale_versions() {
     }
     problem(app.command(&Uuid::new_v4().to_string(), "cancel", None, None).await, 404).await;
     problem(app.command("not-a-uuid", "cancel", None, None).await, 400).await;
+}
+
+#[tokio::test]
+async fn a_no_show_frees_the_rest_of_its_slot_for_another_patient() {
+    let app = TestApp::spawn().await;
+    let (absent, walk_in) = (app.known_patient().await, app.known_patient().await);
+    let clinician = Uuid::new_v4();
+    // Starts in two seconds (times are whole seconds), lasts half an hour.
+    let starts = Utc::now() + Duration::seconds(3);
+    let booked = app.book(absent, clinician, starts, 30).await;
+    assert_eq!(booked.status(), 201);
+    let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let overlapping = Utc::now() + Duration::minutes(5);
+    problem(app.book(walk_in, clinician, overlapping, 15).await, 409).await;
+
+    tokio::time::sleep((starts - Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_secs(1)).await;
+    assert_eq!(app.command(&id, "no-show", None, None).await.status(), 200);
+    let walked_in = app.book(walk_in, clinician, overlapping, 15).await;
+    assert_eq!(walked_in.status(), 201, "the clinician is free again once the patient did not come");
+    let blocking: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM appointments WHERE clinician_id = $1 AND status NOT IN ('CANCELLED', 'NO_SHOW')",
+    )
+    .bind(clinician)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(blocking, 1);
 }
 
 #[tokio::test]

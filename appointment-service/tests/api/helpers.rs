@@ -210,6 +210,13 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// Ten minutes from now, in whole seconds: inside the hour before the start in which a patient
+/// can be checked in.
+pub fn soon() -> DateTime<Utc> {
+    let soon = Utc::now() + Span::minutes(10);
+    soon - Span::nanoseconds(i64::from(soon.timestamp_subsec_nanos()))
+}
+
 /// Tomorrow at `hour`:00 UTC.
 pub fn tomorrow_at(hour: u32) -> DateTime<Utc> {
     (Utc::now() + Span::days(1)).date_naive().and_hms_opt(hour, 0, 0).unwrap().and_utc()

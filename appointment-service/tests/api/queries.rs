@@ -5,7 +5,7 @@ use chrono::Duration as Span;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{problem, rfc3339, tomorrow_at, TestApp};
+use crate::helpers::{problem, rfc3339, soon, tomorrow_at, TestApp};
 
 /// GET `path` waiting for `token`; the entries and the response's headers.
 async fn query(app: &TestApp, path: &str, token: Option<&str>) -> (Vec<Value>, reqwest::header::HeaderMap) {
@@ -60,8 +60,18 @@ async fn a_query_waits_for_the_commands_token_and_reports_its_freshness() {
     let (upcoming, _) = query(&app, &format!("/appointments/upcoming?patientId={patient}"), Some(&token)).await;
     assert!(upcoming.is_empty());
 
-    // A token the projection never reaches: 503 after the bounded wait, not a stale 200.
-    let unreachable = app.client.get(app.url(&schedule)).header("x-wait-for", format!("{id}:99")).send().await.unwrap();
+    // A token of a change never made (version 99, another appointment): 400 at once, no wait.
+    for never in [format!("{id}:99"), format!("{}:1", Uuid::new_v4())] {
+        let refused = app.client.get(app.url(&schedule)).header("x-wait-for", &never).send().await.unwrap();
+        assert!(problem(refused, 400).await["detail"].as_str().unwrap().contains("not made"));
+    }
+    // A change made that the projection never reaches (written without its event, past the
+    // status trigger): 503 after the bounded wait, not a stale 200.
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE appointments SET version = version + 1 WHERE id = $1::uuid").bind(&id).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let unreachable = app.client.get(app.url(&schedule)).header("x-wait-for", format!("{id}:4")).send().await.unwrap();
     assert_eq!(problem(unreachable, 503).await["status"], 503);
     problem(app.client.get(app.url(&schedule)).header("x-wait-for", "nonsense").send().await.unwrap(), 400).await;
     for bad in [
@@ -85,7 +95,7 @@ async fn a_query_waits_for_the_commands_token_and_reports_its_freshness() {
 async fn every_change_is_one_record_on_the_appointment_topic_keyed_and_in_order() {
     let app = TestApp::spawn().await;
     let patient = app.known_patient().await;
-    let booked = app.book(patient, Uuid::new_v4(), tomorrow_at(13), 30).await;
+    let booked = app.book(patient, Uuid::new_v4(), soon(), 30).await;
     let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     assert_eq!(app.command(&id, "check-in", None, None).await.status(), 200);
     assert_eq!(app.command(&id, "complete", None, None).await.status(), 200);
