@@ -2,8 +2,11 @@
 
 use std::fmt;
 
-/// An email address that passed [`Email::parse`]: trimmed, at most 254 characters, one `@`,
-/// a non-empty local part, a dotted domain, no whitespace or control characters.
+/// An email address that passed [`Email::parse`]: trimmed, at most 254 characters, one `@`; a
+/// local part of letters, digits and `!#$%&'*+-/=?^_`{|}~` in dot-separated runs (RFC 5322's
+/// dot-atom, letters of any script as RFC 6531 allows: no quoted local parts, no `<>,;:"()[]\`
+/// which would make `<ann@example.com>` or `ann@example.com;` a second address for one mailbox);
+/// a dotted domain of letters, digits and hyphens; nothing invisible.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -29,8 +32,16 @@ impl Email {
         };
         let domain_ok = !domain.contains('@')
             && domain.contains('.')
-            && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
-        if local.is_empty() || local.len() > 64 || !domain_ok {
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        let local_ok = local
+            .split('.')
+            .all(|run| !run.is_empty() && run.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)));
+        if local.is_empty() || local.len() > 64 || !local_ok || !domain_ok || s.chars().any(crate::text::is_invisible) {
             return Err(InvalidEmail("must be a valid email address"));
         }
         Ok(Self(s.to_owned()))
@@ -65,11 +76,30 @@ mod tests {
     #[test]
     fn accepts_ordinary_addresses_and_trims() {
         assert_eq!(Email::parse(" jane.doe+x@example.co.uk ").unwrap().as_str(), "jane.doe+x@example.co.uk");
+        for ok in ["o'brien@example.ie", "jösé@bücher.example", "a_b-c{d}@mail-1.example.org", "1234@123.example"] {
+            assert!(Email::parse(ok).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]
     fn rejects_malformed_addresses() {
         for bad in ["", "   ", "plain", "@example.com", "a@", "a@b", "a@@b.com", "a b@c.com", "a@b..com", "a@-b.com"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        // One mailbox must not pass under a second spelling.
+        for bad in [
+            "<ann@example.com>",
+            "ann@example.com;",
+            "ann@example.com,",
+            "\"ann\"@example.com",
+            "ann\u{200B}@example.com",
+            "ann@exa\u{200B}mple.com",
+            "ann@[192.0.2.1]",
+            ".ann@example.com",
+            "ann.@example.com",
+            "a..nn@example.com",
+            "ann(x)@example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -24,3 +24,4 @@ pub mod server;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
+pub mod text;

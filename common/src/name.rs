@@ -7,7 +7,8 @@ pub const MAX_NAME_CHARS: usize = 100;
 
 /// A name that passed [`PersonName::parse`]: trimmed, non-empty, at most [`MAX_NAME_CHARS`]
 /// characters, no control characters (PostgreSQL's text refuses NUL; the others have no place
-/// in a name, a mail header or a log line).
+/// in a name, a mail header or a log line) and no invisible ones ([`crate::text::is_invisible`]:
+/// a zero-width space alone would pass for a name).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PersonName(String);
 
@@ -27,6 +28,9 @@ impl PersonName {
         }
         if s.chars().any(char::is_control) {
             return Err(InvalidName("must not contain control characters"));
+        }
+        if s.chars().any(crate::text::is_invisible) {
+            return Err(InvalidName("must not contain invisible formatting characters"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -55,6 +59,13 @@ mod tests {
         assert_eq!(PersonName::parse("   ").unwrap_err().to_string(), "is required");
         for control in ["A\u{0}B", "A\u{7}B", "A\nB", "A\u{85}B"] {
             assert_eq!(PersonName::parse(control).unwrap_err().to_string(), "must not contain control characters", "{control:?}");
+        }
+        for invisible in ["\u{200B}", "Ann\u{202E}Smith", "Ann\u{2028}Smith", "\u{FEFF}Ann"] {
+            assert_eq!(
+                PersonName::parse(invisible).unwrap_err().to_string(),
+                "must not contain invisible formatting characters",
+                "{invisible:?}"
+            );
         }
         assert_eq!(format!("{:?}", PersonName::parse("Ann").unwrap()), "PersonName(<redacted>)");
     }

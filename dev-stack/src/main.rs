@@ -432,7 +432,7 @@ The patient platform is up.
   2. REST through the gateway (15 demo patients are seeded):
     curl -s -H "Authorization: Bearer $TOKEN" 'http://localhost:{gw}/api/patients?page=0&size=5' -i
     curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' http://localhost:{gw}/api/patients \
-      -d '{{"name":"Ada Lovelace","email":"ada@example.com","address":"12 St James Sq, London","dateOfBirth":"1815-12-10","registeredDate":"2026-11-22"}}'
+      -d '{{"name":"Ada Lovelace","email":"ada@example.com","address":"12 St James Sq, London","dateOfBirth":"1985-12-10","registeredDate":"2026-11-22"}}'
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/patients/<id>/bill
     curl -s -H "Authorization: Bearer $TOKEN" http://localhost:{gw}/api/analytics/summary
     API description: http://localhost:{gw}/api/openapi.json   try it in a browser: http://localhost:{gw}/api/docs

@@ -24,6 +24,9 @@ impl Address {
         if s.chars().any(char::is_control) {
             return Err("must not contain control characters");
         }
+        if s.chars().any(common::text::is_invisible) {
+            return Err("must not contain invisible formatting characters");
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -48,7 +51,12 @@ pub fn parse_date(raw: &str) -> Result<NaiveDate, &'static str> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| "must be a real date written YYYY-MM-DD")
 }
 
-/// A date of birth: a real date, not after `today`.
+/// The oldest a patient can be, in years.
+pub const MAX_AGE_YEARS: u32 = 150;
+
+/// A date of birth: a real date, not after `today`, at most [`MAX_AGE_YEARS`] before it (a
+/// mistyped year such as `0001` or `1026` would otherwise stand for good, and count in every
+/// age statistic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BirthDate(NaiveDate);
 
@@ -57,6 +65,9 @@ impl BirthDate {
         let date = parse_date(raw)?;
         if date > today {
             return Err("must not be in the future");
+        }
+        if today.checked_sub_months(chrono::Months::new(12 * MAX_AGE_YEARS)).is_some_and(|oldest| date < oldest) {
+            return Err("must be within the last 150 years");
         }
         Ok(Self(date))
     }
@@ -94,6 +105,9 @@ mod tests {
             assert!(parse_date(signed_or_short).is_err(), "{signed_or_short}");
         }
         assert!(BirthDate::parse("02/01/1990", today()).is_err());
+        assert!(BirthDate::parse("1876-11-22", today()).is_ok(), "150 years ago today");
+        assert_eq!(BirthDate::parse("1876-11-21", today()), Err("must be within the last 150 years"));
+        assert!(BirthDate::parse("0001-01-01", today()).is_err());
         assert!(BirthDate::parse("", today()).is_err());
     }
 }

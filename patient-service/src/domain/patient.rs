@@ -74,7 +74,11 @@ impl PatientRequest {
         check("dateOfBirth", dob.map(|_| ()));
         let registered = match (&self.registered_date, input) {
             (None, PatientInput::Update) => Ok(None),
-            (raw, _) => parse_date(&text(raw)).map(Some),
+            (raw, _) => parse_date(&text(raw)).and_then(|date| match &dob {
+                _ if date > today => Err("must not be in the future"),
+                Ok(born) if date < born.date() => Err("must not be before dateOfBirth"),
+                _ => Ok(Some(date)),
+            }),
         };
         check("registeredDate", registered.map(|_| ()));
 

@@ -78,6 +78,15 @@ async fn create_with_invalid_fields_returns_400_with_errors_and_stores_nothing()
         (json!({"dateOfBirth": "+999-01-01"}), vec!["dateOfBirth"]),
         (json!({"registeredDate": "2024- 1-05"}), vec!["registeredDate"]),
         (json!({"dateOfBirth": "1990-01- 5"}), vec!["dateOfBirth"]),
+        (json!({"dateOfBirth": "1026-06-15"}), vec!["dateOfBirth"]),
+        (json!({"registeredDate": "2999-01-01"}), vec!["registeredDate"]),
+        (json!({"dateOfBirth": "2000-01-02", "registeredDate": "2000-01-01"}), vec!["registeredDate"]),
+        (json!({"name": "\u{200B}"}), vec!["name"]),
+        (json!({"name": "Ann\u{202E}Smith"}), vec!["name"]),
+        (json!({"address": "1 Main\u{2028}St"}), vec!["address"]),
+        (json!({"email": "<ann@example.com>"}), vec!["email"]),
+        (json!({"email": "ann@example.com;"}), vec!["email"]),
+        (json!({"email": "\"ann\"@example.com"}), vec!["email"]),
     ];
     for (overrides, fields) in cases {
         let mut body = patient_body(1);
