@@ -118,9 +118,10 @@ impl Event {
         self.registered_date.map(|d| d.format("%Y-%m").to_string())
     }
 
-    /// The sequence as the database stores it.
+    /// The sequence as the database stores it. Past i64 no producer counts: taken as unknown (0),
+    /// as billing does, so one bad event cannot make every later change of its patient stale.
     fn sequence_param(&self) -> i64 {
-        i64::try_from(self.sequence).unwrap_or(i64::MAX)
+        i64::try_from(self.sequence).unwrap_or(0)
     }
 }
 

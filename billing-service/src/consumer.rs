@@ -40,11 +40,14 @@ fn concerns_billing(event: &PatientEvent) -> bool {
 }
 
 fn change(event: &PatientEvent, patient_id: Uuid) -> PatientChange<'_> {
+    // A deletion's contact is never used: not sent, so a value PostgreSQL refuses (a NUL from
+    // another producer) cannot dead-letter the deletion and leave the account open.
+    let deleted = event.event_type == proto::event_type::PATIENT_DELETED;
     PatientChange {
         patient_id,
         event_type: &event.event_type,
-        name: &event.name,
-        email: &event.email,
+        name: if deleted { "" } else { &event.name },
+        email: if deleted { "" } else { &event.email },
         // Past i64 no producer counts: taken as unknown, so it cannot pin the contact for ever.
         sequence: i64::try_from(event.sequence).unwrap_or(0),
     }

@@ -261,6 +261,24 @@ async fn billing_dead_letters_an_event_its_database_rejects_and_the_next_event_s
     })
     .await;
     assert_eq!(status, "ACTIVE", "the partition moved on past the poison record");
+
+    // A deletion carrying such a name (which a deletion never uses) still closes the account.
+    let deletion = proto::events::PatientEvent {
+        event_type: "PATIENT_DELETED".into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        name: "Bad\u{0}Name".into(),
+        ..next.clone()
+    };
+    produce_raw(&broker(), &topic, &deletion.patient_id, &deletion.encode_to_vec()).await;
+    eventually(WAIT, "the deletion applied", || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM billing_accounts WHERE patient_id = $1::uuid")
+            .bind(&next.patient_id)
+            .fetch_one(&billing.db)
+            .await
+            .unwrap();
+        (status == "CLOSED").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
