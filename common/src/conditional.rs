@@ -17,6 +17,10 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<Vec<i64>>, &'static str> {
     let mut versions = Vec::new();
     for value in headers.get_all(header::IF_MATCH) {
         let value = value.to_str().map_err(|_| "If-Match is not valid ASCII")?;
+        // An empty field is not "no condition" (the change would then go through unchecked).
+        if value.split(',').all(|t| t.trim().is_empty()) {
+            return Err("If-Match must hold entity tags like \"3\" (from ETag) or *");
+        }
         for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             if tag == "*" {
                 return Ok(None);
@@ -71,6 +75,8 @@ mod tests {
         assert_eq!(if_match(&headers(&["W/\"3\""])).unwrap(), Some(vec![-1]));
         assert!(if_match(&headers(&["3"])).is_err());
         assert!(if_match(&headers(&["\"x\""])).is_err());
+        assert!(if_match(&headers(&[""])).is_err(), "an empty If-Match is no condition at all");
+        assert!(if_match(&headers(&[" , "])).is_err());
         assert_eq!(etag(7), "\"7\"");
     }
 

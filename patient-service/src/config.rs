@@ -27,6 +27,10 @@ pub struct Settings {
     /// Body and time limits of the REST API.
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// How often keys past their 24 hours, and the 201 bodies (personal data) they would replay,
+    /// are deleted; besides, each keyed request deletes a few.
+    #[arg(long, env = "IDEMPOTENCY_SWEEP_SECS", default_value_t = 600)]
+    pub idempotency_sweep_secs: u64,
     /// Insert the 15 well-known demo patients at start (skips those already present).
     #[arg(long, env = "SEED_DEMO_DATA", default_value_t = false)]
     pub seed_demo_data: bool,
@@ -85,6 +89,7 @@ impl Settings {
             billing_resilience: Resilience::parse_from(["patient-service"]),
             edge: EdgeArgs::default(),
             seed_demo_data: false,
+            idempotency_sweep_secs: 600,
             relay: RelayArgs::eager(),
             oidc,
             client,

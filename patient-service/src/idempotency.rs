@@ -5,7 +5,8 @@
 //! - a key stands for ONE patient id, reserved with the key: a retry after a 503 or a lost
 //!   response reuses it, so billing (idempotent per patient id) opens no second account and no
 //!   second patient is made;
-//! - keys live 24 hours; a deleted patient's keys (and the stored response) go with it.
+//! - keys live 24 hours, then they (and the response they hold) are deleted by a sweep every
+//!   `IDEMPOTENCY_SWEEP_SECS`; a deleted patient's keys go with it at once.
 
 use axum::http::HeaderMap;
 use serde_json::Value;
@@ -55,6 +56,45 @@ pub enum Claim {
     Mismatch,
     /// The key's first request is still running.
     InProgress,
+}
+
+/// Deletes expired keys every `every` until `stop`, in bounded chunks: the replayable 201 bodies
+/// they hold are personal data, kept no longer than the 24 hours a key means something.
+pub async fn sweep_until(
+    db: PgPool,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    while !stop.is_cancelled() {
+        match sweep(&db).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired idempotency keys deleted"),
+            Err(err) => tracing::warn!(error = %err, "idempotency key sweep failed; tried again at the next one"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn sweep(db: &PgPool) -> sqlx::Result<u64> {
+    let mut deleted = 0;
+    for _ in 0..100 {
+        let chunk = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE ctid IN
+                (SELECT ctid FROM idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT 1000)",
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
+        deleted += chunk;
+        if chunk == 0 {
+            break;
+        }
+    }
+    Ok(deleted)
 }
 
 /// Reserves `key` for `subject`'s request with this body, or says why not. `body` is the

@@ -25,6 +25,7 @@ pub struct Application {
     pool: sqlx::PgPool,
     relay: Option<common::outbox::Relay>,
     auth: Auth,
+    idempotency_sweep: std::time::Duration,
 }
 
 impl Application {
@@ -57,7 +58,8 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("failed to bind HTTP address {}", settings.http_addr))?;
-        Ok(Self { listener, router, drain, pool, relay, auth })
+        let idempotency_sweep = std::time::Duration::from_secs(settings.idempotency_sweep_secs.max(1));
+        Ok(Self { listener, router, drain, pool, relay, auth, idempotency_sweep })
     }
 
     pub fn port(&self) -> u16 {
@@ -72,6 +74,8 @@ impl Application {
         let http = self.drain.serve(self.listener, self.router, stop.clone());
         let mut tasks: Vec<(&str, Task)> = vec![("http-server", Box::pin(http))];
         tasks.push(("jwks-refresh", Box::pin(self.auth.keep_fresh(stop.clone()))));
+        let sweep = crate::idempotency::sweep_until(self.pool.clone(), self.idempotency_sweep, stop.clone());
+        tasks.push(("idempotency-sweep", Box::pin(sweep)));
         if let Some(relay) = self.relay {
             tasks.push(("outbox-relay", Box::pin(relay.run(stop.clone()))));
         }

@@ -121,3 +121,26 @@ async fn a_key_older_than_24_hours_is_a_new_key_even_behind_a_backlog_of_expired
     assert!(resp.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.patient_rows().await, 2);
 }
+
+#[tokio::test]
+async fn keys_past_their_24_hours_and_the_responses_they_hold_are_swept_away() {
+    let app = TestApp::spawn_with(|s| s.idempotency_sweep_secs = 1).await;
+    assert_eq!(post_with_key(&app, &app.client, "fresh", &patient_body(1)).await.status(), 201);
+    assert_eq!(post_with_key(&app, &app.client, "old", &patient_body(2)).await.status(), 201);
+    // The second key was used 25 hours ago: its stored 201 (name, email, address) must go.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'old'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key").fetch_all(&app.db).await.unwrap();
+        if keys == ["fresh"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {keys:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.patient_rows().await, 2, "the patients stay");
+}
