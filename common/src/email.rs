@@ -3,10 +3,11 @@
 use std::fmt;
 
 /// An email address that passed [`Email::parse`]: trimmed, at most 254 characters, one `@`; a
-/// local part of letters, digits and `!#$%&'*+-/=?^_`{|}~` in dot-separated runs (RFC 5322's
-/// dot-atom, letters of any script as RFC 6531 allows: no quoted local parts, no `<>,;:"()[]\`
-/// which would make `<ann@example.com>` or `ann@example.com;` a second address for one mailbox);
-/// a dotted domain of letters, digits and hyphens; nothing invisible.
+/// local part of ASCII letters, digits and `!#$%&'*+-/=?^_`{|}~` in dot-separated runs (RFC
+/// 5322's dot-atom: no quoted local parts, no `<>,;:"()[]\` which would make `<ann@example.com>`
+/// or `ann@example.com;` a second address for one mailbox); a dotted domain of ASCII letters,
+/// digits and hyphens; beyond ASCII, any character but spaces, controls and invisible ones (RFC
+/// 6531: letters, marks and signs of every script).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -36,11 +37,12 @@ impl Email {
                 !label.is_empty()
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+                    && label.chars().all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || c == '-')
             });
-        let local_ok = local
-            .split('.')
-            .all(|run| !run.is_empty() && run.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)));
+        let local_ok = local.split('.').all(|run| {
+            !run.is_empty()
+                && run.chars().all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c))
+        });
         if local.is_empty() || local.len() > 64 || !local_ok || !domain_ok || s.chars().any(crate::text::is_invisible) {
             return Err(InvalidEmail("must be a valid email address"));
         }
@@ -76,7 +78,15 @@ mod tests {
     #[test]
     fn accepts_ordinary_addresses_and_trims() {
         assert_eq!(Email::parse(" jane.doe+x@example.co.uk ").unwrap().as_str(), "jane.doe+x@example.co.uk");
-        for ok in ["o'brien@example.ie", "jösé@bücher.example", "a_b-c{d}@mail-1.example.org", "1234@123.example"] {
+        for ok in [
+            "o'brien@example.ie",
+            "jösé@bücher.example",
+            "a_b-c{d}@mail-1.example.org",
+            "1234@123.example",
+            "हिन्दी@उदाहरण.भारत",
+            "jose\u{301}@example.com",
+            "ราม่@example.th",
+        ] {
             assert!(Email::parse(ok).is_ok(), "{ok:?}");
         }
     }

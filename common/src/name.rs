@@ -60,7 +60,12 @@ mod tests {
         for control in ["A\u{0}B", "A\u{7}B", "A\nB", "A\u{85}B"] {
             assert_eq!(PersonName::parse(control).unwrap_err().to_string(), "must not contain control characters", "{control:?}");
         }
-        for invisible in ["\u{200B}", "Ann\u{202E}Smith", "Ann\u{2028}Smith", "\u{FEFF}Ann"] {
+        for spelt_with_joiners in
+            ["\u{639}\u{644}\u{6CC}\u{200C}\u{627}\u{6A9}\u{628}\u{631}", "\u{DC1}\u{DCA}\u{200D}\u{DBB}\u{DD3}"]
+        {
+            assert!(PersonName::parse(spelt_with_joiners).is_ok(), "{spelt_with_joiners:?}");
+        }
+        for invisible in ["\u{200B}", "Ann\u{202E}Smith", "Ann\u{2028}Smith", "\u{FEFF}Ann", "\u{3164}"] {
             assert_eq!(
                 PersonName::parse(invisible).unwrap_err().to_string(),
                 "must not contain invisible formatting characters",
