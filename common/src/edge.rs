@@ -81,16 +81,42 @@ fn span(req: &Request) -> tracing::Span {
     span
 }
 
-async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(limit_ms = limit.as_millis() as u64, "request exceeded its time limit");
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long; retry later")
-                .with_retry_after(5)
-                .into_response()
-        }
+/// When the edge answers a request 503 (a request extension). Middleware that must leave a
+/// trace of every request it lets in (an audit record) runs the rest with [`Deadline::run`]: it
+/// gets the same 503 a little earlier, with time left to record it before the edge cuts it off.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: tokio::time::Instant,
+    /// Left for the middleware after its inner work is cut: a tenth of the limit, at most 1 s.
+    grace: Duration,
+}
+
+impl Deadline {
+    fn after(limit: Duration) -> Self {
+        Self { at: tokio::time::Instant::now() + limit, grace: (limit / 10).min(Duration::from_secs(1)) }
     }
+
+    /// `work`'s response, or the edge's 503 problem when it is not done `grace` before the deadline.
+    pub async fn run(self, work: impl std::future::Future<Output = Response>) -> Response {
+        let cut = self.at.checked_sub(self.grace).unwrap_or(self.at);
+        tokio::time::timeout_at(cut, work).await.unwrap_or_else(|_| {
+            tracing::warn!("request exceeded its time limit");
+            too_slow()
+        })
+    }
+}
+
+async fn time_limit(State(limit): State<Duration>, mut req: Request, next: Next) -> Response {
+    let deadline = Deadline::after(limit);
+    req.extensions_mut().insert(deadline);
+    tokio::time::timeout_at(deadline.at, next.run(req)).await.unwrap_or_else(|_| {
+        tracing::warn!(limit_ms = limit.as_millis() as u64, "request exceeded its time limit");
+        too_slow()
+    })
+}
+
+fn too_slow() -> Response {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long; retry later").with_retry_after(5).into_response()
 }
 
 #[cfg(test)]
@@ -104,7 +130,23 @@ mod tests {
         let metrics = Registry::new();
         let api = Router::new()
             .route("/echo/{id}", post(|body: axum::body::Bytes| async move { body }))
-            .route("/slow", axum::routing::get(|| tokio::time::sleep(Duration::from_secs(60))));
+            .route("/slow", axum::routing::get(|| tokio::time::sleep(Duration::from_secs(60))))
+            .route(
+                "/recorded",
+                axum::routing::get(|req: Request| async move {
+                    // Like an audit: the inner work is cut, and there is time to mark the answer.
+                    let deadline = *req.extensions().get::<Deadline>().unwrap();
+                    let mut resp = deadline
+                        .run(async {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            StatusCode::OK.into_response()
+                        })
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    resp.headers_mut().insert("x-recorded", "yes".parse().unwrap());
+                    resp
+                }),
+            );
         let edge = Edge {
             args: EdgeArgs { max_body_bytes: 8, request_timeout_ms: 1_000, ..EdgeArgs::default() },
             metrics: metrics.clone(),
@@ -143,6 +185,16 @@ mod tests {
         assert_eq!(resp.headers()["content-type"], crate::problem::CONTENT_TYPE);
         assert_eq!(resp.headers()["retry-after"], "5");
         assert_eq!(metrics.get("http_requests_total{method=\"GET\",route=\"/slow\",status=\"503\"}"), 1, "counted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_run_within_the_deadline_is_cut_early_enough_to_record_its_503() {
+        let (app, metrics) = app(true);
+        let resp = send(&app, HttpRequest::get("/recorded").body(Body::empty()).unwrap()).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], "5");
+        assert_eq!(resp.headers()["x-recorded"], "yes", "the middleware finished after the cut");
+        assert_eq!(metrics.get("http_requests_total{method=\"GET\",route=\"/recorded\",status=\"503\"}"), 1);
     }
 
     #[tokio::test]

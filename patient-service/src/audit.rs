@@ -197,7 +197,14 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     if let Some(context) = &context {
         head.extensions.insert(context.clone());
     }
-    let response = next.run(Request::from_parts(head, body)).await;
+    // Cut a little before the edge's own time limit, so a request that took too long is still
+    // recorded (as the 503 it got) instead of vanishing with the dropped handler.
+    let deadline = head.extensions.get::<common::edge::Deadline>().copied();
+    let work = next.run(Request::from_parts(head, body));
+    let response = match deadline {
+        Some(deadline) => deadline.run(work).await,
+        None => work.await,
+    };
     let Some(context) = context else { return response };
     if response.extensions().get::<AuditedInTransaction>().is_some() {
         return response;

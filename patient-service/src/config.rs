@@ -28,7 +28,7 @@ pub struct Settings {
     #[command(flatten)]
     pub edge: EdgeArgs,
     /// How often keys past their 24 hours, and the 201 bodies (personal data) they would replay,
-    /// are deleted; besides, each keyed request deletes a few.
+    /// are deleted (a request with an expired key deletes that one key at once).
     #[arg(long, env = "IDEMPOTENCY_SWEEP_SECS", default_value_t = 600)]
     pub idempotency_sweep_secs: u64,
     /// Insert the 15 well-known demo patients at start (skips those already present).

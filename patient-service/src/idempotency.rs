@@ -66,7 +66,7 @@ pub async fn sweep_until(
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     while !stop.is_cancelled() {
-        match sweep(&db).await {
+        match sweep(&db, &stop).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired idempotency keys deleted"),
             Err(err) => tracing::warn!(error = %err, "idempotency key sweep failed; tried again at the next one"),
@@ -79,12 +79,16 @@ pub async fn sweep_until(
     Ok(())
 }
 
-async fn sweep(db: &PgPool) -> sqlx::Result<u64> {
+/// Deletes expired keys in chunks of 1000 until none is left or `stop`. Keys a request works on
+/// (locked) or that another replica's sweep holds are left for the next sweep.
+async fn sweep(db: &PgPool, stop: &tokio_util::sync::CancellationToken) -> sqlx::Result<u64> {
     let mut deleted = 0;
-    for _ in 0..100 {
+    while !stop.is_cancelled() {
         let chunk = sqlx::query(
             "DELETE FROM idempotency_keys WHERE ctid IN
-                (SELECT ctid FROM idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT 1000)",
+                (SELECT ctid FROM idempotency_keys
+                 WHERE created_at < now() - interval '24 hours' AND (locked_until IS NULL OR locked_until < now())
+                 ORDER BY created_at LIMIT 1000 FOR UPDATE SKIP LOCKED)",
         )
         .execute(db)
         .await?
@@ -101,18 +105,12 @@ async fn sweep(db: &PgPool) -> sqlx::Result<u64> {
 /// request's canonical JSON; only its SHA-256 is kept.
 #[tracing::instrument(skip_all)]
 pub async fn claim(db: &PgPool, subject: &str, key: &Key, body: &str) -> sqlx::Result<Claim> {
-    // This key first, whatever the backlog: an expired key is a new key. Then a bounded sweep.
+    // An expired key is a new key, whatever the backlog the sweep has yet to delete.
     sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND key = $2 AND created_at < now() - interval '24 hours'")
         .bind(subject)
         .bind(&key.0)
         .execute(db)
         .await?;
-    sqlx::query(
-        "DELETE FROM idempotency_keys WHERE ctid IN
-            (SELECT ctid FROM idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT 100)",
-    )
-    .execute(db)
-    .await?;
     let reserved: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO idempotency_keys (subject, key, request_hash, patient_id, locked_until)
          VALUES ($1, $2, sha256(convert_to($3, 'UTF8')), $4, now() + make_interval(secs => $5))

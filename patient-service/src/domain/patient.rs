@@ -16,19 +16,21 @@ use super::fields::{parse_date, Address, BirthDate, PatientName};
 #[schema(example = json!({"name": "Ann Example", "email": "ann@example.org", "address": "1 Main Street",
     "dateOfBirth": "1985-06-15", "registeredDate": "2024-01-10"}))]
 pub struct PatientRequest {
-    /// Required, at most 100 characters, no control characters.
+    /// Required, at most 100 characters, no control or invisible formatting characters.
     #[schema(required, value_type = String, min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub name: Option<String>,
-    /// Required, a valid address; unique across patients (case-insensitively).
+    /// Required, one address in dot-atom form (`ann@example.org`, no quotes or brackets);
+    /// unique across patients (case-insensitively).
     #[schema(required, value_type = String, format = "email", pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub email: Option<String>,
-    /// Required, at most 500 characters, no control characters.
+    /// Required, at most 500 characters, no control or invisible formatting characters.
     #[schema(required, value_type = String, min_length = 1, max_length = 500, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub address: Option<String>,
-    /// Required, `YYYY-MM-DD`, a real date, not in the future.
+    /// Required, `YYYY-MM-DD`, a real date, not in the future, at most 150 years back.
     #[schema(required, value_type = String, format = "date", pattern = r"^\d{4}-\d{2}-\d{2}$")]
     pub date_of_birth: Option<String>,
-    /// `YYYY-MM-DD`; required on create; on update absent or null keeps the stored one.
+    /// `YYYY-MM-DD`, not in the future, not before `dateOfBirth`; required on create; on update
+    /// absent or null keeps the stored one (which must then not be before the new `dateOfBirth`).
     #[schema(value_type = Option<String>, format = "date", pattern = r"^\d{4}-\d{2}-\d{2}$")]
     pub registered_date: Option<String>,
 }

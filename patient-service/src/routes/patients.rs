@@ -208,7 +208,7 @@ async fn create_patient(
         ("If-Match" = Option<String>, Header, description = "Change only this version (its ETag, e.g. \"3\"), else 412")),
     responses(
         (status = 200, description = "The updated patient", body = PatientResponse, headers(("ETag" = String, description = "The new version"))),
-        (status = 400, description = "Validation failed, malformed JSON or id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Validation failed, malformed JSON or id, or If-Match is malformed or empty", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No patient with this id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The email is used by another patient", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` names a version that is no longer current (`currentVersion` in the body)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"), (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
@@ -226,6 +226,12 @@ async fn update(
     let mut tx = state.db.begin().await.context("failed to begin transaction")?;
     check_version(&mut tx, id, expected.as_deref()).await?;
     let patient = repo::update(&mut tx, id, &valid).await?.ok_or(Error::NotFound)?;
+    if patient.registered_date < patient.date_of_birth {
+        // The kept registered date (none was sent) would come before the new birth date: the
+        // transaction is dropped, so nothing changes.
+        let field = [("registeredDate".to_owned(), "must not be before dateOfBirth".to_owned())];
+        return Err(Error::Validation(field.into_iter().collect()));
+    }
     outbox::record(&mut tx, EventType::Updated, &patient, traceparent(&headers).as_deref()).await?;
     audit.record(&mut *tx, StatusCode::OK, Some(id)).await?;
     tx.commit().await.context("failed to commit patient update")?;

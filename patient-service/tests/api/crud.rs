@@ -55,6 +55,19 @@ async fn update_rejections_leave_the_row_unchanged() {
     taken["email"] = json!("patient2@example.com");
     assert_problem(app.client.put(&url).json(&taken).send().await.unwrap(), 409).await;
 
+    // No registeredDate sent: the stored 2024-01-10 is kept, and a birth after it is refused.
+    let mut born_later = patient_body(1);
+    born_later.as_object_mut().unwrap().remove("registeredDate");
+    born_later["dateOfBirth"] = json!("2024-01-11");
+    let problem = assert_problem(app.client.put(&url).json(&born_later).send().await.unwrap(), 400).await;
+    assert_eq!(problem["errors"]["registeredDate"], "must not be before dateOfBirth");
+    let born: String = sqlx::query_scalar("SELECT date_of_birth::text FROM patients WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(born, "1985-06-15");
+
     let unknown = app.url(&format!("/patients/{}", uuid::Uuid::new_v4()));
     assert_problem(app.client.put(&unknown).json(&patient_body(3)).send().await.unwrap(), 404).await;
 
@@ -212,4 +225,21 @@ async fn events_carry_the_patients_sequence_and_the_relay_claims_one_per_patient
         patient_service::outbox::OUTBOX.claim(&mut tx, 100).await.unwrap().iter().map(|r| r.key.to_string()).collect();
     assert_eq!(claimed, [a.clone(), b]);
     tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_cut_by_the_time_limit_is_in_the_audit_trail_as_the_503_it_got() {
+    let app = TestApp::spawn_with(|s| s.edge.request_timeout_ms = 1_500).await;
+    let id = app.create_patient(&patient_body(1)).await;
+    // The patients table is locked, so the read waits past the service's time limit.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE patients IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let resp = app.client.get(app.url(&format!("/patients/{id}"))).send().await.unwrap();
+    assert_problem(resp, 503).await;
+    lock.rollback().await.unwrap();
+
+    let (action, patient): (String, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT action, patient_id FROM audit_log WHERE outcome = 503").fetch_one(&app.db).await.unwrap();
+    assert_eq!(action, "patient.read");
+    assert_eq!(patient.map(|p| p.to_string()), Some(id));
 }
