@@ -39,7 +39,9 @@ fn parse(payload: &[u8]) -> Result<Change, &'static str> {
         event_type::PATIENT_DELETED => true,
         _ => return Err("unknown event_type"),
     };
-    let sequence = i64::try_from(event.sequence).map_err(|_| "sequence out of range")?;
+    // Past i64 no producer counts: taken as unknown (0), as billing and analytics do, so such a
+    // deletion is applied instead of dead-lettered.
+    let sequence = i64::try_from(event.sequence).unwrap_or(0);
     Ok(Change { patient_id, sequence, deleted })
 }
 
@@ -100,5 +102,25 @@ impl PatientReplica {
         }
         tx.commit().await.context("failed to commit the patient change")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_deletion_with_a_sequence_past_any_count_is_applied_as_unordered() {
+        let event = PatientEvent {
+            patient_id: uuid::Uuid::new_v4().to_string(),
+            event_type: event_type::PATIENT_DELETED.into(),
+            sequence: u64::MAX,
+            ..Default::default()
+        };
+        let change = parse(&event.encode_to_vec()).expect("not dead-lettered");
+        assert!(change.deleted);
+        assert_eq!(change.sequence, 0);
     }
 }

@@ -62,7 +62,9 @@ fn written_at(record: &OwnedMessage) -> Option<DateTime<Utc>> {
 fn parse_patient(payload: &[u8], written_at: Option<DateTime<Utc>>) -> Result<PatientChange, &'static str> {
     let e = PatientEvent::decode(payload).map_err(|_| "not a PatientEvent")?;
     let patient_id = common::extract::canonical_uuid(&e.patient_id).ok_or("patientId is not a UUID")?;
-    let sequence = i64::try_from(e.sequence).map_err(|_| "sequence out of range")?;
+    // Past i64 no producer counts: taken as unknown (0), as billing and analytics do, so such an
+    // event (a deletion above all) is applied instead of dead-lettered.
+    let sequence = i64::try_from(e.sequence).unwrap_or(0);
     Ok(match e.event_type.as_str() {
         event_type::PATIENT_CREATED | event_type::PATIENT_UPDATED => PatientChange::Known {
             patient_id,
@@ -197,5 +199,24 @@ impl Notifier {
         }
         tx.commit().await.context("failed to commit")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_deletion_with_a_sequence_past_any_count_still_forgets_the_contact() {
+        let event = PatientEvent {
+            patient_id: uuid::Uuid::new_v4().to_string(),
+            event_type: event_type::PATIENT_DELETED.into(),
+            sequence: u64::MAX,
+            ..Default::default()
+        };
+        let change = parse_patient(&event.encode_to_vec(), None).expect("not dead-lettered");
+        assert!(matches!(change, PatientChange::Deleted { sequence: 0, .. }));
     }
 }
