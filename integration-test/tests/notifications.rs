@@ -521,3 +521,38 @@ async fn a_server_without_smtputf8_gets_an_internationalised_domain_as_its_a_lab
     assert!(!server.mails().iter().any(|m| m.contains(&local)), "nothing reached the server");
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_send_cut_off_by_its_time_limit_leaves_no_reply_behind_for_the_next_mail() {
+    // The service waits 1 s for a send (half its 2 s lease); the server answers the first mail
+    // after 1.5 s and refuses the next one.
+    let server = PlainSmtp::start_first_slow_then_refusing(Duration::from_millis(1_500)).unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let service = spawn_notifications(None, kafka_args(&bootstrap, &topic), &appointments, server.smtp_port(), quick).await;
+
+    let patients = created(2);
+    publish(&bootstrap, &topic, &patients).await;
+    let stored = eventually(Duration::from_secs(60), "the first mail reaches the server", || async {
+        let stored = server.mails();
+        (!stored.is_empty()).then_some(stored)
+    })
+    .await;
+    let refused = patients.iter().find(|p| !stored.iter().any(|m| m.contains(&p.email))).expect("one mail was not stored");
+    let id = Uuid::parse_str(&refused.patient_id).unwrap();
+    let status = eventually(Duration::from_secs(60), "the refused mail is settled", || async {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM mails WHERE patient_id = $1")
+            .bind(id)
+            .fetch_optional(&service.db)
+            .await
+            .unwrap();
+        status.filter(|s| s != "PENDING" && s != "SENDING")
+    })
+    .await;
+    // Before, the cut-off connection went back to a pool: the next mail read the late reply to
+    // the first as its own, was recorded SENT, and the server's refusal of it was never seen.
+    assert_eq!(status, "FAILED");
+    assert_eq!(server.mails().len(), 1, "the server stored nothing else");
+    service.stop().await;
+}
