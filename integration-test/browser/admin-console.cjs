@@ -12,7 +12,7 @@ const { env, session } = require("./session.cjs");
 const [command, username, ...rest] = process.argv.slice(2);
 const kc = env("KC_URL");
 const realm = env("REALM");
-const { page, shot, run } = await session(command, { width: 1400, height: 900 });
+const { page, shot, run, appear } = await session(command, { width: 1400, height: 900 });
 
 await run(async () => {
   await page.goto(`${kc}/admin/master/console/#/${realm}/users`);
@@ -20,7 +20,7 @@ await run(async () => {
   await page.locator("#password").fill(env("KC_ADMIN_PASSWORD"));
   await shot("login");
   await page.locator("#kc-login").click();
-  await page.getByRole("heading", { name: "Users" }).first().waitFor();
+  await appear(page.getByRole("heading", { name: "Users" }));
   await shot("users");
 
   if (command === "grant") {
@@ -35,7 +35,7 @@ await run(async () => {
     await page.getByText("The user has been created").waitFor();
     await shot("user-created");
 
-    await page.getByRole("tab", { name: "Credentials" }).click();
+    await (await appear(page.getByRole("tab", { name: "Credentials" }))).click();
     await page.getByRole("button", { name: "Set password" }).click();
     const dialog = page.getByRole("dialog");
     await dialog.locator("input#password, input[name='password']").first().fill(password);
@@ -50,7 +50,7 @@ await run(async () => {
     await page.getByText("The password has been set successfully").waitFor();
     await shot("password-set");
 
-    await page.getByRole("tab", { name: "Role mapping" }).click();
+    await (await appear(page.getByRole("tab", { name: "Role mapping" }))).click();
     await page.getByRole("button", { name: "Assign role" }).first().click();
     const realmRoles = page.getByRole("menuitem", { name: /realm roles/i });
     if (await realmRoles.count()) await realmRoles.first().click();
@@ -68,7 +68,7 @@ await run(async () => {
     await page.getByPlaceholder(/search user/i).first().fill(username);
     await page.getByPlaceholder(/search user/i).first().press("Enter");
     await page.getByRole("link", { name: username, exact: true }).click();
-    await page.getByRole("tab", { name: "Role mapping" }).click();
+    await (await appear(page.getByRole("tab", { name: "Role mapping" }))).click();
     const row = page.getByRole("row", { name: new RegExp(`\\b${role}\\b`) });
     await row.getByRole("checkbox").first().check();
     await shot("role-selected");
