@@ -34,6 +34,10 @@ pub enum Error {
     /// A no-show can only be recorded once the appointment has started.
     #[error("an appointment can be marked as no-show only once it has started")]
     NotStarted,
+    /// The appointment has ended while BOOKED: what happened is a no-show (or a new booking),
+    /// not a cancellation, a check-in or a move of the past.
+    #[error("cannot {0} an appointment that has ended; mark it as no-show")]
+    Ended(&'static str),
     /// The appointment's status does not allow the command.
     #[error("cannot {verb} an appointment that is {status}")]
     InvalidTransition { verb: &'static str, status: String },
@@ -84,7 +88,7 @@ impl IntoResponse for Error {
                     None => problem,
                 }
             }
-            Error::InvalidTransition { .. } | Error::NotStarted | Error::CheckInNotOpen(_) => {
+            Error::InvalidTransition { .. } | Error::NotStarted | Error::Ended(_) | Error::CheckInNotOpen(_) => {
                 Problem::new(StatusCode::CONFLICT, self.to_string())
             }
             Error::StaleVersion { current } => common::conditional::stale_problem("appointment", *current),

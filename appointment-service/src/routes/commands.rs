@@ -119,6 +119,11 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
     if command == Command::NoShow && current.starts_at > Utc::now() {
         return Err(Error::NotStarted);
     }
+    // A BOOKED appointment that has ended was missed: it is recorded as such (no-show), never
+    // cancelled, checked in or moved after the fact.
+    if matches!(command, Command::Cancel | Command::CheckIn | Command::Reschedule) && current.ends_at <= Utc::now() {
+        return Err(Error::Ended(command.verb()));
+    }
     if command == Command::CheckIn && current.starts_at - state.check_in_opens > Utc::now() {
         return Err(Error::CheckInNotOpen(state.check_in_opens.num_minutes()));
     }
@@ -151,14 +156,14 @@ async fn run(state: &AppState, raw_id: &str, command: Command, headers: &HeaderM
     Ok(answer(headers, StatusCode::OK, updated))
 }
 
-/// Move a BOOKED appointment to another slot.
+/// Move a BOOKED appointment that has not ended to another slot.
 #[utoipa::path(post, path = "/appointments/{id}/reschedule", tag = "appointments", request_body = SlotRequest,
     params(("id" = Uuid, Path, description = "Appointment id"), ("If-Match" = Option<String>, Header, description = "The `ETag` the change is based on")),
     responses(
         (status = 200, description = "Rescheduled (`ETag`, `X-Consistency-Token`)", body = Appointment),
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not BOOKED, or the clinician is booked then (`conflictingAppointmentId`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not BOOKED, ended already, or the clinician is booked then (`conflictingAppointmentId`)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` names an older version", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The patient was deleted", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -183,7 +188,7 @@ macro_rules! status_command {
                 (status = 200, description = "Changed (`ETag`, `X-Consistency-Token`)", body = Appointment),
                 (status = 400, description = "Malformed id or If-Match", body = Problem, content_type = "application/problem+json"),
                 (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
-                (status = 409, description = "The appointment's status does not allow this (or its time does not yet: a check-in before `CHECK_IN_OPENS_MINUTES` ahead of the start, a no-show before the start)", body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "The appointment's status does not allow this (or its time does not yet: a check-in before `CHECK_IN_OPENS_MINUTES` ahead of the start, a no-show before the start; a cancellation or check-in after the end)", body = Problem, content_type = "application/problem+json"),
                 (status = 412, description = "`If-Match` names an older version", body = Problem, content_type = "application/problem+json"),
             ))]
         #[tracing::instrument(skip_all)]
@@ -193,12 +198,17 @@ macro_rules! status_command {
     };
 }
 
-status_command!(cancel, "/appointments/{id}/cancel", Command::Cancel, "Cancel a BOOKED appointment.");
+status_command!(
+    cancel,
+    "/appointments/{id}/cancel",
+    Command::Cancel,
+    "Cancel a BOOKED appointment (before its end: one that has ended is a no-show)."
+);
 status_command!(
     check_in,
     "/appointments/{id}/check-in",
     Command::CheckIn,
-    "Check the patient in: from `CHECK_IN_OPENS_MINUTES` (60) before the start."
+    "Check the patient in: from `CHECK_IN_OPENS_MINUTES` (60) before the start until the end."
 );
 status_command!(complete, "/appointments/{id}/complete", Command::Complete, "Complete a checked-in appointment.");
 status_command!(

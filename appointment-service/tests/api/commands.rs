@@ -153,6 +153,36 @@ async fn a_no_show_frees_the_rest_of_its_slot_for_another_patient() {
 }
 
 #[tokio::test]
+async fn a_booked_appointment_that_has_ended_can_only_be_marked_a_no_show() {
+    let app = TestApp::spawn().await;
+    let patient = app.known_patient().await;
+    let booked = app.book(patient, Uuid::new_v4(), tomorrow_at(9), 30).await;
+    let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // Yesterday's appointment (the trigger refuses slots in the past: set aside for the setup).
+    let db = &app.db;
+    sqlx::query("ALTER TABLE appointments DISABLE TRIGGER appointments_guard").execute(db).await.unwrap();
+    sqlx::query(
+        "UPDATE appointments SET starts_at = now() - interval '25 hours', ends_at = now() - interval '24 hours' WHERE id = $1",
+    )
+    .bind(Uuid::parse_str(&id).unwrap())
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query("ALTER TABLE appointments ENABLE TRIGGER appointments_guard").execute(db).await.unwrap();
+
+    let soon = soon();
+    let slot = json!({"startsAt": rfc3339(soon), "endsAt": rfc3339(soon + Duration::minutes(30))});
+    for (command, body) in [("cancel", None), ("check-in", None), ("reschedule", Some(slot))] {
+        let refused = problem(app.command(&id, command, Some("\"1\""), body).await, 409).await;
+        assert!(refused["detail"].as_str().unwrap().contains("has ended"), "{command}: {refused}");
+    }
+    assert_eq!(app.status_of(&id).await, "BOOKED", "nothing changed");
+    assert_eq!(app.events_of(&id).await.len(), 1, "no event but the booking's");
+    assert_eq!(app.command(&id, "no-show", Some("\"1\""), None).await.status(), 200);
+    assert_eq!(app.status_of(&id).await, "NO_SHOW");
+}
+
+#[tokio::test]
 async fn the_database_itself_refuses_what_the_api_refuses() {
     let app = TestApp::spawn().await;
     let patient = app.known_patient().await;
