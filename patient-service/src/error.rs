@@ -34,6 +34,9 @@ pub enum Error {
     /// The first request with this `Idempotency-Key` is still being processed.
     #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
     IdempotencyKeyInUse,
+    /// The patient this `Idempotency-Key` created has been deleted since.
+    #[error("the patient created with this Idempotency-Key has been deleted since; use a new key to create a patient")]
+    IdempotencyKeyPatientDeleted,
     /// `If-Match` names only versions that are no longer current.
     #[error("the patient has changed since the version If-Match names")]
     StaleVersion { current: i64 },
@@ -69,7 +72,9 @@ impl IntoResponse for Error {
             Error::Validation(errors) => Problem::new(StatusCode::BAD_REQUEST, self.to_string()).with_errors(errors.clone()),
             Error::BadRequest(_) => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
             Error::NotFound | Error::NotFoundDetail(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
-            Error::EmailTaken | Error::IdempotencyKeyInUse => Problem::new(StatusCode::CONFLICT, self.to_string()),
+            Error::EmailTaken | Error::IdempotencyKeyInUse | Error::IdempotencyKeyPatientDeleted => {
+                Problem::new(StatusCode::CONFLICT, self.to_string())
+            }
             Error::IdempotencyKeyReused => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             Error::StaleVersion { current } => common::conditional::stale_problem("patient", *current),
             Error::BillingUnavailable => {

@@ -6,7 +6,11 @@
 //!   response reuses it, so billing (idempotent per patient id) opens no second account and no
 //!   second patient is made;
 //! - keys live 24 hours, then they (and the response they hold) are deleted by a sweep every
-//!   `IDEMPOTENCY_SWEEP_SECS`; a deleted patient's keys go with it at once.
+//!   `IDEMPOTENCY_SWEEP_SECS`;
+//! - a deleted patient's keys lose at once what identified the patient (the stored response, its
+//!   Location, the request's hash) but stay for the rest of their 24 hours: a late retry of the
+//!   create is a 409 saying the patient was deleted, not a new patient made from a deleted one's
+//!   data.
 
 use axum::http::HeaderMap;
 use serde_json::Value;
@@ -56,6 +60,8 @@ pub enum Claim {
     Mismatch,
     /// The key's first request is still running.
     InProgress,
+    /// The key created a patient that has since been deleted.
+    PatientDeleted,
 }
 
 /// Deletes expired keys every `every` until `stop`, in bounded chunks: the replayable 201 bodies
@@ -143,8 +149,9 @@ pub async fn claim(db: &PgPool, subject: &str, key: &Key, body: &str) -> sqlx::R
     if let Some(patient_id) = resumed {
         return Ok(Claim::Proceed { patient_id });
     }
-    let known: Option<(bool, Uuid, Option<Value>, Option<String>)> = sqlx::query_as(
-        "SELECT request_hash = sha256(convert_to($3, 'UTF8')), patient_id, response, location
+    let known: Option<KnownKey> = sqlx::query_as(
+        "SELECT patient_deleted_at IS NOT NULL AS patient_deleted, request_hash = sha256(convert_to($3, 'UTF8')) AS same_body,
+                patient_id, response, location
          FROM idempotency_keys WHERE subject = $1 AND key = $2",
     )
     .bind(subject)
@@ -153,10 +160,25 @@ pub async fn claim(db: &PgPool, subject: &str, key: &Key, body: &str) -> sqlx::R
     .fetch_optional(db)
     .await?;
     Ok(match known {
-        Some((false, ..)) => Claim::Mismatch,
-        Some((true, patient_id, Some(response), Some(location))) => Claim::Replay { patient_id, response, location },
+        // Whatever the body: its hash went with the patient.
+        Some(KnownKey { patient_deleted: true, .. }) => Claim::PatientDeleted,
+        Some(KnownKey { same_body: false, .. }) => Claim::Mismatch,
+        Some(KnownKey { patient_id, response: Some(response), location: Some(location), .. }) => {
+            Claim::Replay { patient_id, response, location }
+        }
         _ => Claim::InProgress,
     })
+}
+
+/// A key already used, as [`claim`] reads it.
+#[derive(sqlx::FromRow)]
+struct KnownKey {
+    patient_deleted: bool,
+    /// Whether the request's body hashes as the key's first one did.
+    same_body: bool,
+    patient_id: Uuid,
+    response: Option<Value>,
+    location: Option<String>,
 }
 
 /// Records the create's response, in the create's own transaction.
@@ -227,7 +249,17 @@ impl Drop for Lease {
     }
 }
 
-/// A deleted patient's keys go with it (their stored responses hold its personal data).
+/// A deleted patient's keys lose its personal data (the stored response and Location, and the
+/// hash of the request that carried it) and are marked, so a late retry is refused rather than
+/// creating the patient again; the sweep deletes them when their 24 hours are over.
 pub async fn forget_patient(db: impl PgExecutor<'_>, patient_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE patient_id = $1").bind(patient_id).execute(db).await.map(|_| ())
+    sqlx::query(
+        "UPDATE idempotency_keys SET response = NULL, location = NULL, request_hash = '\\x'::bytea, locked_until = NULL,
+                                     patient_deleted_at = now()
+         WHERE patient_id = $1",
+    )
+    .bind(patient_id)
+    .execute(db)
+    .await
+    .map(|_| ())
 }

@@ -108,7 +108,7 @@ async fn check_version(tx: &mut repo::Tx<'_>, id: Uuid, expected: Option<&[i64]>
             ("Location" = String, description = "The new patient's URL"),
             ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         (status = 400, description = "Validation failed (per-field errors), malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The email is used by another patient, or this key's first request still runs", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is used by another patient, this key's first request still runs, or the patient this key created was deleted since", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "This Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
@@ -147,6 +147,7 @@ async fn create(
                 }
                 Claim::Mismatch => return Err(Error::IdempotencyKeyReused),
                 Claim::InProgress => return Err(Error::IdempotencyKeyInUse),
+                Claim::PatientDeleted => return Err(Error::IdempotencyKeyPatientDeleted),
             }
         }
     };

@@ -88,13 +88,28 @@ async fn a_retry_after_the_client_gave_up_reuses_the_patient_id_and_opens_no_sec
 }
 
 #[tokio::test]
-async fn deleting_the_patient_forgets_its_keys_and_their_stored_response() {
+async fn a_retry_after_the_patient_was_deleted_is_409_and_the_key_keeps_nothing_of_the_patient() {
     let app = TestApp::spawn().await;
     let created = post_with_key(&app, &app.client, "gone-soon", &patient_body(1)).await;
     let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     assert_eq!(app.client.delete(app.url(&format!("/patients/{id}"))).send().await.unwrap().status(), 204);
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(&app.db).await.unwrap();
-    assert_eq!(kept, 0, "no stored copy of the deleted patient's data");
+    let (response, location, hash): (Option<Value>, Option<String>, Vec<u8>) =
+        sqlx::query_as("SELECT response, location, request_hash FROM idempotency_keys WHERE key = 'gone-soon'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((response, location, hash), (None, None, vec![]), "no stored copy of the deleted patient's data");
+
+    // A late retry (a client that lost the 201 and retries within the 24 hours): the same body,
+    // or another one, does not bring the deleted patient back.
+    for body in [patient_body(1), patient_body(2)] {
+        let retried = assert_problem(post_with_key(&app, &app.client, "gone-soon", &body).await, 409).await;
+        assert!(retried["detail"].as_str().unwrap().contains("deleted"), "{retried}");
+    }
+    assert_eq!(app.patient_rows().await, 0, "no patient made again");
+    assert_eq!(app.outbox_events().await.len(), 2, "the create's and the delete's events, none since");
+    // A new key creates a patient as ever.
+    assert_eq!(post_with_key(&app, &app.client, "new-key", &patient_body(1)).await.status(), 201);
 }
 
 #[tokio::test]
