@@ -176,6 +176,16 @@ impl KafkaArgs {
         Ok(consumer)
     }
 
+    /// Asks the broker where partitions end (see [`PartitionEnds`]).
+    pub fn partition_ends(&self) -> anyhow::Result<PartitionEnds> {
+        let client = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka_bootstrap_servers)
+            .set("isolation.level", "read_committed")
+            .create()
+            .context("failed to create the Kafka client for partition ends")?;
+        Ok(PartitionEnds { client: std::sync::Arc::new(client) })
+    }
+
     /// Creates the topics that do not exist yet. Failing (Kafka down) is not fatal to a service:
     /// it is logged, and the broker's auto-creation remains as a fallback.
     pub async fn ensure_topics(&self, topics: &[&str]) {
@@ -264,6 +274,31 @@ async fn close(consumer: EventConsumer) {
             limit_ms = CLOSE_LIMIT.as_millis() as u64,
             "Kafka consumer did not close in time (broker unreachable?); stopping without it"
         );
+    }
+}
+
+/// Where partitions end, asked of the broker: a consumer learns whether records were written
+/// after the one in hand (it is catching up on a backlog) and up to which offset.
+#[derive(Clone)]
+pub struct PartitionEnds {
+    client: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
+}
+
+impl PartitionEnds {
+    /// How long the broker has to answer.
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    /// The offset of the last record written to `topic`'s `partition` so far (None while it is
+    /// empty). Under a transactional producer it may be a transaction marker, which consumers
+    /// never receive.
+    pub async fn last_offset(&self, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
+        let (client, owned) = (self.client.clone(), topic.to_owned());
+        // librdkafka's query blocks: off the runtime's threads.
+        let (_, end) = tokio::task::spawn_blocking(move || client.fetch_watermarks(&owned, partition, Self::LIMIT))
+            .await
+            .context("the partition end query did not finish")?
+            .with_context(|| format!("failed to ask where partition {partition} of {topic} ends"))?;
+        Ok((end > 0).then_some(end - 1))
     }
 }
 

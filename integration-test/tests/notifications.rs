@@ -1,8 +1,8 @@
 //! notification-service against a real mail server (Mailpit) and real Kafka: exactly one mail per
 //! event when the service is killed mid-stream and its events are delivered again; nothing lost
 //! nor sent twice while the mail server is down; reminders moved by a reschedule, dropped by a
-//! cancellation, kept across a restart, held back while catching up on a backlog, and dropped
-//! once held up past the start.
+//! cancellation, kept across a restart, held back while the consumer or the producers catch up
+//! on a backlog, and dropped once held up past the start.
 
 mod support;
 
@@ -281,6 +281,79 @@ async fn a_reminder_found_due_while_catching_up_waits_for_the_rest_of_the_backlo
     })
     .await;
     mailed_without_a_reminder(&mailpit, &patient, 3, "welcome, booked, cancelled").await;
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_reminder_waits_until_the_consumer_has_read_what_was_written_after_its_booking() {
+    use chrono::{Duration as Span, Utc};
+    let mailpit = Mailpit::start_ephemeral().unwrap();
+    let bootstrap = Kafka::shared_for_tests().bootstrap_servers();
+    let topic = unique_topic();
+    let args = kafka_args(&bootstrap, &topic);
+    let appointments = format!("appointment-{}", Uuid::new_v4().simple());
+    let reminders = |s: &mut notification_service::config::Settings| {
+        quick(s);
+        s.reminder_before_secs = 3_600;
+    };
+    // The patient is known (welcomed) before; the service is stopped meanwhile.
+    let first = spawn_notifications(None, args.clone(), &appointments, mailpit.smtp_port(), reminders).await;
+    let patient = created(1).remove(0);
+    publish(&bootstrap, &topic, std::slice::from_ref(&patient)).await;
+    delivered(&mailpit, std::slice::from_ref(&patient), 1).await;
+    let (db_url, db) = (first.db_url.clone(), first.db.clone());
+    first.stop().await;
+
+    // Written while it is stopped, on one partition, in this order (all of them
+    // new: no producer is catching up): A booked for half an hour ahead, its reminder due at
+    // once; B booked, on which the consumer will be stuck a while (this test holds the row B's
+    // confirmation needs); A cancelled.
+    let a = Uuid::new_v4();
+    let starts = Utc::now() + Span::minutes(30);
+    let booked_a = appointment_event(&patient, a, 1, "APPOINTMENT_BOOKED", starts);
+    let booked_b = appointment_event(&patient, Uuid::new_v4(), 1, "APPOINTMENT_BOOKED", starts + Span::hours(3));
+    let cancelled_a = appointment_event(&patient, a, 2, "APPOINTMENT_CANCELLED", starts);
+    let mut stuck = db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO mails (id, dedup_key, kind, patient_id, next_attempt_at, status)
+         VALUES ($1, $2, 'BOOKED', $3, now(), 'CANCELLED')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(format!("event:{}", booked_b.event_id))
+    .bind(Uuid::parse_str(&patient.patient_id).unwrap())
+    .execute(&mut *stuck)
+    .await
+    .unwrap();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    for e in [&booked_a, &booked_b, &cancelled_a] {
+        let payload = e.encode_to_vec();
+        let record = FutureRecord::to(&appointments).partition(0).key(&e.appointment_id).payload(&payload);
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+    let service = spawn_notifications(Some(db_url), args, &appointments, mailpit.smtp_port(), reminders).await;
+
+    // A's booking is read and confirmed; its reminder is recorded, held until offset 2 is read.
+    delivered(&mailpit, std::slice::from_ref(&patient), 2).await;
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT held_through FROM mails WHERE kind = 'REMINDER'").fetch_one(&service.db).await.unwrap();
+    assert_eq!(held, Some(2));
+    // Six of the sender's rounds while the consumer is stuck on B: the reminder stays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let subjects: Vec<String> = mails(&mailpit, Some(&patient.email)).await.into_iter().map(|m| m.subject).collect();
+    assert!(!subjects.iter().any(|s| s.contains("Reminder")), "sent while the cancellation was unread: {subjects:?}");
+
+    // B goes through, then A's cancellation: the reminder is cancelled, never sent.
+    stuck.rollback().await.unwrap();
+    eventually(Duration::from_secs(30), "the reminder is cancelled", || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM mails WHERE kind = 'REMINDER' AND appointment_id = $1")
+            .bind(a)
+            .fetch_one(&service.db)
+            .await
+            .unwrap();
+        (status == "CANCELLED").then_some(())
+    })
+    .await;
+    mailed_without_a_reminder(&mailpit, &patient, 4, "welcome, A and B booked, A cancelled").await;
     service.stop().await;
 }
 

@@ -6,10 +6,15 @@
 //!   PATIENT_DELETED: contact scrubbed, unsent mails cancelled.
 //! - APPOINTMENT_BOOKED / _RESCHEDULED / _CANCELLED: a confirmation, keyed by the event id; a
 //!   booked appointment gets a reminder `REMINDER_BEFORE_SECS` ahead (at once when that is past,
-//!   none once it started), replaced by a reschedule and cancelled by any other change. A
-//!   reminder due at once by a booking consumed late (catching up after an outage) waits a
-//!   minute, when the start leaves room, for a cancellation further on in the backlog.
+//!   none once it started), replaced by a reschedule and cancelled by any other change.
 //!   A cancellation because the patient was deleted mails nobody.
+//! - A reminder never goes before a later event of its appointment that is already written:
+//!   - recorded while its partition holds records this consumer has not read yet (it is catching
+//!     up on a backlog), it is held until the consumer has read as far as the partition reached
+//!     then, however long that takes (at most `HOLD_LIMIT_MINUTES`);
+//!   - recorded from an old event while the producer side is catching up (its relay publishing
+//!     a backlog after an outage), it waits a minute, when the start leaves room, for the events
+//!     still to be published.
 //! - Events from before the service's first start (less `MAIL_BACKFILL_SECS`: a new consumer
 //!   group replays history) keep contacts and reminders current but mail nothing else; a patient
 //!   event without `occurredAt` is dated by its record's timestamp.
@@ -18,19 +23,21 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use common::kafka::{DeadLetters, RecordHandler};
+use common::kafka::{DeadLetters, PartitionEnds, RecordHandler};
 use prost::Message as _;
 use proto::{appointment_event_type as appointment, appointments::AppointmentEvent, event_type, events::PatientEvent};
 use rdkafka::{message::OwnedMessage, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::mails::{self, AboutAppointment, Kind};
+use crate::mails::{self, AboutAppointment, Hold, Kind};
 
 pub struct Notifier {
     pub db: PgPool,
     pub dead_letters: DeadLetters,
     pub appointment_topic: String,
+    /// Where the appointment topic's partitions end, to hold reminders during a backlog.
+    pub partition_ends: PartitionEnds,
     pub reminder_before: chrono::Duration,
     /// Events from before this mail nothing (a replay of history); see `MAIL_BACKFILL_SECS`.
     pub mailing_since: DateTime<Utc>,
@@ -116,9 +123,18 @@ impl RecordHandler for Notifier {
         let payload = record.payload().unwrap_or_default();
         if record.topic() == self.appointment_topic {
             match parse_appointment(payload) {
-                Ok(change) => self.dead_letters.apply_or_dead_letter(record, || self.on_appointment(&change)).await,
+                Ok(change) => self.dead_letters.apply_or_dead_letter(record, || self.on_appointment(&change, record)).await,
                 Err(reason) => self.dead_letters.send(record, reason).await,
+            }?;
+            // Read this far (applied or dead-lettered): the reminders held for it may go. A
+            // failure here redelivers the record, which records nothing twice.
+            let released = mails::release_holds(&self.db, record.partition(), record.offset())
+                .await
+                .context("failed to release held reminders")?;
+            if released > 0 {
+                tracing::info!(released, partition = record.partition(), "caught up: held reminders released");
             }
+            Ok(())
         } else {
             match parse_patient(payload, written_at(record)) {
                 Ok(change) => self.dead_letters.apply_or_dead_letter(record, || self.on_patient(&change)).await,
@@ -130,8 +146,8 @@ impl RecordHandler for Notifier {
 
 /// An event older than this when consumed means the consumer is catching up on a backlog.
 const BEHIND: chrono::Duration = chrono::Duration::seconds(10);
-/// How long a reminder found due while catching up waits, so that later events of its
-/// appointment still in the backlog are consumed first.
+/// How long a reminder found due from an old event waits, so that later events of its
+/// appointment still being published are consumed first.
 const CATCH_UP_SETTLE: chrono::Duration = chrono::Duration::seconds(60);
 
 impl Notifier {
@@ -165,10 +181,22 @@ impl Notifier {
         Ok(())
     }
 
+    /// The hold of a reminder recorded from `record`: None when nothing was written after it.
+    async fn hold_for(&self, record: &OwnedMessage) -> anyhow::Result<Option<Hold>> {
+        let end = self.partition_ends.last_offset(record.topic(), record.partition()).await?;
+        Ok(end.filter(|end| *end > record.offset()).map(|through| Hold { partition: record.partition(), through }))
+    }
+
     #[tracing::instrument(skip_all, fields(appointment_id = %change.about.appointment_id, version = change.about.version, event_type = %change.event_type))]
-    async fn on_appointment(&self, change: &AppointmentChange) -> anyhow::Result<()> {
+    async fn on_appointment(&self, change: &AppointmentChange, record: &OwnedMessage) -> anyhow::Result<()> {
         let now = Utc::now();
         let about = change.about;
+        let reminded = change.status == "BOOKED" && about.starts_at > now;
+        // Asked before the transaction: it holds no connection while the broker answers.
+        let hold = if reminded { self.hold_for(record).await? } else { None };
+        if let Some(hold) = hold {
+            tracing::info!(partition = hold.partition, through = hold.through, "reminder held until the backlog is read");
+        }
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         let confirmation = match change.event_type.as_str() {
             appointment::BOOKED => Some(Kind::Booked),
@@ -181,16 +209,19 @@ impl Notifier {
             let key = format!("event:{}", change.event_id);
             mails::record(&mut tx, &key, kind, change.patient_id, Some(about), now).await.context("failed to record the mail")?;
         }
-        if change.status == "BOOKED" && about.starts_at > now {
+        if reminded {
             let mut due = (about.starts_at - self.reminder_before).max(now);
             if now - change.occurred_at > BEHIND && about.starts_at - now > CATCH_UP_SETTLE * 2 {
-                // Catching up on a backlog (after an outage, say): a cancellation or a move of
-                // this appointment may still be behind this event (same key, same partition). A
-                // reminder due now waits for it when the start leaves room; closer to the start,
-                // it goes now. (Event age is read from the producer's clock: skew shifts it.)
+                // An old event at the end of what is written: the producer side may be catching
+                // up (its relay publishing a backlog after an outage), a cancellation or a move
+                // of this appointment not published yet. A reminder due now waits for it when
+                // the start leaves room; closer to the start, it goes now. (Event age is read
+                // from the producer's clock: skew shifts it.)
                 due = due.max(now + CATCH_UP_SETTLE);
             }
-            mails::schedule_reminder(&mut tx, change.patient_id, about, due).await.context("failed to schedule the reminder")?;
+            mails::schedule_reminder(&mut tx, change.patient_id, about, due, hold)
+                .await
+                .context("failed to schedule the reminder")?;
         } else {
             // Cancelled, checked in, finished, or already started: no reminder (any more).
             mails::cancel_reminders(&mut tx, about.appointment_id, about.version + 1)

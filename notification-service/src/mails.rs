@@ -97,20 +97,53 @@ pub async fn record(
     Ok(inserted == 1)
 }
 
-/// The reminder of `about` (due `due`), replacing a pending reminder of an older version; an
-/// event older than what this appointment's mails already describe changes nothing.
+/// Where a reminder waits for the consumer: until it has read `partition` up to `through`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub partition: i32,
+    pub through: i64,
+}
+
+/// The most a hold keeps a reminder back, should the offset it waits for never be read (a
+/// transaction marker of a foreign producer, say).
+pub const HOLD_LIMIT_MINUTES: i64 = 30;
+
+/// The reminder of `about` (due `due`, held by `hold`), replacing a pending reminder of an older
+/// version; an event older than what this appointment's mails already describe changes nothing.
 pub async fn schedule_reminder(
     tx: &mut Tx<'_>,
     patient_id: Uuid,
     about: AboutAppointment,
     due: DateTime<Utc>,
+    hold: Option<Hold>,
 ) -> sqlx::Result<()> {
     if newer_known(tx, about.appointment_id, about.version).await? {
         return Ok(());
     }
     cancel_reminders(tx, about.appointment_id, about.version).await?;
     let key = format!("reminder:{}:{}", about.appointment_id, about.version);
-    record(tx, &key, Kind::Reminder, patient_id, Some(about), due).await.map(|_| ())
+    let new = record(tx, &key, Kind::Reminder, patient_id, Some(about), due).await?;
+    if let Some(hold) = hold.filter(|_| new) {
+        sqlx::query("UPDATE mails SET held_partition = $2, held_through = $3 WHERE dedup_key = $1")
+            .bind(&key)
+            .bind(hold.partition)
+            .bind(hold.through)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The consumer has read `partition` up to `offset`: the reminders that waited for it may go.
+pub async fn release_holds(db: &PgPool, partition: i32, offset: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE mails SET held_partition = NULL, held_through = NULL WHERE held_partition = $1 AND held_through <= $2",
+    )
+    .bind(partition)
+    .bind(offset)
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// Whether a mail describes a version of the appointment newer than `version`.
@@ -191,7 +224,8 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` due mails for `lease`: marked SENDING, so no other sender takes them
-/// meanwhile; a mail whose sender died is due again when the lease ends. A claim is the pair
+/// meanwhile; a mail whose sender died is due again when the lease ends. A held reminder is not
+/// due (see [`Hold`]). A claim is the pair
 /// (id, attempts): a later claim of the same mail has a higher attempt number.
 #[tracing::instrument(skip(db))]
 pub async fn claim_due(db: &PgPool, limit: i64, lease: std::time::Duration) -> sqlx::Result<Vec<Claimed>> {
@@ -201,12 +235,14 @@ pub async fn claim_due(db: &PgPool, limit: i64, lease: std::time::Duration) -> s
                          next_attempt_at = now() + make_interval(secs => $2)
         WHERE id IN (SELECT id FROM mails
                      WHERE status IN ('PENDING', 'SENDING') AND next_attempt_at <= now()
+                       AND (held_through IS NULL OR created_at < now() - make_interval(mins => $3))
                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
         RETURNING id, kind, patient_id, appointment_id, starts_at, ends_at, attempts, created_at
         "#,
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
+    .bind(HOLD_LIMIT_MINUTES as i32)
     .fetch_all(db)
     .await
 }

@@ -49,6 +49,7 @@ impl Application {
                 db: pool.clone(),
                 dead_letters,
                 appointment_topic: settings.appointment_topic.clone(),
+                partition_ends: settings.kafka.partition_ends()?,
                 reminder_before: settings.reminder_before(),
                 mailing_since: crate::mails::mailing_since(&pool, settings.mail_backfill())
                     .await
