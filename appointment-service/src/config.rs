@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, outbox::RelayArgs, runtime::RuntimeArgs, telemetry::LogArgs};
+use common::{
+    db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, outbox::RelayArgs, runtime::RuntimeArgs, telemetry::LogArgs, zone::Zone,
+};
 use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -28,6 +30,10 @@ pub struct Settings {
     /// (a check-in is the patient at the desk: not for an appointment days ahead).
     #[arg(long, env = "CHECK_IN_OPENS_MINUTES", default_value_t = 60)]
     pub check_in_opens_minutes: i64,
+    /// The time zone whose days a schedule shows (an IANA name, e.g. `Europe/Berlin`), unless
+    /// the query names another (`timeZone`).
+    #[arg(long, env = "SCHEDULE_TIME_ZONE", default_value = "UTC")]
+    pub schedule_time_zone: Zone,
     /// Longest a query waits for the projection to reach a client's `X-Wait-For` token.
     #[arg(long, env = "PROJECTION_WAIT_MAX_MS", default_value_t = 5_000)]
     pub projection_wait_max_ms: u64,
@@ -62,6 +68,7 @@ impl Settings {
             projection_group_id: "appointment-projection".into(),
             max_appointment_minutes: 480,
             check_in_opens_minutes: 60,
+            schedule_time_zone: Zone::default(),
             projection_wait_max_ms: 5_000,
             relay: RelayArgs::eager(),
             oidc,

@@ -72,6 +72,7 @@ impl Application {
             max_minutes: settings.max_appointment_minutes,
             check_in_opens: chrono::Duration::minutes(settings.check_in_opens_minutes.max(0)),
             wait_max: settings.projection_wait_max(),
+            zone: settings.schedule_time_zone,
         };
         let listener = TcpListener::bind(settings.http_addr)
             .await

@@ -25,3 +25,5 @@ pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
 pub mod text;
+#[cfg(feature = "zone")]
+pub mod zone;

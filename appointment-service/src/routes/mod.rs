@@ -28,6 +28,8 @@ pub struct AppState {
     pub check_in_opens: chrono::Duration,
     /// Longest a query waits for the projection to reach a client's consistency token.
     pub wait_max: Duration,
+    /// Whose days a schedule shows unless the query names a time zone.
+    pub zone: common::zone::Zone,
 }
 
 /// A command's answer names the change, so a query can wait for it: `<appointment id>:<version>`.

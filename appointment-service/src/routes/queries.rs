@@ -13,7 +13,7 @@ use axum::{
     Json, Router,
 };
 use chrono::{Datelike, Duration, NaiveDate, Utc};
-use common::{extract::AppQuery, problem::Problem};
+use common::{extract::AppQuery, problem::Problem, zone::Zone};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -57,10 +57,14 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
 pub struct ScheduleQuery {
     /// The clinician (Keycloak user id).
     pub clinician_id: Option<String>,
-    /// The first day, `YYYY-MM-DD` (UTC).
+    /// The first day, `YYYY-MM-DD`, in `timeZone` (default: today there).
     pub date: Option<String>,
     /// `day` (default) or `week` (7 days from `date`).
     pub view: Option<String>,
+    /// Whose days: an IANA time zone name, e.g. `Europe/Berlin` (default: the service's
+    /// `SCHEDULE_TIME_ZONE`, UTC unless set). A day runs from its local midnight to the next, 23
+    /// or 25 hours when the clocks change.
+    pub time_zone: Option<String>,
     /// 0-based page number.
     #[param(minimum = 0)]
     pub page: Option<i64>,
@@ -139,8 +143,15 @@ async fn answer(state: &AppState, headers: &HeaderMap, load: impl AsyncFnOnce() 
 async fn schedule(State(state): State<AppState>, headers: HeaderMap, AppQuery(q): AppQuery<ScheduleQuery>) -> Result<Response> {
     let mut errors = BTreeMap::new();
     let clinician_id = required_id("clinicianId", q.clinician_id.as_deref(), &mut errors);
+    let zone = match q.time_zone.as_deref() {
+        None => state.zone,
+        Some(raw) => raw.parse::<Zone>().unwrap_or_else(|err| {
+            errors.insert("timeZone".into(), err.to_string());
+            state.zone
+        }),
+    };
     let date = match q.date.as_deref() {
-        None => Some(Utc::now().date_naive()),
+        None => Some(zone.today(Utc::now())),
         // Years 1-9999, as RFC 3339 allows: chrono also reads signed years of any length, which
         // would overflow a week's end or fall outside PostgreSQL's range.
         Some(raw) => NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok().filter(|d| (1..=9999).contains(&d.year())).or_else(|| {
@@ -161,8 +172,7 @@ async fn schedule(State(state): State<AppState>, headers: HeaderMap, AppQuery(q)
     if !errors.is_empty() {
         return Err(Error::Validation(errors));
     }
-    let from = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-    let to = from + Duration::days(days);
+    let (from, to) = (zone.start_of(date), zone.start_of(date + Duration::days(days)));
     answer(&state, &headers, async || projection::clinician_schedule(&state.db, clinician_id, from, to, paging).await).await
 }
 

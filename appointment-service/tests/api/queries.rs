@@ -127,6 +127,44 @@ async fn every_change_is_one_record_on_the_appointment_topic_keyed_and_in_order(
 }
 
 #[tokio::test]
+async fn a_schedule_day_is_the_day_of_the_time_zone_asked_for() {
+    let app = TestApp::spawn().await;
+    let patient = app.known_patient().await;
+    let clinician = Uuid::new_v4();
+    // Tomorrow 14:00 UTC is 23:00 in Tokyo (UTC+9, no clock changes); 16:00 UTC is 01:00 there,
+    // the day after.
+    let (late, next) = (tomorrow_at(14), tomorrow_at(16));
+    let mut token = String::new();
+    for starts in [late, next] {
+        let resp = app.book(patient, clinician, starts, 30).await;
+        assert_eq!(resp.status(), 201);
+        token = resp.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    }
+    let day = late.date_naive();
+    let schedule = format!("/appointments/schedule?clinicianId={clinician}&date={day}");
+    let starts = |entries: Vec<Value>| entries.iter().map(|e| e["startsAt"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let (utc, _) = query(&app, &schedule, Some(&token)).await;
+    assert_eq!(starts(utc), [rfc3339(late), rfc3339(next)], "the UTC day (the default)");
+    let (tokyo, _) = query(&app, &format!("{schedule}&timeZone=Asia/Tokyo"), None).await;
+    assert_eq!(starts(tokyo), [rfc3339(late)], "that day in Tokyo ends at 15:00 UTC");
+    let (tokyo_next, _) = query(
+        &app,
+        &format!("/appointments/schedule?clinicianId={clinician}&date={}&timeZone=Asia/Tokyo", day.succ_opt().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(starts(tokyo_next), [rfc3339(next)]);
+    for bad in ["Tokyo", "UTC%2B9", "%2B09:00", ""] {
+        let resp = app.client.get(app.url(&format!("{schedule}&timeZone={bad}"))).send().await.unwrap();
+        assert_eq!(
+            problem(resp, 400).await["errors"]["timeZone"],
+            "must be an IANA time zone name like Europe/Berlin or UTC",
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_schedule_is_paged_by_start_with_its_total() {
     let app = TestApp::spawn().await;
     let patient = app.known_patient().await;
