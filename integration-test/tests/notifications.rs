@@ -184,6 +184,8 @@ async fn reminders_follow_reschedules_and_cancellations_and_survive_a_restart() 
     let reminders = |s: &mut notification_service::config::Settings| {
         quick(s);
         s.reminder_before_secs = 10;
+        // The clinic's clock: Tokyo, UTC+9 all year.
+        s.mail_time_zone = "Asia/Tokyo".parse().unwrap();
     };
     let first = spawn_notifications(None, args.clone(), &appointments, mailpit.smtp_port(), reminders).await;
     let patient = created(1).remove(0);
@@ -233,7 +235,8 @@ async fn reminders_follow_reschedules_and_cancellations_and_survive_a_restart() 
         "{all:?}"
     );
     let reminder = all.iter().find(|m| m.subject.contains("Reminder")).unwrap();
-    assert!(reminder.subject.contains(&moved_to.format("%Y-%m-%d %H:%M").to_string()), "the new time: {}", reminder.subject);
+    let in_tokyo = (moved_to + Span::hours(9)).format("%Y-%m-%d %H:%M").to_string();
+    assert!(reminder.subject.contains(&in_tokyo), "the new time, on the clinic's clock: {}", reminder.subject);
     let cancelled: i64 = sqlx::query_scalar("SELECT count(*) FROM mails WHERE kind = 'REMINDER' AND status = 'CANCELLED'")
         .fetch_one(&second.db)
         .await

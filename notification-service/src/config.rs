@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, runtime::RuntimeArgs, secret::Secret, telemetry::LogArgs};
+use common::{
+    db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, runtime::RuntimeArgs, secret::Secret, telemetry::LogArgs, zone::Zone,
+};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "notification-service", about = "Mails patients about their registration and appointments")]
@@ -26,6 +28,10 @@ pub struct Settings {
     /// however late they are consumed.
     #[arg(long, env = "MAIL_BACKFILL_SECS", default_value_t = 86_400)]
     pub mail_backfill_secs: u64,
+    /// The time zone of the appointment times in mails (an IANA name, e.g. `Europe/Berlin`):
+    /// the clinic's clock, which patients go by.
+    #[arg(long, env = "MAIL_TIME_ZONE", default_value = "UTC")]
+    pub mail_time_zone: Zone,
     /// A directory whose `<kind>.txt` / `<kind>.html` files replace the built-in templates.
     #[arg(long, env = "TEMPLATES_DIR")]
     pub templates_dir: Option<PathBuf>,

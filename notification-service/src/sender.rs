@@ -26,8 +26,8 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use chrono::Utc;
-use common::metrics::Registry;
+use chrono::{DateTime, Utc};
+use common::{metrics::Registry, zone::Zone};
 use lettre::{
     message::{header::ContentType, Mailbox, MultiPart, SinglePart},
     transport::smtp::authentication::Credentials,
@@ -49,6 +49,8 @@ pub struct Sender {
     pub smtp_timeout: Duration,
     pub from: Mailbox,
     pub templates: Templates,
+    /// Whose clock the appointment times in mails are on.
+    pub zone: Zone,
     pub args: SenderArgs,
     pub metrics: Arc<Registry>,
 }
@@ -177,11 +179,18 @@ impl Sender {
         };
         let needs_smtputf8 = !AsRef::<str>::as_ref(&address).is_ascii();
         let to = Mailbox::new(Some(name.clone()), address);
-        let when = |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
-        let (starts_at, ends_at) = (when(mail.starts_at), when(mail.ends_at));
+        let [starts_at, ends_at, time_zone] = match (mail.starts_at, mail.ends_at) {
+            (Some(starts), Some(ends)) => appointment_times(self.zone, starts, ends),
+            _ => Default::default(),
+        };
         let appointment_id = mail.appointment_id.map(|id| id.to_string()).unwrap_or_default();
-        let values =
-            [("name", name.as_str()), ("starts_at", &starts_at), ("ends_at", &ends_at), ("appointment_id", &appointment_id)];
+        let values = [
+            ("name", name.as_str()),
+            ("starts_at", &starts_at),
+            ("ends_at", &ends_at),
+            ("time_zone", &time_zone),
+            ("appointment_id", &appointment_id),
+        ];
         let rendered = self.templates.render(kind, &values);
         let message = Message::builder()
             .message_id(Some(format!("<{}@patient-platform>", mail.id)))
@@ -220,6 +229,12 @@ impl Sender {
             Err(_) => self.retry(mail, "the mail server did not answer in time"),
         })
     }
+}
+
+/// An appointment's start and end on `zone`'s clock (`2027-01-15 09:00`), and the name of that
+/// clock's time at the start (`CET`; where a zone has no abbreviation, its offset).
+fn appointment_times(zone: Zone, starts: DateTime<Utc>, ends: DateTime<Utc>) -> [String; 3] {
+    [zone.wall_clock(starts), zone.wall_clock(ends), zone.abbreviation(starts)]
 }
 
 /// The address to mail `email` at, its domain in ASCII (an internationalised domain as its
@@ -271,7 +286,18 @@ fn enhanced_status(reply: &str) -> Option<(u16, u16, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{deliverable, refuses_the_mail};
+    use super::{appointment_times, deliverable, refuses_the_mail};
+
+    #[test]
+    fn appointment_times_are_on_the_configured_clock() {
+        let at = |raw: &str| chrono::DateTime::parse_from_rfc3339(raw).unwrap().with_timezone(&chrono::Utc);
+        let (starts, ends) = (at("2027-01-15T08:00:00Z"), at("2027-01-15T08:30:00Z"));
+        assert_eq!(appointment_times(Default::default(), starts, ends), ["2027-01-15 08:00", "2027-01-15 08:30", "UTC"]);
+        let berlin = "Europe/Berlin".parse().unwrap();
+        assert_eq!(appointment_times(berlin, starts, ends), ["2027-01-15 09:00", "2027-01-15 09:30", "CET"]);
+        let summer = at("2027-07-15T08:00:00Z");
+        assert_eq!(appointment_times(berlin, summer, summer)[2], "CEST");
+    }
 
     #[test]
     fn an_internationalised_domain_is_mailed_as_its_a_label() {

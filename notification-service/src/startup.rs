@@ -63,6 +63,7 @@ impl Application {
             smtp_timeout: std::time::Duration::from_millis(settings.smtp.smtp_timeout_ms),
             from,
             templates,
+            zone: settings.mail_time_zone,
             args: settings.sender.clone(),
             metrics: metrics.clone(),
         };

@@ -1,7 +1,9 @@
 //! The mails' templates: one plain-text and one HTML file per kind (`templates/<kind>.txt`,
 //! `.html`), built in and replaceable by files in `TEMPLATES_DIR`. The text file's first line is
-//! `Subject: …`. Placeholders `{{name}}`, `{{starts_at}}`, `{{ends_at}}`, `{{appointment_id}}`
-//! are filled in (HTML-escaped in the HTML part); nothing else is interpreted.
+//! `Subject: …`. Placeholders `{{name}}`, `{{starts_at}}`, `{{ends_at}}` (on `MAIL_TIME_ZONE`'s
+//! clock), `{{time_zone}}` (that clock's abbreviation at the start, e.g. `CET`) and
+//! `{{appointment_id}}` are filled in (HTML-escaped in the HTML part); nothing else is
+//! interpreted.
 
 use std::{collections::HashMap, path::Path};
 
@@ -105,8 +107,13 @@ mod tests {
     #[test]
     fn every_built_in_template_renders_its_placeholders() {
         let t = Templates::load(None).unwrap();
-        let values =
-            [("name", "Ada <Lovelace>"), ("starts_at", "2027-01-02 09:00"), ("ends_at", "09:30"), ("appointment_id", "a-1")];
+        let values = [
+            ("name", "Ada <Lovelace>"),
+            ("starts_at", "2027-01-02 09:00"),
+            ("ends_at", "09:30"),
+            ("time_zone", "CET"),
+            ("appointment_id", "a-1"),
+        ];
         for (kind, _, _) in BUILT_IN {
             let r = t.render(kind, &values);
             assert!(!r.subject.is_empty() && !r.subject.contains("{{"), "{kind:?}: {}", r.subject);
