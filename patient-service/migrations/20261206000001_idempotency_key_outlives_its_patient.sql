@@ -1,4 +1,5 @@
--- A deleted patient's idempotency keys stay for the rest of their 24 hours, emptied of what
--- identified the patient (the replayable 201 body, its Location, the request's hash), so a late
--- retry of the create is told the patient was deleted (409) instead of creating it again.
+-- A deleted patient's idempotency keys stay for the rest of their 24 hours, emptied of the
+-- patient's data (the replayable 201 body and its Location; the request's SHA-256 stays, to tell
+-- a retry from another body), so a late retry of the create is told the patient was deleted
+-- (409) instead of creating it again.
 ALTER TABLE idempotency_keys ADD COLUMN patient_deleted_at timestamptz;

@@ -7,10 +7,10 @@
 //!   second patient is made;
 //! - keys live 24 hours, then they (and the response they hold) are deleted by a sweep every
 //!   `IDEMPOTENCY_SWEEP_SECS`;
-//! - a deleted patient's keys lose at once what identified the patient (the stored response, its
-//!   Location, the request's hash) but stay for the rest of their 24 hours: a late retry of the
-//!   create is a 409 saying the patient was deleted, not a new patient made from a deleted one's
-//!   data.
+//! - a deleted patient's keys lose at once the personal data they held (the stored response and
+//!   its Location; the request's SHA-256 stays) but stay for the rest of their 24 hours: a late
+//!   retry of the create is a 409 saying the patient was deleted, not a new patient made from a
+//!   deleted one's data (another body is still a 422).
 
 use axum::http::HeaderMap;
 use serde_json::Value;
@@ -137,7 +137,7 @@ pub async fn claim(db: &PgPool, subject: &str, key: &Key, body: &str) -> sqlx::R
     let resumed: Option<Uuid> = sqlx::query_scalar(
         "UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => $4)
          WHERE subject = $1 AND key = $2 AND request_hash = sha256(convert_to($3, 'UTF8'))
-           AND completed_at IS NULL AND (locked_until IS NULL OR locked_until < now())
+           AND completed_at IS NULL AND patient_deleted_at IS NULL AND (locked_until IS NULL OR locked_until < now())
          RETURNING patient_id",
     )
     .bind(subject)
@@ -160,9 +160,8 @@ pub async fn claim(db: &PgPool, subject: &str, key: &Key, body: &str) -> sqlx::R
     .fetch_optional(db)
     .await?;
     Ok(match known {
-        // Whatever the body: its hash went with the patient.
-        Some(KnownKey { patient_deleted: true, .. }) => Claim::PatientDeleted,
         Some(KnownKey { same_body: false, .. }) => Claim::Mismatch,
+        Some(KnownKey { patient_deleted: true, .. }) => Claim::PatientDeleted,
         Some(KnownKey { patient_id, response: Some(response), location: Some(location), .. }) => {
             Claim::Replay { patient_id, response, location }
         }
@@ -249,13 +248,12 @@ impl Drop for Lease {
     }
 }
 
-/// A deleted patient's keys lose its personal data (the stored response and Location, and the
-/// hash of the request that carried it) and are marked, so a late retry is refused rather than
-/// creating the patient again; the sweep deletes them when their 24 hours are over.
+/// A deleted patient's keys lose its personal data (the stored response and Location) and are
+/// marked, so a late retry is refused rather than creating the patient again; the sweep deletes
+/// them when their 24 hours are over.
 pub async fn forget_patient(db: impl PgExecutor<'_>, patient_id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE idempotency_keys SET response = NULL, location = NULL, request_hash = '\\x'::bytea, locked_until = NULL,
-                                     patient_deleted_at = now()
+        "UPDATE idempotency_keys SET response = NULL, location = NULL, locked_until = NULL, patient_deleted_at = now()
          WHERE patient_id = $1",
     )
     .bind(patient_id)
