@@ -294,10 +294,19 @@ impl PartitionEnds {
     pub async fn last_offset(&self, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
         let (client, owned) = (self.client.clone(), topic.to_owned());
         // librdkafka's query blocks: off the runtime's threads.
-        let (_, end) = tokio::task::spawn_blocking(move || client.fetch_watermarks(&owned, partition, Self::LIMIT))
-            .await
-            .context("the partition end query did not finish")?
-            .with_context(|| format!("failed to ask where partition {partition} of {topic} ends"))?;
+        let (_, end) = tokio::task::spawn_blocking(move || {
+            // Nothing is assigned to this client: a poll only serves its queued events (broker
+            // errors, say), which would otherwise pile up.
+            for _ in 0..64 {
+                if client.poll(Duration::ZERO).is_none() {
+                    break;
+                }
+            }
+            client.fetch_watermarks(&owned, partition, Self::LIMIT)
+        })
+        .await
+        .context("the partition end query did not finish")?
+        .with_context(|| format!("failed to ask where partition {partition} of {topic} ends"))?;
         Ok((end > 0).then_some(end - 1))
     }
 }

@@ -11,7 +11,7 @@
 //! - A reminder never goes before a later event of its appointment that is already written:
 //!   - recorded while its partition holds records this consumer has not read yet (it is catching
 //!     up on a backlog), it is held until the consumer has read as far as the partition reached
-//!     then, however long that takes (at most `HOLD_LIMIT_MINUTES`);
+//!     then (for at most `HOLD_LIMIT_MINUTES`, 30);
 //!   - recorded from an old event while the producer side is catching up (its relay publishing
 //!     a backlog after an outage), it waits a minute, when the start leaves room, for the events
 //!     still to be published.

@@ -104,8 +104,9 @@ pub struct Hold {
     pub through: i64,
 }
 
-/// The most a hold keeps a reminder back, should the offset it waits for never be read (a
-/// transaction marker of a foreign producer, say).
+/// The most a hold keeps a reminder back. Past it the reminder goes even if the consumer has not
+/// read that far: stuck for longer, or waiting for an offset that is never delivered (another
+/// producer's transaction marker, say).
 pub const HOLD_LIMIT_MINUTES: i64 = 30;
 
 /// The reminder of `about` (due `due`, held by `hold`), replacing a pending reminder of an older
