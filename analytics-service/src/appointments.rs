@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use common::zone::Zone;
 use prost::Message as _;
 use proto::{appointment_event_type as kind, appointments::AppointmentEvent};
 use serde::Serialize;
@@ -37,12 +38,13 @@ pub struct Event {
     pub event_id: Uuid,
     pub event_type: String,
     pub counted: Counted,
-    /// `YYYY-MM` of the appointment's start.
+    /// `YYYY-MM` of the appointment's start, in the configured time zone.
     pub month: String,
 }
 
-/// The event to count, None for changes that are not counted, or why the record is unusable.
-pub fn parse(payload: &[u8]) -> Result<Option<Event>, &'static str> {
+/// The event to count (in `zone`'s month of the start), None for changes that are not counted,
+/// or why the record is unusable.
+pub fn parse(payload: &[u8], zone: Zone) -> Result<Option<Event>, &'static str> {
     let e = AppointmentEvent::decode(payload).map_err(|_| "value is not a protobuf AppointmentEvent")?;
     let event_id = Uuid::parse_str(&e.event_id).map_err(|_| "event_id is not a UUID")?;
     let starts_at: DateTime<Utc> =
@@ -54,7 +56,7 @@ pub fn parse(payload: &[u8]) -> Result<Option<Event>, &'static str> {
         kind::RESCHEDULED | kind::CHECKED_IN | kind::COMPLETED => return Ok(None),
         _ => return Err("unknown event_type"),
     };
-    Ok(Some(Event { event_id, event_type: e.event_type, counted, month: starts_at.format("%Y-%m").to_string() }))
+    Ok(Some(Event { event_id, event_type: e.event_type, counted, month: zone.month(starts_at) }))
 }
 
 /// Counts `e` unless its id was counted before; whether it was new.
@@ -115,12 +117,21 @@ mod tests {
 
     #[test]
     fn counts_bookings_cancellations_and_no_shows_by_the_month_they_start() {
-        let e = parse(&event("APPOINTMENT_BOOKED", "2027-03-31T23:30:00-02:00")).unwrap().unwrap();
+        let utc = Zone::default();
+        let e = parse(&event("APPOINTMENT_BOOKED", "2027-03-31T23:30:00-02:00"), utc).unwrap().unwrap();
         assert_eq!((e.counted, e.month.as_str()), (Counted::Booked, "2027-04"), "UTC month");
-        assert_eq!(parse(&event("APPOINTMENT_NO_SHOW", "2027-01-01T09:00:00Z")).unwrap().unwrap().counted, Counted::NoShow);
-        assert!(parse(&event("APPOINTMENT_RESCHEDULED", "2027-01-01T09:00:00Z")).unwrap().is_none());
-        assert!(parse(&event("APPOINTMENT_EXPLODED", "2027-01-01T09:00:00Z")).is_err());
-        assert!(parse(&event("APPOINTMENT_BOOKED", "tomorrow")).is_err());
-        assert!(parse(b"\xff\xff").is_err());
+        assert_eq!(parse(&event("APPOINTMENT_NO_SHOW", "2027-01-01T09:00:00Z"), utc).unwrap().unwrap().counted, Counted::NoShow);
+        assert!(parse(&event("APPOINTMENT_RESCHEDULED", "2027-01-01T09:00:00Z"), utc).unwrap().is_none());
+        assert!(parse(&event("APPOINTMENT_EXPLODED", "2027-01-01T09:00:00Z"), utc).is_err());
+        assert!(parse(&event("APPOINTMENT_BOOKED", "tomorrow"), utc).is_err());
+        assert!(parse(b"\xff\xff", utc).is_err());
+    }
+
+    #[test]
+    fn the_month_is_the_configured_time_zone_s() {
+        // 20:00 UTC on 31 March is 05:00 on 1 April in Tokyo.
+        let payload = event("APPOINTMENT_BOOKED", "2027-03-31T20:00:00Z");
+        assert_eq!(parse(&payload, Zone::default()).unwrap().unwrap().month, "2027-03");
+        assert_eq!(parse(&payload, "Asia/Tokyo".parse().unwrap()).unwrap().unwrap().month, "2027-04");
     }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, runtime::RuntimeArgs, telemetry::LogArgs};
+use common::{db::DbArgs, edge::EdgeArgs, kafka::KafkaArgs, runtime::RuntimeArgs, telemetry::LogArgs, zone::Zone};
 use verifier::settings::OidcArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -18,6 +18,10 @@ pub struct Settings {
     /// Consumer group of this service.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "analytics-service")]
     pub group_id: String,
+    /// The time zone whose months appointments are counted in (an IANA name, e.g.
+    /// `Europe/Berlin`): set it before the first start, as counts already made keep their month.
+    #[arg(long, env = "ANALYTICS_TIME_ZONE", default_value = "UTC")]
+    pub analytics_time_zone: Zone,
     /// The realm whose tokens callers present.
     #[command(flatten)]
     pub oidc: OidcArgs,
@@ -43,6 +47,7 @@ impl Settings {
             // A topic of its own per test, unless the test shares one with appointment-service.
             appointment_topic: format!("appointment-{}", uuid::Uuid::new_v4().simple()),
             group_id: "analytics-service".into(),
+            analytics_time_zone: Zone::default(),
             oidc,
             db: DbArgs::from_url(database_url),
             kafka,

@@ -32,12 +32,14 @@ pub struct AnalyticsHandler {
     pub metrics: Arc<Registry>,
     /// Records of this topic are appointment events ([`crate::appointments`]).
     pub appointment_topic: String,
+    /// Whose months appointments are counted in.
+    pub zone: common::zone::Zone,
 }
 
 impl RecordHandler for AnalyticsHandler {
     async fn handle(&self, record: &OwnedMessage) -> anyhow::Result<()> {
         if record.topic() == self.appointment_topic {
-            return match crate::appointments::parse(record.payload().unwrap_or_default()) {
+            return match crate::appointments::parse(record.payload().unwrap_or_default(), self.zone) {
                 Ok(Some(event)) => self.dead_letters.apply_or_dead_letter(record, || self.count_appointment(&event)).await,
                 Ok(None) => Ok(()),
                 Err(reason) => self.dead_letters.send(record, reason).await,

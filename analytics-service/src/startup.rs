@@ -52,6 +52,7 @@ impl Application {
                 dead_letters,
                 metrics: metrics.clone(),
                 appointment_topic: settings.appointment_topic.clone(),
+                zone: settings.analytics_time_zone,
             };
             Some((consumer, handler))
         };

@@ -57,6 +57,11 @@ impl Zone {
         t.with_timezone(&self.0).format("%Y-%m-%d %H:%M").to_string()
     }
 
+    /// `YYYY-MM`: the local month of `t`.
+    pub fn month(self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.0).format("%Y-%m").to_string()
+    }
+
     /// The zone's abbreviation at `t` (`CET`, `CEST`, `UTC`), or its offset where it has none.
     pub fn abbreviation(self, t: DateTime<Utc>) -> String {
         t.with_timezone(&self.0).format("%Z").to_string()
@@ -105,5 +110,7 @@ mod tests {
         assert_eq!(berlin.abbreviation(utc("2027-01-15T08:00:00Z")), "CET");
         assert_eq!(berlin.abbreviation(utc("2027-07-15T08:00:00Z")), "CEST");
         assert_eq!(berlin.today(utc("2027-01-15T23:30:00Z")), date("2027-01-16"));
+        assert_eq!(berlin.month(utc("2027-01-31T23:30:00Z")), "2027-02");
+        assert_eq!(Zone::default().month(utc("2027-01-31T23:30:00Z")), "2027-01");
     }
 }

@@ -524,6 +524,7 @@ async fn analytics_applies_records_fetched_together_in_order_all_or_none() {
         dead_letters: args.dead_letters("analytics-test", metrics.clone(), "dead_lettered").unwrap(),
         metrics: metrics.clone(),
         appointment_topic: "appointments-unused".into(),
+        zone: Default::default(),
     };
     let (p1, p2) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
     let created2 = patient_event(&p2, "PATIENT_CREATED", 1, "1990-01-01");

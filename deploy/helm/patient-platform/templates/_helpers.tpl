@@ -62,17 +62,22 @@ analytics-service:
   database: analytics_service
   consumer: true
   callers: [gateway]
+  env:
+    ANALYTICS_TIME_ZONE: {{ .Values.timeZone | quote }}
 appointment-service:
   port: 4003
   database: appointment_service
   consumer: true
   callers: [gateway]
+  env:
+    SCHEDULE_TIME_ZONE: {{ .Values.timeZone | quote }}
 notification-service:
   port: 4005
   database: notification_service
   consumer: true
   callers: []
   env:
+    MAIL_TIME_ZONE: {{ .Values.timeZone | quote }}
     SMTP_HOST: {{ include "pp.smtpHost" . | quote }}
     SMTP_PORT: {{ .Values.smtp.port | quote }}
     SMTP_STARTTLS: {{ .Values.smtp.starttls | quote }}
