@@ -8,7 +8,7 @@
 //!   booked appointment gets a reminder `REMINDER_BEFORE_SECS` ahead (at once when that is past,
 //!   none once it started), replaced by a reschedule and cancelled by any other change.
 //!   A cancellation because the patient was deleted mails nobody.
-//! - A reminder never goes before a later event of its appointment that is already written:
+//! - A reminder waits for the later events of its appointment that are already written:
 //!   - recorded while its partition holds records this consumer has not read yet (it is catching
 //!     up on a backlog), it is held until the consumer has read as far as the partition reached
 //!     then (for at most `HOLD_LIMIT_MINUTES`, 30);
