@@ -27,7 +27,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
     /// A/B rounds per comparison (medians are taken over them).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds per load run.
     #[arg(long, default_value_t = 5)]
@@ -61,19 +61,31 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One A/B comparison: medians of A and B over the rounds.
+/// One A/B comparison: A and B of each round (run back to back).
 struct Pair {
     name: String,
     a: Vec<wrk::Report>,
     b: Vec<wrk::Report>,
 }
 
+/// The median (of an even count, the mean of the middle two); 0 for none.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The smallest and the largest value ((0, 0) for none).
+fn range(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if v.is_empty() {
-        0.0
+        (0.0, 0.0)
     } else {
-        v[v.len() / 2]
+        (min, max)
     }
 }
 
@@ -83,6 +95,11 @@ impl Pair {
     }
     fn failures(&self) -> u64 {
         self.a.iter().chain(&self.b).map(|r| r.failures).sum()
+    }
+    /// A/B of each round: the two sides of a round ran back to back, so a drift of the machine
+    /// over the run moves both alike.
+    fn round_ratios(&self) -> Vec<f64> {
+        self.a.iter().zip(&self.b).map(|(a, b)| a.requests_per_sec / b.requests_per_sec.max(1.0)).collect()
     }
 }
 
@@ -146,6 +163,8 @@ async fn measure(args: &Args, stack: &mut Stack) -> anyhow::Result<String> {
                 pair.b.push(run(b)?);
                 pair.a.push(run(a)?);
             }
+            let (a, b) = (pair.a[round].requests_per_sec, pair.b[round].requests_per_sec);
+            println!("    A {a:.0} req/s, B {b:.0} req/s, A/B {:.3}", a / b.max(1.0));
         }
         pairs.push(pair);
     }
@@ -174,6 +193,7 @@ async fn measure(args: &Args, stack: &mut Stack) -> anyhow::Result<String> {
             wrk::run(&stack.url(ports.patient, "/patients"), &token, args.create_connections, args.seconds, Some(&script))?;
         let done = Instant::now();
         lags.push(analytics_lag(stack, &http, &token, done).await?);
+        println!("    {:.0} creates/s, analytics caught up {:.2} s after the last 201", report.requests_per_sec, lags[round]);
         creates.push(report);
     }
     let _ = std::fs::remove_file(&script);
@@ -239,14 +259,28 @@ fn render(
         writeln!(out, "Recorded by `cargo xtask bench` on {} — machine: {}.", chrono::Utc::now().format("%Y-%m-%d"), machine());
     let _ = writeln!(
         out,
-        "Release builds; wrk with 2 threads on the same machine; {} rounds of {} s per side, A and B alternated; medians.\n",
+        "Release builds; wrk with 2 threads on the same machine; {} rounds of {} s per side, A and B alternated; medians \
+         (the range is the lowest and the highest round).\n",
         args.rounds, args.seconds
     );
     let _ = writeln!(out, "## Gateway cost (req/s, {} connections, a valid ms-api token)\n", args.connections);
-    let _ = writeln!(out, "| comparison | A: via gateway | B: direct | A/B | failed requests |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| comparison | A: via gateway | B: direct | A/B of the medians | A/B per round: median (range) | failed requests |\n\
+         |---|---|---|---|---|---|"
+    );
     for p in pairs {
         let (a, b) = (Pair::rate(&p.a), Pair::rate(&p.b));
-        let _ = writeln!(out, "| {} | {a:.0} | {b:.0} | {:.2} | {} |", p.name, a / b.max(1.0), p.failures());
+        let ratios = p.round_ratios();
+        let (low, high) = range(&ratios);
+        let _ = writeln!(
+            out,
+            "| {} | {a:.0} | {b:.0} | {:.3} | {:.3} ({low:.3}–{high:.3}) | {} |",
+            p.name,
+            a / b.max(1.0),
+            median(ratios.clone()),
+            p.failures()
+        );
     }
     let _ = writeln!(out, "\n## Token verification (criterion, µs per token)\n");
     let _ = writeln!(out, "| cold key (JWK parsed + RS256) | warm key (RS256, key held) | cached token |\n|---|---|---|");
@@ -255,12 +289,15 @@ fn render(
     let _ = writeln!(out, "\n## POST /patients, every side effect ({} connections, direct)\n", args.create_connections);
     let _ = writeln!(
         out,
-        "| creates/s | p50 ms | p99 ms | failed | analytics caught up after the last 201 (s) |\n|---|---|---|---|---|"
+        "| creates/s | range of the rounds | p50 ms | p99 ms | failed | analytics caught up after the last 201 (s) | \
+         range of the rounds (s) |\n|---|---|---|---|---|---|---|"
     );
+    let rates: Vec<f64> = creates.iter().map(|r| r.requests_per_sec).collect();
+    let ((low, high), (lag_low, lag_high)) = (range(&rates), range(lags));
     let _ = writeln!(
         out,
-        "| {:.0} | {:.1} | {:.1} | {} | {:.2} |",
-        median(creates.iter().map(|r| r.requests_per_sec).collect()),
+        "| {:.0} | {low:.0}–{high:.0} | {:.1} | {:.1} | {} | {:.2} | {lag_low:.2}–{lag_high:.2} |",
+        median(rates.clone()),
         median(creates.iter().map(|r| r.p50_ms).collect()),
         median(creates.iter().map(|r| r.p99_ms).collect()),
         creates.iter().map(|r| r.failures).sum::<u64>(),
@@ -280,4 +317,22 @@ fn render(
         "\n`gateway-static` is the second gateway, in front of the static backend (started after the idle reading)."
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, range};
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn the_range_is_the_lowest_and_the_highest_value() {
+        assert_eq!(range(&[0.9, 0.82, 0.87]), (0.82, 0.9));
+        assert_eq!(range(&[]), (0.0, 0.0));
+    }
 }
