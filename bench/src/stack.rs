@@ -76,9 +76,12 @@ impl Stack {
         specs
     }
 
-    /// Starts one service process and waits until it is ready.
+    /// Starts one service process and waits until it is ready. It runs in a session of its
+    /// own, as `cargo xtask up` runs it (each service then gets its own share of the cores, as
+    /// in its own container), and it is tied to the bench: it gets SIGTERM when the bench ends,
+    /// even interrupted or killed, so nothing is left running.
     pub fn launch(&mut self, spec: &ServiceSpec) -> anyhow::Result<u32> {
-        let pid = services::start(spec, &self.dirs)?;
+        let pid = services::start_tied_in_own_session(spec, &self.dirs)?;
         services::wait_ready(spec, &self.dirs, Duration::from_secs(60))?;
         self.pids.insert(spec.name.to_owned(), pid);
         Ok(pid)
@@ -135,7 +138,7 @@ impl Stack {
     }
 }
 
-/// The services run detached: an error or panic anywhere in the run must still stop them.
+/// An error or panic anywhere in the run stops the services at once, each given time to finish.
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop();

@@ -73,15 +73,30 @@ pub fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
 ///
 /// The kernel ties the parent-death signal to the spawning *thread*, so the child is spawned
 /// from a dedicated thread that lives as long as the child (test threads come and go).
-pub fn spawn_tied_to_this_process(mut cmd: Command, signal: libc::c_int) -> anyhow::Result<u32> {
+pub fn spawn_tied_to_this_process(cmd: Command, signal: libc::c_int) -> anyhow::Result<u32> {
+    spawn_tied(cmd, signal, false)
+}
+
+/// The same, in a session of its own, as a detached process runs (see [`spawn_detached`]):
+/// the kernel then schedules it as a group of its own (autogroup) against this process and
+/// its other children, and a terminal's Ctrl-C reaches it only through this process' death.
+pub fn spawn_tied_in_own_session(cmd: Command, signal: libc::c_int) -> anyhow::Result<u32> {
+    spawn_tied(cmd, signal, true)
+}
+
+fn spawn_tied(mut cmd: Command, signal: libc::c_int, own_session: bool) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let (tx, rx) = mpsc::channel::<std::io::Result<u32>>();
     std::thread::Builder::new()
         .name("dev-stack-child".into())
         .spawn(move || {
-            // SAFETY: prctl and getppid are async-signal-safe; this runs between fork and exec.
+            // SAFETY: setsid and prctl are async-signal-safe; this runs between fork and exec.
+            // (A new session keeps the parent-death signal.)
             unsafe {
                 cmd.pre_exec(move || {
+                    if own_session {
+                        libc::setsid();
+                    }
                     if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }

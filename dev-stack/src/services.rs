@@ -183,13 +183,28 @@ pub fn start(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
 /// Starts the service for a test: tied to the test process (it receives SIGTERM when the test
 /// binary exits, even by a crash), pid and log files in `dirs`; returns its pid.
 pub fn start_for_test(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
+    start_tied(spec, dirs, process::spawn_tied_to_this_process)
+}
+
+/// Starts the service as [`start`] runs it (in a session of its own, so scheduled as its own
+/// group), but tied to this process as [`start_for_test`] is: for the benchmark, whose
+/// figures depend on how the kernel shares the cores, and which must not leave services
+/// running when it is interrupted.
+pub fn start_tied_in_own_session(spec: &ServiceSpec, dirs: &ServiceDirs) -> anyhow::Result<u32> {
+    start_tied(spec, dirs, process::spawn_tied_in_own_session)
+}
+
+fn start_tied(
+    spec: &ServiceSpec,
+    dirs: &ServiceDirs,
+    spawn: fn(Command, libc::c_int) -> anyhow::Result<u32>,
+) -> anyhow::Result<u32> {
     fs::create_dir_all(&dirs.run)?;
     fs::create_dir_all(&dirs.logs)?;
     let log = fs::File::options().create(true).append(true).open(dirs.log_file(spec.name))?;
     let mut cmd = Command::new(dirs.bin.join(spec.name));
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    let pid = process::spawn_tied_to_this_process(cmd, libc::SIGTERM)
-        .with_context(|| format!("failed to start {} from {}", spec.name, dirs.bin.display()))?;
+    let pid = spawn(cmd, libc::SIGTERM).with_context(|| format!("failed to start {} from {}", spec.name, dirs.bin.display()))?;
     fs::write(dirs.pid_file(spec.name), pid.to_string())?;
     Ok(pid)
 }
