@@ -55,9 +55,11 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// Threads serving HTTP, each with its own event loop and its own connections to the
     /// backends: a client's connection and every request on it stay on one thread, with no
-    /// hand-over between threads per request. 0: one per CPU the process may use. At most
-    /// 256 either way.
-    #[arg(long, env = "SERVER_THREADS", default_value_t = 0,
+    /// hand-over between threads per request. One by default: a thread that serves every
+    /// connection finds more of them ready each time it wakes, so a proxied request costs
+    /// fewer wake-ups and context switches (bench/RESULTS.md); raise it when the gateway keeps
+    /// one core busy. 0: one per CPU the process may use. At most 256 either way.
+    #[arg(long, env = "SERVER_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_SERVER_THREADS)))]
     pub server_threads: u16,
     #[command(flatten)]
@@ -110,6 +112,7 @@ mod tests {
 
     #[test]
     fn server_threads_are_bounded() {
+        assert_eq!(Settings::try_parse_from(["gateway"]).unwrap().threads(), 1, "one by default");
         assert_eq!(Settings::try_parse_from(["gateway", "--server-threads", "256"]).unwrap().threads(), 256);
         assert!((1..=256).contains(&Settings::try_parse_from(["gateway", "--server-threads", "0"]).unwrap().threads()));
         let err = Settings::try_parse_from(["gateway", "--server-threads", "257"]).unwrap_err();
