@@ -534,18 +534,20 @@ async fn analytics_applies_records_fetched_together_in_order_all_or_none() {
         record_of(&topic, 2, &patient_event(&p1, "PATIENT_UPDATED", 2, "2015-01-01")),
         record_of(&topic, 3, &created2), // redelivered within the batch
         record_of(&topic, 4, &patient_event(&p2, "PATIENT_DELETED", 2, "1990-01-01")),
+        // An older change of p1 after its newer one: counted, its state not taken.
+        record_of(&topic, 5, &patient_event(&p1, "PATIENT_UPDATED", 1, "1970-01-01")),
     ];
     assert_eq!(handler.handle_batch(&batch).await.unwrap(), Batch::Applied);
     let s = summary(&analytics).await;
-    assert_eq!(
-        (s["patientsCreated"].as_i64(), s["patientsUpdated"].as_i64(), s["patientsDeleted"].as_i64()),
-        (Some(2), Some(1), Some(1)),
-        "{s}"
-    );
+    let totals = |s: &serde_json::Value| {
+        (s["patientsCreated"].as_i64(), s["patientsUpdated"].as_i64(), s["patientsDeleted"].as_i64())
+    };
+    assert_eq!(totals(&s), (Some(2), Some(2), Some(1)), "the redelivery is not counted, the stale change is: {s}");
+    assert_eq!(s["registrationsPerMonth"], serde_json::json!({"2025-04": 2}), "{s}");
     assert_eq!(s["activePatients"], 1, "{s}");
     assert_eq!(s["ageBands"]["0-17"], 1, "the update, applied after the create, decides: {s}");
     assert_eq!(metrics.get("analytics_events_total{result=\"duplicate\"}"), 1);
-    assert_eq!(metrics.get("analytics_events_total{result=\"applied\"}"), 4);
+    assert_eq!(metrics.get("analytics_events_total{result=\"applied\"}"), 5, "the stale change among them");
 
     let processed = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events").fetch_one(&analytics.db).await.unwrap()
@@ -553,8 +555,10 @@ async fn analytics_applies_records_fetched_together_in_order_all_or_none() {
     // A record the database rejects: the statement applies none of the batch.
     let fine = patient_event(&uuid::Uuid::new_v4().to_string(), "PATIENT_CREATED", 1, "2000-01-01");
     let poison = patient_event(&uuid::Uuid::new_v4().to_string(), "PATIENT_CREATED", 1, "-5000-01-01");
-    assert!(handler.handle_batch(&[record_of(&topic, 5, &fine), record_of(&topic, 6, &poison)]).await.is_err());
-    assert_eq!(processed().await, 4, "nothing of the failed batch was applied");
+    assert!(handler.handle_batch(&[record_of(&topic, 6, &fine), record_of(&topic, 7, &poison)]).await.is_err());
+    assert_eq!(processed().await, 5, "nothing of the failed batch was applied");
+    let s = summary(&analytics).await;
+    assert_eq!((totals(&s), &s["registrationsPerMonth"]), ((Some(2), Some(2), Some(1)), &serde_json::json!({"2025-04": 2})), "{s}");
     // A record that does not decode: the batch goes one by one (so it can be dead-lettered).
     let garbage = rdkafka::message::OwnedMessage::new(
         Some(b"\xff not an event".to_vec()),
@@ -565,8 +569,8 @@ async fn analytics_applies_records_fetched_together_in_order_all_or_none() {
         7,
         None,
     );
-    assert_eq!(handler.handle_batch(&[record_of(&topic, 5, &fine), garbage]).await.unwrap(), Batch::OneByOne);
-    assert_eq!(processed().await, 4);
+    assert_eq!(handler.handle_batch(&[record_of(&topic, 6, &fine), garbage]).await.unwrap(), Batch::OneByOne);
+    assert_eq!(processed().await, 5);
     analytics.stop().await;
 }
 
