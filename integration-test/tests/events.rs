@@ -539,9 +539,8 @@ async fn analytics_applies_records_fetched_together_in_order_all_or_none() {
     ];
     assert_eq!(handler.handle_batch(&batch).await.unwrap(), Batch::Applied);
     let s = summary(&analytics).await;
-    let totals = |s: &serde_json::Value| {
-        (s["patientsCreated"].as_i64(), s["patientsUpdated"].as_i64(), s["patientsDeleted"].as_i64())
-    };
+    let totals =
+        |s: &serde_json::Value| (s["patientsCreated"].as_i64(), s["patientsUpdated"].as_i64(), s["patientsDeleted"].as_i64());
     assert_eq!(totals(&s), (Some(2), Some(2), Some(1)), "the redelivery is not counted, the stale change is: {s}");
     assert_eq!(s["registrationsPerMonth"], serde_json::json!({"2025-04": 2}), "{s}");
     assert_eq!(s["activePatients"], 1, "{s}");
@@ -558,7 +557,11 @@ async fn analytics_applies_records_fetched_together_in_order_all_or_none() {
     assert!(handler.handle_batch(&[record_of(&topic, 6, &fine), record_of(&topic, 7, &poison)]).await.is_err());
     assert_eq!(processed().await, 5, "nothing of the failed batch was applied");
     let s = summary(&analytics).await;
-    assert_eq!((totals(&s), &s["registrationsPerMonth"]), ((Some(2), Some(2), Some(1)), &serde_json::json!({"2025-04": 2})), "{s}");
+    assert_eq!(
+        (totals(&s), &s["registrationsPerMonth"]),
+        ((Some(2), Some(2), Some(1)), &serde_json::json!({"2025-04": 2})),
+        "{s}"
+    );
     // A record that does not decode: the batch goes one by one (so it can be dead-lettered).
     let garbage = rdkafka::message::OwnedMessage::new(
         Some(b"\xff not an event".to_vec()),
