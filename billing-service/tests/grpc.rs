@@ -322,6 +322,47 @@ async fn an_account_moves_pending_voided_active_closed_and_closed_is_final() {
 }
 
 #[tokio::test]
+async fn a_pending_account_is_activated_and_takes_the_contact_of_a_later_change_only() {
+    use billing_service::repo::{self, Activation, Effect, PatientChange};
+
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let (kept, replaced) = (Uuid::new_v4(), Uuid::new_v4());
+    for patient in [kept, replaced] {
+        assert_eq!(client.create_billing_account(request(&patient.to_string())).await.unwrap().into_inner().status, "PENDING");
+    }
+    let created = |patient_id, sequence| PatientChange {
+        patient_id,
+        event_type: "PATIENT_CREATED",
+        name: "Ann Event",
+        email: "ann.event@example.com",
+        sequence,
+    };
+    // Without a sequence the event is no later change than the create call's contact.
+    let events = [created(kept, 0), created(replaced, 1)];
+    let activated = Effect::Activation(Activation::Activated);
+    assert_eq!(repo::apply_events(&app.db, &events).await.unwrap(), vec![activated, activated]);
+    let row = |patient: Uuid| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, String, i64, bool, bool)>(
+                "SELECT status, name, email, contact_sequence, activated_at IS NOT NULL, voided_at IS NULL \
+                 FROM billing_accounts WHERE patient_id = $1",
+            )
+            .bind(patient)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(row(kept).await, ("ACTIVE".into(), "Ann Example".into(), "ann@example.com".into(), 0, true, true));
+    assert_eq!(row(replaced).await, ("ACTIVE".into(), "Ann Event".into(), "ann.event@example.com".into(), 1, true, true));
+    let unchanged = Effect::Activation(Activation::Unchanged);
+    assert_eq!(repo::apply_events(&app.db, &events).await.unwrap(), vec![unchanged, unchanged], "redelivered");
+    assert_eq!(repo::void_stale_pending(&app.db, std::time::Duration::ZERO).await.unwrap(), 0, "none is PENDING any more");
+}
+
+#[tokio::test]
 async fn a_silent_connection_is_closed_and_a_call_whose_request_never_comes_is_ended() {
     use std::time::{Duration, Instant};
     use tokio::io::AsyncReadExt;
